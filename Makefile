@@ -1,0 +1,56 @@
+# Fresh machine → virtualenv → install → real data → run. Only pip + venv (the torch wheels lie on disk).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FMNIST ?= /usr/share/datasets/fashion-mnist
+DEMO   ?= runs/demo
+
+.PHONY: help install data test test-fast demo bench clean
+
+help:
+	@echo "make demo   - install, train DeepCluster on real Fashion-MNIST, evaluate vs random init"
+	@echo "make test   - install and run the whole test suite"
+	@echo "make bench  - run the benchmarks"
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.txt
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian ships the real Fashion-MNIST as a package; elsewhere, say what to do.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST)/train-images-idx3-ubyte ]; then \
+	  echo "Fashion-MNIST found in $(FMNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: on Debian run 'sudo apt-get install dataset-fashion-mnist';"; \
+	  echo "elsewhere download the four IDX files (train/t10k images/labels) into a folder and"; \
+	  echo "run with FMNIST=that/folder (tests that need it are skipped)."; \
+	fi
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: install data
+	@if [ -f $(DEMO)/config.yaml ]; then \
+	  $(BIN)/deepcluster train --resume $(DEMO); \
+	else \
+	  $(BIN)/deepcluster train --config configs/fmnist_lenet.yaml --set data.root=$(FMNIST) --out $(DEMO); \
+	fi
+	$(BIN)/deepcluster evaluate $(DEMO)
+
+bench: install data
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

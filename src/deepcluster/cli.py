@@ -1,0 +1,214 @@
+"""The ``deepcluster`` command. Sub-commands are thin wrappers over the library."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deepcluster import __version__
+from deepcluster.errors import DeepClusterError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="DeepCluster on your own images: train, evaluate, export.",
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set k=20 --set data.limit=5000 (repeatable)."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def user_errors(fn):
+    """Print user errors as one line and exit 2; Ctrl-C exits 130 with a hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeepClusterError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished cycles are saved; continue with `deepcluster train --resume RUN`")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _print_cycle(record: dict[str, Any], total: int) -> None:
+    sizes = record.get("cluster_sizes", {})
+    secs = record.get("seconds", {})
+    parts = [
+        f"[bold]cycle {record['cycle']:>3}/{total}[/]",
+        f"loss {_fmt(record.get('loss'))}",
+        f"acc {_fmt(record.get('train_acc'))}",
+        f"NMI(prev) {_fmt(record.get('nmi_prev'))}",
+    ]
+    if "nmi_labels" in record:
+        parts.append(f"NMI(labels) {_fmt(record['nmi_labels'])}")
+    parts.append(f"k {record.get('k')} sizes {sizes.get('min')}/{_fmt(sizes.get('median'), 0)}/{sizes.get('max')}")
+    if record.get("n_resplit"):
+        parts.append(f"resplit {record['n_resplit']}")
+    if not record.get("clustered", True):
+        parts.append("[dim](clustering halted)[/]")
+    parts.append("[dim]" + " ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "[/]")
+    out_console.print("  ".join(parts), highlight=False)
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/fmnist_lenet.yaml.")] = None,
+    set_: SetOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
+    from deepcluster.config import TrainConfig, build_config, parse_overrides
+    from deepcluster.errors import ConfigError
+    from deepcluster.train import RunFolder
+    from deepcluster.train import train as run_training
+    from deepcluster.train.runner import check_resumable
+
+    if resume is not None:
+        if config is not None or out is not None:
+            raise ConfigError("--resume takes the config from the run folder: drop --config/--out")
+        run = RunFolder(resume)
+        cfg = check_resumable(run)
+        extra = parse_overrides(set_)
+        if set(extra) - {"cycles"}:
+            raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
+        if "cycles" in extra:
+            cfg = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
+            run.save_config(cfg)
+        target = run.path
+    else:
+        if out is None:
+            raise ConfigError("say where the run goes: --out runs/NAME")
+        cfg = build_config(TrainConfig, config, set_)
+        if RunFolder(out).exists():
+            raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+        target = out
+    out_console.print(
+        f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
+        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}) → {target}", highlight=False,
+    )
+    run_training(cfg, target, resume=resume is not None, show_progress=not quiet,
+                 on_cycle=lambda r: _print_cycle(r, cfg.cycles))
+    out_console.print(f"done: {target} (evaluate with `deepcluster evaluate {target}`)", highlight=False)
+
+
+def _results_table(res: dict[str, Any]) -> Table:
+    table = Table(title=f"evaluation of {res['run']} ({res['n_train']} train / {res['n_test']} test images)")
+    table.add_column("layer")
+    table.add_column("dim", justify="right")
+    for name in res["models"]:
+        table.add_column(f"{name} linear", justify="right")
+        table.add_column(f"{name} kNN", justify="right")
+    first = next(iter(res["models"].values()))
+    for layer in first["layers"]:
+        row = [layer, str(first["layers"][layer]["dim"])]
+        for m in res["models"].values():
+            row += [f"{100 * m['layers'][layer]['linear']:.1f}%", f"{100 * m['layers'][layer]['knn']:.1f}%"]
+        table.add_row(*row)
+    row = ["k-means NMI", ""]
+    for m in res["models"].values():
+        row += [f"{m['clustering']['nmi']:.3f}", f"acc {100 * m['clustering']['acc']:.1f}%"]
+    table.add_row(*row)
+    if "pixels" in res:
+        p = res["pixels"]
+        table.add_row("raw pixels", str(p["dim"]), f"{100 * p['linear']:.1f}%", f"{100 * p['knn']:.1f}%",
+                      *([""] * (2 * len(res["models"]) - 2)))
+    return table
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
+    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override an eval key, e.g. --set train_limit=10000.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where evaluation.json goes (default RUN/eval).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Linear probe, kNN and clustering metrics: trained network vs its random initialisation."""
+    from deepcluster.config import EvalConfig, build_config, deep_merge
+    from deepcluster.evaluate import evaluate_run
+    from deepcluster.train import RunFolder
+
+    base = RunFolder(run).load_config().eval
+    ecfg = build_config(EvalConfig, None, set_)
+    ecfg = EvalConfig.model_validate(deep_merge(base.model_dump(), ecfg.model_dump(exclude_unset=True)))
+    res = evaluate_run(run, ecfg, checkpoint=checkpoint, out=out, show_progress=not quiet,
+                       log=lambda m: out_console.print(m, highlight=False))
+    out_console.print(_results_table(res))
+    out_console.print(f"saved {res['path']}", highlight=False)
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default RUN/export).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
+    layer: Annotated[Optional[str], typer.Option(help="A probe layer name (default: the clustering features).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Write features (.npy) and cluster assignments (CSV: index or path → cluster)."""
+    from deepcluster.evaluate import export_run
+
+    summary = export_run(run, out, checkpoint=checkpoint, layer=layer, show_progress=not quiet)
+    out_console.print(f"features {tuple(summary['shape'])} → {summary['features']}", highlight=False)
+    out_console.print(f"assignments ({summary['n_clusters']} clusters, cycle {summary['assignment_cycle']}) → {summary['assignments']}", highlight=False)
+
+
+@app.command("list")
+def list_() -> None:
+    """List the datasets and architectures this version knows."""
+    from deepcluster.data import available_datasets
+    from deepcluster.models import available_models
+
+    out_console.print("datasets: " + ", ".join(available_datasets()), highlight=False)
+    out_console.print("models:   " + ", ".join(available_models()), highlight=False)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out_console.print(f"deepcluster {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """DeepCluster on your own images: train, evaluate, export."""
+
+
+def main() -> None:
+    app(prog_name="deepcluster")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

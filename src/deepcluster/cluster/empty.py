@@ -1,0 +1,96 @@
+"""Guarantee that every cluster is non-empty (Caron et al., 2018, §3.3 "Empty clusters").
+
+An empty cluster gets half of the points of a non-empty one. Which one: drawn at random with
+probability proportional to its size (as faiss does during training, and as in the paper);
+clusters of a single point cannot be split and are never drawn. How the points are halved:
+they are projected on a random direction through the donor's centroid and cut at the median,
+so both halves are non-empty even when all the donor's points are identical (a perturbed
+second centroid, as in the paper, would leave one side empty for duplicated points).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepcluster.errors import ClusteringError
+
+
+def resplit_empty(
+    assignments: np.ndarray,
+    x: np.ndarray,
+    k: int,
+    centroids: np.ndarray | None,
+    rng: np.random.Generator | int | None,
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Re-split non-empty clusters until none of the ``k`` clusters is empty.
+
+    Parameters
+    ----------
+    assignments : np.ndarray
+        Cluster of each point, ints in [0, k), shape (N,).
+    x : np.ndarray
+        The points, shape (N, d).
+    k : int
+        Number of clusters.
+    centroids : np.ndarray or None
+        Centroids, shape (k, d); the two clusters of each split get the means of their
+        halves. ``None`` to not track centroids.
+    rng : np.random.Generator, int or None
+        Randomness (or a seed) for choosing donors and split directions.
+
+    Returns
+    -------
+    assignments : np.ndarray
+        New int64 assignments (a copy), every cluster in [0, k) non-empty.
+    centroids : np.ndarray or None
+        Updated copy of ``centroids`` (float32), or ``None``.
+    n_resplit : int
+        Number of empty clusters that were filled.
+
+    Raises
+    ------
+    ClusteringError
+        If ``k`` exceeds the number of points, or assignments fall outside [0, k).
+    """
+    rng = np.random.default_rng(rng)
+    a = np.asarray(assignments).astype(np.int64, copy=True).ravel()
+    x = np.asarray(x)
+    n = a.shape[0]
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ClusteringError(
+            f"resplit_empty got {n} assignments but features of shape {x.shape}: "
+            "pass one assignment per feature row"
+        )
+    if k > n:
+        raise ClusteringError(
+            f"k={k} is larger than the number of samples ({n}): lower k or use more data"
+        )
+    if n and (a.min() < 0 or a.max() >= k):
+        raise ClusteringError(
+            f"assignments must lie in [0, {k}), got values in [{a.min()}, {a.max()}]"
+        )
+    if centroids is not None:
+        centroids = np.array(centroids, dtype=np.float32, copy=True)
+
+    sizes = np.bincount(a, minlength=k)
+    n_resplit = 0
+    for empty in np.flatnonzero(sizes == 0):
+        # Drawing weights size-1: singletons cannot be halved. Some cluster has >= 2 points
+        # because k <= n and at least one cluster is empty.
+        weights = (sizes - 1).clip(min=0).astype(np.float64)
+        donor = int(rng.choice(k, p=weights / weights.sum()))
+        members = np.flatnonzero(a == donor)
+        pts = x[members].astype(np.float64)
+        direction = rng.standard_normal(x.shape[1])
+        proj = (pts - pts.mean(axis=0)) @ direction
+        # Stable sort: ties (duplicated points) are still cut into two equal halves.
+        order = np.argsort(proj, kind="stable")
+        moved = members[order[len(members) // 2 :]]
+        a[moved] = empty
+        sizes[donor] -= len(moved)
+        sizes[empty] = len(moved)
+        if centroids is not None:
+            centroids[donor] = x[a == donor].mean(axis=0)
+            centroids[empty] = x[moved].mean(axis=0)
+        n_resplit += 1
+    return a, centroids, n_resplit

@@ -1,0 +1,195 @@
+"""Typed, validated configuration: YAML files plus ``--set key=value`` overrides.
+
+One config object per command. Unknown keys and bad values are rejected with a
+:class:`~deepcluster.errors.ConfigError` that names the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deepcluster.errors import ConfigError
+
+M = TypeVar("M", bound="StrictModel")
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _off_to_none(v: Any) -> Any:
+    if isinstance(v, str) and v.strip().lower() in {"off", "none", "null", "false", "no"}:
+        return None
+    if v is False:
+        return None
+    return v
+
+
+class AugmentConfig(StrictModel):
+    """Training-time augmentation (never used for feature extraction)."""
+
+    random_resized_crop: bool = True
+    crop_scale_min: float = Field(0.5, gt=0.0, le=1.0)
+    hflip: bool = True
+
+
+class DataConfig(StrictModel):
+    """Where the images come from. Labels, if any, are only used for metrics."""
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    split: str = "train"
+    test_split: str | None = "test"
+    image_size: int | None = Field(None, ge=8)
+    limit: int | None = Field(None, ge=2)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ModelConfig(StrictModel):
+    arch: str = "lenet5"
+    sobel: bool = False
+
+
+class EvalConfig(StrictModel):
+    """Evaluation protocol used by ``deepcluster evaluate`` (and at the end of ``make demo``)."""
+
+    layers: list[str] | None = None  # None: every probe layer of the model
+    probe_epochs: int = Field(30, ge=1)
+    probe_lr: float = Field(0.05, gt=0)
+    probe_batch_size: int = Field(256, ge=1)
+    probe_weight_decay: float = Field(1e-4, ge=0)
+    knn_k: int = Field(20, ge=1)
+    train_limit: int | None = Field(None, ge=10)
+    test_limit: int | None = Field(None, ge=10)
+    pixel_baseline: bool = True
+
+
+class TrainConfig(StrictModel):
+    """Everything a DeepCluster run depends on; saved as ``config.yaml`` in the run folder."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    seed: int = 0
+    cycles: int = Field(15, ge=1)
+    epochs_per_cycle: int = Field(1, ge=1)
+
+    # clustering
+    clustering: Literal["kmeans", "pic"] = "kmeans"
+    k: int = Field(10, ge=2)
+    cluster_layer: str | None = None  # None: the trunk output before its last ReLU (Caron)
+    pca_dim: int | None = Field(None, ge=1)
+    whiten: bool = True
+    kmeans_iters: int = Field(20, ge=1)
+    fit_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    halt_clustering_after: int | None = Field(None, ge=1)
+
+    # optimisation
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(1e-3, ge=0)
+    batch_size: int = Field(128, ge=1)
+    feature_batch_size: int = Field(1024, ge=1)
+
+    checkpoint_every: int = Field(5, ge=1)  # also keep checkpoints/cycle_NNN.pt every N cycles
+
+    device: str = "auto"
+    workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)
+
+    _off = field_validator("pca_dim", "halt_clustering_after", mode="before")(
+        classmethod(lambda cls, v: _off_to_none(v))
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.data.limit is not None and self.k > self.data.limit:
+            raise ValueError(f"k={self.k} is larger than data.limit={self.data.limit}")
+        if self.device not in {"auto", "cpu"} and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return f"invalid config ({source}): " + "; ".join(parts)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["lr=0.01", "data.limit=500"]`` into a nested dict; values are read as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=0.05")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[leaf] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass an existing YAML file, e.g. configs/fmnist_lenet.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({e.__class__.__name__}: {e}): fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def build_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
+    """Load ``path`` (optional), apply ``--set`` overrides, validate into ``model``."""
+    data = read_yaml(path) if path is not None else {}
+    data.pop("version", None)  # written by save_config, informative only
+    data = deep_merge(data, parse_overrides(overrides))
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, str(path) if path else "--set")) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    from deepcluster import __version__
+
+    return {"version": __version__, **cfg.model_dump(mode="json")}

@@ -1,0 +1,299 @@
+"""The dataset type shared by every loader, and the helpers that shape it (limit, resize)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import Dataset
+
+from deepcluster.errors import DataError
+
+# Resizing tens of thousands of images in one call would allocate a float copy of all of them.
+_RESIZE_CHUNK = 4096
+
+
+class ImageDataset(Dataset):
+    """Images as uint8 tensors C×H×W, optional integer labels.
+
+    Attributes
+    ----------
+    name : str
+        Registry name of the dataset (``"fashion-mnist"``, ``"folder"``...).
+    labels : numpy.ndarray or None
+        int64 labels, shape (N,), or None when the dataset is unlabeled.
+    paths : list of str or None
+        File path of each sample for folder datasets, else None.
+    classes : list of str or None
+        Class names, indexed by label, when known.
+    channels : int
+        1 or 3.
+
+    Notes
+    -----
+    ``__getitem__`` returns the image only: training never reads labels, which stay in
+    :attr:`labels` for evaluation.
+    """
+
+    name: str
+    labels: np.ndarray | None
+    paths: list[str] | None
+    classes: list[str] | None
+    channels: int
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def images_tensor(self) -> torch.Tensor:  # pragma: no cover - abstract
+        """Return all images at once as a uint8 tensor N×C×H×W."""
+        raise NotImplementedError
+
+    def subset(self, indices) -> ImageDataset:  # pragma: no cover - abstract
+        """Return a dataset of the same type holding only ``indices`` (labels/paths too)."""
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        labelled = "unlabeled" if self.labels is None else f"{len(self.classes or [])} classes"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, n={len(self)}, "
+            f"shape={self.channels}×{h}×{w}, {labelled})"
+        )
+
+
+class TensorImageDataset(ImageDataset):
+    """An :class:`ImageDataset` held in memory as one uint8 tensor N×C×H×W.
+
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    images : torch.Tensor
+        uint8 tensor N×C×H×W, C in (1, 3).
+    labels : numpy.ndarray, optional
+        int64 labels of shape (N,).
+    classes : list of str, optional
+        Class names indexed by label.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        images: torch.Tensor,
+        labels: np.ndarray | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be uint8 N×C×H×W with C in (1, 3), got {images.dtype} {tuple(images.shape)}")
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+            if len(labels) != len(images):
+                raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.name = name
+        self.images = images
+        self.labels = labels
+        self.paths = None
+        self.classes = list(classes) if classes is not None else None
+        self.channels = int(images.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def images_tensor(self) -> torch.Tensor:
+        """Return the held uint8 tensor N×C×H×W (shared, not a copy: do not modify it in place)."""
+        return self.images
+
+    def subset(self, indices) -> TensorImageDataset:
+        """Return a new in-memory dataset holding the samples at ``indices``."""
+        idx = as_index_array(indices, len(self))
+        return TensorImageDataset(
+            self.name,
+            self.images[torch.from_numpy(idx)],
+            None if self.labels is None else self.labels[idx],
+            self.classes,
+        )
+
+
+class FolderImageDataset(ImageDataset):
+    """An :class:`ImageDataset` whose images are read lazily from files with PIL.
+
+    Every image is converted to RGB and resized to ``size``×``size`` (aspect ratio is not
+    kept), so that all samples share one shape.
+
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    paths : list of str
+        One image file per sample.
+    size : int
+        Output height and width.
+    labels : numpy.ndarray, optional
+        int64 labels of shape (N,).
+    classes : list of str, optional
+        Class names indexed by label.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        paths: Sequence[str],
+        size: int,
+        labels: np.ndarray | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.paths = [str(p) for p in paths]
+        self.size = int(size)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.classes = list(classes) if classes is not None else None
+        self.channels = 3
+        # Filled by images_tensor(): once everything has been decoded, reading files again is waste.
+        self._cache: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._cache is not None:
+            return self._cache[i]
+        return read_image(self.paths[i], self.size)
+
+    def images_tensor(self) -> torch.Tensor:
+        """Decode every image (with a progress bar) and return them as uint8 N×3×S×S.
+
+        The result is kept, so later calls and ``__getitem__`` no longer touch the files.
+        """
+        if self._cache is None:
+            from rich.progress import track
+
+            out = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
+            for k, path in enumerate(
+                track(self.paths, description=f"Loading {len(self)} images", transient=True)
+            ):
+                out[k] = read_image(path, self.size)
+            self._cache = out
+        return self._cache
+
+    def subset(self, indices) -> FolderImageDataset:
+        """Return a new lazy dataset over the files at ``indices``."""
+        idx = as_index_array(indices, len(self))
+        sub = FolderImageDataset(
+            self.name,
+            [self.paths[k] for k in idx],
+            self.size,
+            None if self.labels is None else self.labels[idx],
+            self.classes,
+        )
+        if self._cache is not None:
+            sub._cache = self._cache[torch.from_numpy(idx)]
+        return sub
+
+
+def read_image(path: str | Path, size: int) -> torch.Tensor:
+    """Read one image file as a uint8 RGB tensor 3×size×size.
+
+    Raises
+    ------
+    DataError
+        If the file cannot be opened or decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    # PIL signals broken files with many types (OSError, SyntaxError, struct.error, ValueError...),
+    # and this block only decodes one file, so any failure here means "this file is bad".
+    except Exception as exc:
+        raise DataError(
+            f"cannot read image {path} ({exc.__class__.__name__}: {exc}): "
+            "delete or replace this file, or re-export it as PNG/JPEG"
+        ) from None
+    tensor = TF.pil_to_tensor(img)
+    if tensor.shape[1:] != (size, size):
+        tensor = TF.resize(tensor, [size, size], antialias=True)
+    return tensor
+
+
+def as_index_array(indices, n: int) -> np.ndarray:
+    """Turn a list/array/tensor of indices or a boolean mask into an int64 array in [0, n)."""
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    idx = np.asarray(indices)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise IndexError(f"boolean mask of shape {idx.shape} for a dataset of {n} samples")
+        return np.flatnonzero(idx)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise IndexError(f"indices must be integers, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64).reshape(-1)
+    if idx.min() < -n or idx.max() >= n:
+        raise IndexError(f"index out of range for a dataset of {n} samples")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 N×C×H×W tensor to N×C×size×size (bilinear, antialiased)."""
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    parts = [
+        TF.resize(images[k : k + _RESIZE_CHUNK], [size, size], antialias=True)
+        for k in range(0, len(images), _RESIZE_CHUNK)
+    ]
+    if not parts:
+        return images.new_empty((0, images.shape[1], size, size))
+    return torch.cat(parts)
+
+
+def random_limit_indices(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of a reproducible random subset of ``limit`` out of ``n`` samples."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def finalize(dataset: ImageDataset, image_size: int | None, limit: int | None, seed: int) -> ImageDataset:
+    """Apply ``limit`` (before resizing, which is the expensive part) then ``image_size``."""
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
+            raise DataError(f"limit must be a positive integer, got {limit!r}: set data.limit to e.g. 1000 or remove it")
+        if limit < len(dataset):
+            dataset = dataset.subset(random_limit_indices(len(dataset), int(limit), seed))
+    if image_size is not None and isinstance(dataset, TensorImageDataset):
+        dataset = TensorImageDataset(
+            dataset.name, resize_images(dataset.images, image_size), dataset.labels, dataset.classes
+        )
+    return dataset
+
+
+def check_image_size(image_size: int | None) -> None:
+    """Reject a non-positive or non-integer ``image_size`` early, with the fix."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+        raise DataError(
+            f"image_size must be a positive integer, got {image_size!r}: set data.image_size to e.g. 32 or remove it"
+        )

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (files, config, data shape) raises a subclass of
+:class:`DeepClusterError` whose message names the problem *and* the fix. The CLI prints it on
+one line and exits non-zero, without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class DeepClusterError(Exception):
+    """Base class of all errors caused by user input."""
+
+
+class DataError(DeepClusterError):
+    """A dataset is missing, unreadable, corrupt or inconsistent."""
+
+
+class ConfigError(DeepClusterError):
+    """A configuration key or value is invalid."""
+
+
+class ClusteringError(DeepClusterError):
+    """Clustering cannot run on the given features (k too large, NaN, degenerate PCA...)."""
+
+
+class TrainingError(DeepClusterError):
+    """Training diverged (NaN loss) or a run folder is unusable."""

@@ -1,0 +1,62 @@
+"""Export features and cluster assignments of a run for downstream use."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepcluster.data import load_dataset
+from deepcluster.io import save_npy, write_json, write_text
+from deepcluster.train.features import extract_features, resolve_device
+from deepcluster.train.run_folder import RunFolder
+from deepcluster.evaluate.run_eval import _stats
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    checkpoint: str = "last",
+    layer: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``features.npy`` (training split, in dataset order) and ``assignments.csv``.
+
+    ``layer=None`` exports the clustering features (trunk output before the last ReLU);
+    otherwise a named probe layer, flattened. The CSV maps each sample (its file path for
+    folder datasets, else its index) to its cluster id in the last saved assignment.
+    """
+    run = RunFolder(Path(run_dir)).require()
+    cfg = run.load_config()
+    out_dir = Path(out) if out is not None else run.path / "export"
+    data = load_dataset(cfg.data.name, cfg.data.root, split=cfg.data.split, image_size=cfg.data.image_size,
+                        limit=cfg.data.limit, seed=cfg.seed)
+    images = data.images_tensor()
+    model = run.build_model(checkpoint, cfg)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    feats = extract_features(model, images, *_stats(cfg, int(images.shape[1])),
+                             layers=None if layer is None else [layer], batch_size=cfg.feature_batch_size,
+                             device=device, description="export features", show_progress=show_progress)
+    x = next(iter(feats.values()))
+    save_npy(out_dir / "features.npy", x)
+
+    assignments = run.load_assignments()
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    key = "path" if data.paths is not None else "index"
+    writer.writerow([key, "cluster"])
+    for i, c in enumerate(assignments.tolist()):
+        writer.writerow([data.paths[i] if data.paths is not None else i, c])
+    write_text(out_dir / "assignments.csv", buf.getvalue())
+    summary = {"run": str(run.path), "checkpoint": checkpoint, "layer": layer or "embed",
+               "features": str(out_dir / "features.npy"), "shape": list(x.shape),
+               "assignments": str(out_dir / "assignments.csv"), "n_clusters": int(np.unique(assignments).size),
+               "assignment_cycle": run.assignment_cycles()[-1]}
+    write_json(out_dir / "export.json", summary)
+    return summary
+

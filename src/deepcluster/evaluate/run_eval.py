@@ -1,0 +1,120 @@
+"""Evaluate a run: the trained network next to the same network at its random initialisation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepcluster.cluster import Preprocessor, ari, cluster_features, clustering_accuracy, nmi
+from deepcluster.config import EvalConfig, TrainConfig
+from deepcluster.data import ImageDataset, dataset_stats, load_dataset
+from deepcluster.errors import DataError
+from deepcluster.evaluate.knn import knn_accuracy
+from deepcluster.evaluate.linear_probe import linear_probe
+from deepcluster.io import write_json
+from deepcluster.progress import console
+from deepcluster.train.features import extract_features, resolve_device
+from deepcluster.train.run_folder import RunFolder
+
+
+def _load_split(cfg: TrainConfig, split: str, limit: int | None) -> ImageDataset:
+    return load_dataset(cfg.data.name, cfg.data.root, split=split, image_size=cfg.data.image_size,
+                        limit=limit, seed=cfg.seed)
+
+
+def _stats(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    stats = dataset_stats(cfg.data.name)
+    return stats if len(stats[0]) == channels else ((0.5,) * channels, (0.5,) * channels)
+
+
+def _cluster_metrics(labels: np.ndarray, assignments: np.ndarray) -> dict[str, float]:
+    return {"nmi": nmi(labels, assignments), "ari": ari(labels, assignments),
+            "acc": clustering_accuracy(labels, assignments)}
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    eval_cfg: EvalConfig | None = None,
+    *,
+    checkpoint: str = "last",
+    out: str | Path | None = None,
+    show_progress: bool = True,
+    log=None,
+) -> dict[str, Any]:
+    """Linear probe, kNN and clustering metrics of ``checkpoint`` vs the random initialisation.
+
+    Needs labels (train and test split). Writes ``evaluation.json`` into ``out`` (default
+    ``RUN/eval``) and returns the same dictionary.
+    """
+    log = log or (lambda msg: console.print(msg))
+    run = RunFolder(Path(run_dir)).require()
+    cfg = run.load_config()
+    ecfg = eval_cfg or cfg.eval
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    train = _load_split(cfg, cfg.data.split, ecfg.train_limit if ecfg.train_limit else cfg.data.limit)
+    if cfg.data.test_split is None:
+        raise DataError(f"dataset {cfg.data.name} has no test split configured: set data.test_split to evaluate")
+    test = _load_split(cfg, cfg.data.test_split, ecfg.test_limit)
+    if train.labels is None or test.labels is None:
+        raise DataError(
+            f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
+            "linear probes and kNN need labels; use `deepcluster export` for label-free outputs"
+        )
+    xtr_img, xte_img = train.images_tensor(), test.images_tensor()
+    stats = _stats(cfg, int(xtr_img.shape[1]))
+
+    results: dict[str, Any] = {"run": str(run.path), "checkpoint": checkpoint, "config": ecfg.model_dump(mode="json"),
+                               "n_train": len(train), "n_test": len(test), "models": {}}
+    models = {"trained": run.build_model(checkpoint, cfg), "random": run.build_model("init", cfg)}
+    layers = ecfg.layers or list(models["trained"].probe_layers())
+    for name, model in models.items():
+        model.to(device)
+        t0 = time.perf_counter()
+        ftr = extract_features(model, xtr_img, *stats, layers=layers,
+                               batch_size=cfg.feature_batch_size, device=device,
+                               description=f"{name}: train features", show_progress=show_progress)
+        fte = extract_features(model, xte_img, *stats, layers=layers, batch_size=cfg.feature_batch_size,
+                               device=device, description=f"{name}: test features", show_progress=show_progress)
+        per_layer: dict[str, Any] = {}
+        for layer in layers:
+            probe = linear_probe(ftr[layer], train.labels, fte[layer], test.labels,
+                                 weight_decay=ecfg.probe_weight_decay, seed=cfg.seed)
+            knn = knn_accuracy(ftr[layer], train.labels, fte[layer], test.labels, k=ecfg.knn_k)
+            per_layer[layer] = {"dim": probe.dim, "linear": probe.test_acc, "linear_train": probe.train_acc,
+                                "knn": knn}
+            log(f"  {name:7s} {layer:8s} linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
+        # Clustering quality of the network's own clustering features, with training's preprocessing.
+        emb = extract_features(model, xtr_img, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
+                               batch_size=cfg.feature_batch_size, device=device,
+                               description=f"{name}: clustering features", show_progress=show_progress)
+        x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0).fit_transform(next(iter(emb.values())))
+        res = cluster_features(x, cfg.clustering, cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed)
+        clustering = _cluster_metrics(train.labels, res.assignments)
+        log(f"  {name:7s} k-means(k={cfg.k}) of its features: NMI {clustering['nmi']:.4f}  "
+            f"ARI {clustering['ari']:.4f}  acc {clustering['acc']:.4f}")
+        results["models"][name] = {"layers": per_layer, "clustering": clustering,
+                                   "seconds": round(time.perf_counter() - t0, 2)}
+
+    cycles = run.assignment_cycles()
+    if cycles and cfg.data.limit is None and ecfg.train_limit is None:
+        results["last_assignment"] = {"cycle": cycles[-1], **_cluster_metrics(train.labels, run.load_assignments())}
+
+    if ecfg.pixel_baseline:
+        ptr = xtr_img.flatten(1).float().numpy() / 255.0
+        pte = xte_img.flatten(1).float().numpy() / 255.0
+        probe = linear_probe(ptr, train.labels, pte, test.labels, weight_decay=ecfg.probe_weight_decay, seed=cfg.seed)
+        knn = knn_accuracy(ptr, train.labels, pte, test.labels, k=ecfg.knn_k)
+        results["pixels"] = {"dim": probe.dim, "linear": probe.test_acc, "knn": knn}
+        log(f"  pixels           linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
+
+    out_dir = Path(out) if out is not None else run.path / "eval"
+    write_json(out_dir / f"evaluation_{checkpoint}.json", results)
+    results["path"] = str(out_dir / f"evaluation_{checkpoint}.json")
+    return results

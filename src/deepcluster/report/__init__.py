@@ -1,0 +1,1 @@
+"""Planned area; see the project's issues."""

@@ -1,0 +1,63 @@
+"""Batched augmentation on uint8 image tensors.
+
+torchvision's transforms draw one set of parameters per call, so giving each image its own
+random resized crop means a Python loop over images; on a 2-core CPU that loop costs more than
+the LeNet forward pass. Here the crop and flip of every image in a batch become one affine grid
+and a single ``grid_sample`` call, equivalent to ``RandomResizedCrop`` + ``RandomHorizontalFlip``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 N×C×H×W → float32, scaled to [0, 1] then standardised per channel."""
+    x = images.to(torch.float32).div_(255.0)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def random_resized_crop_flip(
+    x: torch.Tensor,
+    *,
+    crop: bool = True,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-image random resized crop (area fraction in ``scale``) and horizontal flip of a float batch."""
+    n = x.shape[0]
+    if n == 0 or not (crop or hflip):
+        return x
+    g = generator
+    dev = x.device
+    sx = torch.ones(n)
+    sy = torch.ones(n)
+    tx = torch.zeros(n)
+    ty = torch.zeros(n)
+    if crop:
+        area = torch.empty(n).uniform_(scale[0], scale[1], generator=g)
+        log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+        r = torch.exp(log_r)
+        # crop width/height as fractions of the image, clipped to fit (torchvision falls back similarly)
+        sx = torch.sqrt(area * r).clamp(max=1.0)
+        sy = torch.sqrt(area / r).clamp(max=1.0)
+        tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sx)
+        ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - sy)
+    if hflip:
+        flip = torch.rand(n, generator=g) < 0.5
+        sx = torch.where(flip, -sx, sx)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

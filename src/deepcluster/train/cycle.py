@@ -1,0 +1,139 @@
+"""One DeepCluster cycle, as in Caron et al.'s Algorithm 1.
+
+    for each cycle:
+        features  <- f_theta(x) for every image            (eval mode, no augmentation)
+        features  <- L2(PCA_whiten(features))
+        pseudo    <- k-means(features, k)                    (no empty cluster)
+        top layer <- new random linear layer with k outputs
+        train f_theta + top layer for one epoch on (x, pseudo),
+              sampling uniformly over clusters, with augmentation
+
+Everything around it (checkpoints, logging, resuming) lives in :mod:`deepcluster.train.runner`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcluster.cluster import ClusterResult, Preprocessor, cluster_features
+from deepcluster.config import TrainConfig
+from deepcluster.errors import TrainingError
+from deepcluster.progress import progress_bar
+from deepcluster.train.augment import normalize, random_resized_crop_flip
+from deepcluster.train.features import extract_features
+from deepcluster.train.sampler import UniformClusterSampler
+
+
+@dataclass
+class ClusterStep:
+    result: ClusterResult
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def cluster_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    cfg: TrainConfig,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    *,
+    device: torch.device,
+    seed: int,
+    show_progress: bool = True,
+) -> ClusterStep:
+    """Features of the whole dataset → PCA-whitening + L2 → clusters."""
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
+    feats = extract_features(
+        model, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
+        device=device, description="features", show_progress=show_progress,
+    )
+    x = next(iter(feats.values()))
+    times["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0).fit_transform(x)
+    times["pca"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    result = cluster_features(
+        x, cfg.clustering, cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
+    )
+    times["clustering"] = time.perf_counter() - t
+    return ClusterStep(result=result, seconds=times)
+
+
+def train_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    pseudo_labels: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    top_optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    sampler_seed: int,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """One epoch on the pseudo-labels, sampling uniformly over clusters; returns loss and accuracy."""
+    model.train()
+    targets = torch.from_numpy(np.asarray(pseudo_labels, dtype=np.int64))
+    sampler = UniformClusterSampler(pseudo_labels, len(pseudo_labels), seed=sampler_seed)
+    criterion = nn.CrossEntropyLoss()
+    aug = cfg.data.augment
+    total_loss, correct, seen = 0.0, 0, 0
+    with progress_bar("training", total=len(sampler), enabled=show_progress) as advance:
+        for idx in sampler.batches(cfg.batch_size):
+            x = normalize(images[idx].to(device), *stats)
+            x = random_resized_crop_flip(
+                x, crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0), hflip=aug.hflip,
+                generator=generator,
+            )
+            y = targets[idx].to(device)
+            logits = model(x)
+            loss = criterion(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the training loss became {loss.item()} (non-finite): lower lr "
+                    f"(now {cfg.lr}) or weight_decay, then resume or restart the run"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            top_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            top_optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            advance(len(idx))
+    return {"loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD over the whole network except the top layer, which is rebuilt every cycle."""
+    top = {id(p) for p in model.top_layer.parameters()} if model.top_layer is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in top]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_top_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # As the official code: a fresh SGD (no momentum) for the new top layer of each cycle.
+    return torch.optim.SGD(model.top_layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def cycle_seed(seed: int, cycle: int) -> int:
+    """All randomness of a cycle derives from (seed, cycle): resuming at a cycle boundary is exact."""
+    return (seed * 1_000_003 + cycle * 7919) % (2**31 - 1)
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,116 @@
+"""The command line: thin commands, one-line errors, non-zero exits, nothing lost."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from deepcluster.cli import app
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "digits_tiny.yaml")
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    res = invoke("train", "--config", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    assert "cycle   2/2" in res.output
+    return out
+
+
+def assert_user_error(res, fragment):
+    assert res.exit_code == 2, res.output
+    assert fragment in res.output
+    assert "Traceback" not in res.output
+
+
+def test_help_lists_commands():
+    res = invoke("--help")
+    assert res.exit_code == 0
+    for cmd in ["train", "evaluate", "export", "list"]:
+        assert cmd in res.output
+
+
+def test_list():
+    res = invoke("list")
+    assert res.exit_code == 0 and "lenet5" in res.output and "fashion-mnist" in res.output
+
+
+def test_bad_config_key(tmp_path):
+    assert_user_error(invoke("train", "--config", CONFIG, "--set", "kk=3", "--out", tmp_path / "r"), "kk: unknown key")
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(invoke("train", "--config", tmp_path / "none.yaml", "--out", tmp_path / "r"), "not found")
+
+
+def test_missing_out(tmp_path):
+    assert_user_error(invoke("train", "--config", CONFIG), "--out")
+
+
+def test_missing_dataset_dir(tmp_path):
+    res = invoke("train", "--set", "data.name=mnist", "--set", f"data.root={tmp_path / 'nowhere'}",
+                 "--out", tmp_path / "r")
+    assert_user_error(res, "nowhere")
+
+
+def test_k_larger_than_data(tmp_path):
+    res = invoke("train", "--config", CONFIG, "--set", "k=5000", "--out", tmp_path / "r", "-q")
+    assert_user_error(res, "k=5000")
+
+
+def test_existing_run_is_not_overwritten(digits_run):
+    before = (digits_run / "checkpoint.pt").read_bytes()
+    res = invoke("train", "--config", CONFIG, "--out", digits_run)
+    assert_user_error(res, "--resume")
+    assert (digits_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_rejects_other_overrides(digits_run):
+    assert_user_error(invoke("train", "--resume", digits_run, "--set", "lr=1"), "only --set cycles")
+
+
+def test_resume_missing_folder(tmp_path):
+    assert_user_error(invoke("train", "--resume", tmp_path / "nope"), "does not exist")
+
+
+def test_evaluate_and_export(digits_run, tmp_path):
+    res = invoke("evaluate", digits_run, "-q", "--set", "probe_epochs=5")
+    assert res.exit_code == 0, res.output
+    data = json.loads((digits_run / "eval" / "evaluation_last.json").read_text())
+    assert set(data["models"]) == {"trained", "random"}
+    for m in data["models"].values():
+        assert set(m["layers"]) == {"conv1", "conv2", "fc1", "fc2"}
+        for layer in m["layers"].values():
+            assert 0.5 < layer["linear"] <= 1 and 0.5 < layer["knn"] <= 1
+        assert 0 < m["clustering"]["nmi"] <= 1
+    assert data["pixels"]["linear"] > 0.8
+    assert "evaluation of" in res.output and "raw pixels" in res.output
+
+    out = tmp_path / "exp"
+    res = invoke("export", digits_run, "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    feats = np.load(out / "features.npy")
+    assert feats.shape == (1500, 32)
+    rows = list(csv.reader((out / "assignments.csv").open()))
+    assert rows[0] == ["index", "cluster"] and len(rows) == 1501
+
+    res = invoke("export", digits_run, "--out", tmp_path / "exp2", "--layer", "conv2", "-q")
+    assert res.exit_code == 0 and np.load(tmp_path / "exp2" / "features.npy").shape[0] == 1500
+
+
+def test_evaluate_not_a_run(tmp_path):
+    assert_user_error(invoke("evaluate", tmp_path), "not a deepcluster run folder")
+
+
+def test_evaluate_bad_eval_key(digits_run):
+    assert_user_error(invoke("evaluate", digits_run, "--set", "foo=1"), "foo: unknown key")
