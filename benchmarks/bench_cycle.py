@@ -9,7 +9,6 @@ with the alternatives our choices replace timed beside them:
 import os
 import time
 
-import numpy as np
 import torch
 
 from deepcluster.cluster import Preprocessor, kmeans

@@ -84,7 +84,7 @@ def test_resume_missing_folder(tmp_path):
 
 
 def test_evaluate_and_export(digits_run, tmp_path):
-    res = invoke("evaluate", digits_run, "-q", "--set", "probe_epochs=5")
+    res = invoke("evaluate", digits_run, "-q", "--set", "probe_max_iter=30")
     assert res.exit_code == 0, res.output
     data = json.loads((digits_run / "eval" / "evaluation_last.json").read_text())
     assert set(data["models"]) == {"trained", "random"}

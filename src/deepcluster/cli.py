@@ -67,6 +67,8 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
     if "nmi_labels" in record:
         parts.append(f"NMI(labels) {_fmt(record['nmi_labels'])}")
     parts.append(f"k {record.get('k')} sizes {sizes.get('min')}/{_fmt(sizes.get('median'), 0)}/{sizes.get('max')}")
+    if record.get("pca_dim_effective") is not None:
+        parts.append(f"pca {record['pca_dim_effective']}")
     if record.get("n_resplit"):
         parts.append(f"resplit {record['n_resplit']}")
     if not record.get("clustered", True):

@@ -60,9 +60,7 @@ class EvalConfig(StrictModel):
     """Evaluation protocol used by ``deepcluster evaluate`` (and at the end of ``make demo``)."""
 
     layers: list[str] | None = None  # None: every probe layer of the model
-    probe_epochs: int = Field(30, ge=1)
-    probe_lr: float = Field(0.05, gt=0)
-    probe_batch_size: int = Field(256, ge=1)
+    probe_max_iter: int = Field(100, ge=1)  # L-BFGS iterations of the linear probe
     probe_weight_decay: float = Field(1e-4, ge=0)
     knn_k: int = Field(20, ge=1)
     train_limit: int | None = Field(None, ge=10)

@@ -88,3 +88,14 @@ def test_bad_shapes_are_errors():
     prep.fit(_correlated())
     with pytest.raises(ClusteringError, match="fitted on 32"):
         prep.transform(np.ones((5, 7), dtype=np.float32))
+
+
+def test_truncate_keeps_only_non_degenerate_components():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(500, 5)) @ rng.normal(size=(5, 12))).astype(np.float32)  # rank 5 in 12-d
+    with pytest.raises(ClusteringError, match="degenerate"):
+        Preprocessor(pca_dim=8).fit(x)
+    pre = Preprocessor(pca_dim=8, on_degenerate="truncate", l2=False)
+    y = pre.fit_transform(x)
+    assert pre.effective_dim == 5 and y.shape == (500, 5)
+    np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(5), atol=1e-2)

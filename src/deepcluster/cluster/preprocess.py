@@ -38,6 +38,11 @@ class Preprocessor:
         (unit variance per component on the fitted data), 0 is a plain PCA rotation.
     l2 : bool
         Scale each output row to unit L2 norm.
+    on_degenerate : {"raise", "truncate"}
+        What to do when the features span fewer than ``pca_dim`` dimensions: raise a
+        :class:`ClusteringError`, or keep only the non-degenerate components
+        (``effective_dim`` tells how many). Training uses ``truncate``, because a network
+        whose units die mid-run would otherwise stop at an arbitrary cycle.
 
     Notes
     -----
@@ -51,6 +56,9 @@ class Preprocessor:
     pca_dim: int | None
     eigen_power: float = -0.5
     l2: bool = True
+    on_degenerate: str = "raise"
+    effective_dim: int | None = field(default=None, init=False, compare=False)
+    _keep: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _pca: faiss.PCAMatrix | None = field(default=None, init=False, repr=False, compare=False)
     _scale: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _d_in: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -81,9 +89,12 @@ class Preprocessor:
         """
         x = as_features(x)
         n, d = x.shape
-        self._pca, self._scale, self._d_in = None, None, None
+        self._pca, self._scale, self._d_in, self._keep = None, None, None, None
+        if self.on_degenerate not in ("raise", "truncate"):
+            raise ClusteringError(f"on_degenerate must be 'raise' or 'truncate', not {self.on_degenerate!r}")
         if self.pca_dim is None:
             self._d_in = d
+            self.effective_dim = d
             return self
         pca_dim = check_int(self.pca_dim, "pca_dim", 1)
         if pca_dim > min(n, d):
@@ -101,13 +112,14 @@ class Preprocessor:
             top = float(var.max())
             if self.eigen_power < 0:
                 eig = faiss.vector_to_array(pca.eigenvalues)[:pca_dim].astype(np.float64)
-                rank = 0
+                keep = np.zeros(pca_dim, dtype=bool)
                 if top > 0 and eig.max() > 0:
-                    rank = min(
-                        int((var > _DEGENERATE_REL_VAR * top).sum()),
-                        int((eig > _DEGENERATE_REL_EIG * eig.max()).sum()),
-                    )
-                if rank < pca_dim:
+                    keep = (var > _DEGENERATE_REL_VAR * top) & (eig > _DEGENERATE_REL_EIG * eig.max())
+                rank = int(keep.sum())
+                if rank < pca_dim and self.on_degenerate == "truncate" and rank >= 1:
+                    self._keep = np.flatnonzero(keep)
+                    var = var[self._keep]
+                elif rank < pca_dim:
                     raise ClusteringError(
                         f"PCA is degenerate: the {n} features span only {rank} dimensions "
                         f"but pca_dim={pca_dim}, so whitening would divide by ~0: lower "
@@ -117,6 +129,7 @@ class Preprocessor:
             self._scale = (var**self.eigen_power).astype(np.float32)
         self._pca = pca
         self._d_in = d
+        self.effective_dim = pca_dim if self._keep is None else len(self._keep)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -144,6 +157,8 @@ class Preprocessor:
             )
         if self._pca is not None:
             x = self._pca.apply_py(x)
+            if self._keep is not None:
+                x = x[:, self._keep]
             if self._scale is not None:
                 x = x * self._scale
             if not np.isfinite(x).all():

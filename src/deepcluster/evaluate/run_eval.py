@@ -43,6 +43,7 @@ def evaluate_run(
     checkpoint: str = "last",
     out: str | Path | None = None,
     show_progress: bool = True,
+    compare_random: bool = True,
     log=None,
 ) -> dict[str, Any]:
     """Linear probe, kNN and clustering metrics of ``checkpoint`` vs the random initialisation.
@@ -72,35 +73,14 @@ def evaluate_run(
 
     results: dict[str, Any] = {"run": str(run.path), "checkpoint": checkpoint, "config": ecfg.model_dump(mode="json"),
                                "n_train": len(train), "n_test": len(test), "models": {}}
-    models = {"trained": run.build_model(checkpoint, cfg), "random": run.build_model("init", cfg)}
-    layers = ecfg.layers or list(models["trained"].probe_layers())
+    models = {"trained": run.build_model(checkpoint, cfg)}
+    if compare_random:
+        models["random"] = run.build_model("init", cfg)
     for name, model in models.items():
-        model.to(device)
-        t0 = time.perf_counter()
-        ftr = extract_features(model, xtr_img, *stats, layers=layers,
-                               batch_size=cfg.feature_batch_size, device=device,
-                               description=f"{name}: train features", show_progress=show_progress)
-        fte = extract_features(model, xte_img, *stats, layers=layers, batch_size=cfg.feature_batch_size,
-                               device=device, description=f"{name}: test features", show_progress=show_progress)
-        per_layer: dict[str, Any] = {}
-        for layer in layers:
-            probe = linear_probe(ftr[layer], train.labels, fte[layer], test.labels,
-                                 weight_decay=ecfg.probe_weight_decay, seed=cfg.seed)
-            knn = knn_accuracy(ftr[layer], train.labels, fte[layer], test.labels, k=ecfg.knn_k)
-            per_layer[layer] = {"dim": probe.dim, "linear": probe.test_acc, "linear_train": probe.train_acc,
-                                "knn": knn}
-            log(f"  {name:7s} {layer:8s} linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
-        # Clustering quality of the network's own clustering features, with training's preprocessing.
-        emb = extract_features(model, xtr_img, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
-                               batch_size=cfg.feature_batch_size, device=device,
-                               description=f"{name}: clustering features", show_progress=show_progress)
-        x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0).fit_transform(next(iter(emb.values())))
-        res = cluster_features(x, cfg.clustering, cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed)
-        clustering = _cluster_metrics(train.labels, res.assignments)
-        log(f"  {name:7s} k-means(k={cfg.k}) of its features: NMI {clustering['nmi']:.4f}  "
-            f"ARI {clustering['ari']:.4f}  acc {clustering['acc']:.4f}")
-        results["models"][name] = {"layers": per_layer, "clustering": clustering,
-                                   "seconds": round(time.perf_counter() - t0, 2)}
+        results["models"][name] = evaluate_model(
+            model, cfg, ecfg, (xtr_img, train.labels), (xte_img, test.labels), stats,
+            name=name, device=device, show_progress=show_progress, log=log,
+        )
 
     cycles = run.assignment_cycles()
     if cycles and cfg.data.limit is None and ecfg.train_limit is None:
@@ -109,7 +89,8 @@ def evaluate_run(
     if ecfg.pixel_baseline:
         ptr = xtr_img.flatten(1).float().numpy() / 255.0
         pte = xte_img.flatten(1).float().numpy() / 255.0
-        probe = linear_probe(ptr, train.labels, pte, test.labels, weight_decay=ecfg.probe_weight_decay, seed=cfg.seed)
+        probe = linear_probe(ptr, train.labels, pte, test.labels, weight_decay=ecfg.probe_weight_decay,
+                             max_iter=ecfg.probe_max_iter, seed=cfg.seed)
         knn = knn_accuracy(ptr, train.labels, pte, test.labels, k=ecfg.knn_k)
         results["pixels"] = {"dim": probe.dim, "linear": probe.test_acc, "knn": knn}
         log(f"  pixels           linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
@@ -118,3 +99,58 @@ def evaluate_run(
     write_json(out_dir / f"evaluation_{checkpoint}.json", results)
     results["path"] = str(out_dir / f"evaluation_{checkpoint}.json")
     return results
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    ecfg: EvalConfig,
+    train: tuple[torch.Tensor, np.ndarray],
+    test: tuple[torch.Tensor, np.ndarray],
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    *,
+    name: str = "model",
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+    log=None,
+) -> dict[str, Any]:
+    """Probe every layer of one network (linear + kNN) and score k-means of its clustering features.
+
+    The clustering features get training's preprocessing (PCA-whitening, L2); k-means is run with
+    as many clusters as there are classes, and also with the run's ``k`` when that differs.
+    """
+    log = log or (lambda msg: None)
+    (xtr_img, ytr), (xte_img, yte) = train, test
+    model.to(device)
+    t0 = time.perf_counter()
+    layers = ecfg.layers or list(model.probe_layers())
+    ftr = extract_features(model, xtr_img, *stats, layers=layers, batch_size=cfg.feature_batch_size, device=device,
+                           description=f"{name}: train features", show_progress=show_progress)
+    fte = extract_features(model, xte_img, *stats, layers=layers, batch_size=cfg.feature_batch_size, device=device,
+                           description=f"{name}: test features", show_progress=show_progress)
+    per_layer: dict[str, Any] = {}
+    for layer in layers:
+        probe = linear_probe(ftr[layer], ytr, fte[layer], yte, weight_decay=ecfg.probe_weight_decay,
+                             max_iter=ecfg.probe_max_iter, seed=cfg.seed)
+        knn = knn_accuracy(ftr[layer], ytr, fte[layer], yte, k=ecfg.knn_k)
+        per_layer[layer] = {"dim": probe.dim, "linear": probe.test_acc, "linear_train": probe.train_acc, "knn": knn}
+        log(f"  {name:7s} {layer:8s} linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
+    del ftr, fte
+
+    emb = extract_features(model, xtr_img, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
+                           batch_size=cfg.feature_batch_size, device=device,
+                           description=f"{name}: clustering features", show_progress=show_progress)
+    x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0,
+                     on_degenerate="truncate").fit_transform(next(iter(emb.values())))
+    n_classes = int(np.unique(ytr).size)
+    clustering: dict[str, Any] = {"k": n_classes}
+    for k in dict.fromkeys([n_classes, cfg.k]):
+        res = cluster_features(x, cfg.clustering, k, niter=cfg.kmeans_iters, seed=cfg.seed)
+        metrics = _cluster_metrics(ytr, res.assignments)
+        if k == n_classes:
+            clustering.update(metrics)
+        else:
+            clustering[f"k{k}"] = {"k": k, **metrics}
+        log(f"  {name:7s} k-means(k={k}) of its clustering features: NMI {metrics['nmi']:.4f}  "
+            f"ARI {metrics['ari']:.4f}  acc {metrics['acc']:.4f}")
+    return {"layers": per_layer, "clustering": clustering, "seconds": round(time.perf_counter() - t0, 2)}

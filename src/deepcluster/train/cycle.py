@@ -13,7 +13,6 @@ Everything around it (checkpoints, logging, resuming) lives in :mod:`deepcluster
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from deepcluster.train.sampler import UniformClusterSampler
 class ClusterStep:
     result: ClusterResult
     seconds: dict[str, float] = field(default_factory=dict)
+    pca_dim: int | None = None  # dimensions actually kept (fewer than asked when features are rank-deficient)
 
 
 def cluster_step(
@@ -59,7 +59,8 @@ def cluster_step(
     times["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0).fit_transform(x)
+    pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
+    x = pre.fit_transform(x)
     times["pca"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -67,7 +68,7 @@ def cluster_step(
         x, cfg.clustering, cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
     )
     times["clustering"] = time.perf_counter() - t
-    return ClusterStep(result=result, seconds=times)
+    return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
 
 
 def train_epoch(
@@ -133,7 +134,3 @@ def make_top_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
 def cycle_seed(seed: int, cycle: int) -> int:
     """All randomness of a cycle derives from (seed, cycle): resuming at a cycle boundary is exact."""
     return (seed * 1_000_003 + cycle * 7919) % (2**31 - 1)
-
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

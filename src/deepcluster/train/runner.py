@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from deepcluster import __version__
-from deepcluster.cluster import ClusterResult, ari, clustering_accuracy, cluster_size_summary, nmi
+from deepcluster.cluster import ari, clustering_accuracy, cluster_size_summary, nmi
 from deepcluster.config import TrainConfig
 from deepcluster.data import ImageDataset, dataset_stats, load_dataset
 from deepcluster.errors import ClusteringError, TrainingError
@@ -129,6 +129,8 @@ def train(
             else:
                 step = cluster_step(model, images, cfg, stats, device=device, seed=seed, show_progress=show_progress)
                 result, times = step.result, step.seconds
+                if cfg.pca_dim is not None:
+                    record["pca_dim_effective"] = step.pca_dim
                 assignments = result.assignments
                 k_eff = result.k
                 model.reset_top_layer(k_eff, generator=generator)
