@@ -114,3 +114,37 @@ def test_evaluate_not_a_run(tmp_path):
 
 def test_evaluate_bad_eval_key(digits_run):
     assert_user_error(invoke("evaluate", digits_run, "--set", "foo=1"), "foo: unknown key")
+
+
+def test_unlabeled_image_folder_trains_and_exports(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
+    out = tmp_path / "run"
+    res = invoke("train", "--set", "data.name=folder", "--set", f"data.root={folder}", "--set", "data.image_size=16",
+                 "--set", "data.test_split=null", "--set", "model.arch=tiny_cnn", "--set", "k=4", "--set", "cycles=2",
+                 "--set", "pca_dim=off", "--set", "batch_size=8", "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    assert "no labels" in res.output
+    assert "nmi_labels" not in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    res = invoke("export", out, "--out", tmp_path / "exp", "-q")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.reader((tmp_path / "exp" / "assignments.csv").open()))
+    assert rows[0] == ["path", "cluster"] and rows[1][0].endswith("im00.png") and len(rows) == 41
+    assert_user_error(invoke("evaluate", out), "test split")
+
+
+def test_corrupt_idx_file_is_one_line_error(tmp_path):
+    import gzip
+
+    d = tmp_path / "fm"
+    d.mkdir()
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]:
+        (d / name).write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 10)[:-5])
+    res = invoke("train", "--set", "data.name=fashion-mnist", "--set", f"data.root={d}", "--out", tmp_path / "r")
+    assert_user_error(res, "train-images-idx3-ubyte.gz")
+    assert not (tmp_path / "r").exists()

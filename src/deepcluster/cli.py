@@ -66,6 +66,8 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
     ]
     if "nmi_labels" in record:
         parts.append(f"NMI(labels) {_fmt(record['nmi_labels'])}")
+    else:
+        parts.append("[dim]no labels: label metrics skipped[/]")
     parts.append(f"k {record.get('k')} sizes {sizes.get('min')}/{_fmt(sizes.get('median'), 0)}/{sizes.get('max')}")
     if record.get("pca_dim_effective") is not None:
         parts.append(f"pca {record['pca_dim_effective']}")

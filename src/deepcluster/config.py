@@ -93,6 +93,8 @@ class TrainConfig(StrictModel):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(1e-3, ge=0)
+    # false: no weight decay on BatchNorm scales/shifts and biases (the official code decays all)
+    decay_norm_and_bias: bool = True
     batch_size: int = Field(128, ge=1)
     feature_batch_size: int = Field(1024, ge=1)
 

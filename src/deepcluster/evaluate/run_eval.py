@@ -137,16 +137,10 @@ def evaluate_model(
         log(f"  {name:7s} {layer:8s} linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
     del ftr, fte
 
-    emb = extract_features(model, xtr_img, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
-                           batch_size=cfg.feature_batch_size, device=device,
-                           description=f"{name}: clustering features", show_progress=show_progress)
-    x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0,
-                     on_degenerate="truncate").fit_transform(next(iter(emb.values())))
     n_classes = int(np.unique(ytr).size)
     clustering: dict[str, Any] = {"k": n_classes}
     for k in dict.fromkeys([n_classes, cfg.k]):
-        res = cluster_features(x, cfg.clustering, k, niter=cfg.kmeans_iters, seed=cfg.seed)
-        metrics = _cluster_metrics(ytr, res.assignments)
+        metrics = clustering_quality(model, xtr_img, ytr, cfg, stats, k=k, device=device, show_progress=show_progress)
         if k == n_classes:
             clustering.update(metrics)
         else:
@@ -154,3 +148,29 @@ def evaluate_model(
         log(f"  {name:7s} k-means(k={k}) of its clustering features: NMI {metrics['nmi']:.4f}  "
             f"ARI {metrics['ari']:.4f}  acc {metrics['acc']:.4f}")
     return {"layers": per_layer, "clustering": clustering, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def clustering_quality(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    cfg: TrainConfig,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    *,
+    k: int | None = None,
+    device: torch.device | str = "cpu",
+    show_progress: bool = False,
+) -> dict[str, float]:
+    """NMI, ARI and Hungarian accuracy vs ``labels`` of clustering ``model``'s features.
+
+    Uses exactly training's pipeline (the clustered layer, PCA-whitening, L2, the run's
+    clustering method and seed). On a randomly initialised network with ``k`` clusters this
+    is the Initial Alignment of the Deep Dive paper.
+    """
+    feats = extract_features(model, images, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
+                             batch_size=cfg.feature_batch_size, device=device,
+                             description="clustering features", show_progress=show_progress)
+    x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0,
+                     on_degenerate="truncate").fit_transform(next(iter(feats.values())))
+    res = cluster_features(x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed)
+    return _cluster_metrics(labels, res.assignments)

@@ -123,7 +123,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD over the whole network except the top layer, which is rebuilt every cycle."""
     top = {id(p) for p in model.top_layer.parameters()} if model.top_layer is not None else set()
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in top]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.decay_norm_and_bias:
+        groups = [{"params": params}]
+    else:
+        # 1-d parameters are BatchNorm scales/shifts and biases; decaying BN scales towards 0
+        # is what kills units (and the rank of the clustered features) at a high learning rate.
+        groups = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_top_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
