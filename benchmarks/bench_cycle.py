@@ -59,7 +59,7 @@ from deepcluster.train.features import extract_features
 from sklearn.cluster import KMeans
 
 x = extract_features(model, images, *stats, show_progress=False)["embed"]
-x = Preprocessor(pca_dim=cfg.pca_dim).fit_transform(x)
+x = Preprocessor(pca_dim=cfg.pca_dim, on_degenerate="truncate").fit_transform(x)
 t = time.perf_counter()
 kmeans(x, 10, niter=20, seed=0)
 fa = time.perf_counter() - t
