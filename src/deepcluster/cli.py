@@ -76,7 +76,7 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
     if not record.get("clustered", True):
         parts.append("[dim](clustering halted)[/]")
     parts.append("[dim]" + " ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "[/]")
-    out_console.print("  ".join(parts), highlight=False)
+    out_console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -124,7 +124,8 @@ def train(
 
 
 def _results_table(res: dict[str, Any]) -> Table:
-    table = Table(title=f"evaluation of {res['run']} ({res['n_train']} train / {res['n_test']} test images)")
+    table = Table(title=f"evaluation of {res['run']} ({res['n_train']} train / {res['n_test']} test images)",
+                  caption="NMI, ACC: k-means (as many clusters as classes) of the clustering features vs labels")
     table.add_column("layer")
     table.add_column("dim", justify="right")
     for name in res["models"]:
@@ -136,10 +137,12 @@ def _results_table(res: dict[str, Any]) -> Table:
         for m in res["models"].values():
             row += [f"{100 * m['layers'][layer]['linear']:.1f}%", f"{100 * m['layers'][layer]['knn']:.1f}%"]
         table.add_row(*row)
-    row = ["k-means NMI", ""]
-    for m in res["models"].values():
-        row += [f"{m['clustering']['nmi']:.3f}", f"acc {100 * m['clustering']['acc']:.1f}%"]
-    table.add_row(*row)
+    k = first["clustering"].get("k", "")
+    for key, label, fmt in (("nmi", "NMI", "{:.3f}"), ("acc", "ACC", "{:.1%}")):
+        row = [f"{label} k={k}", ""]
+        for m in res["models"].values():
+            row += [fmt.format(m["clustering"][key]), ""]
+        table.add_row(*row)
     if "pixels" in res:
         p = res["pixels"]
         table.add_row("raw pixels", str(p["dim"]), f"{100 * p['linear']:.1f}%", f"{100 * p['knn']:.1f}%",
@@ -165,7 +168,7 @@ def evaluate(
     ecfg = build_config(EvalConfig, None, set_)
     ecfg = EvalConfig.model_validate(deep_merge(base.model_dump(), ecfg.model_dump(exclude_unset=True)))
     res = evaluate_run(run, ecfg, checkpoint=checkpoint, out=out, show_progress=not quiet,
-                       log=lambda m: out_console.print(m, highlight=False))
+                       log=lambda m: out_console.print(m, highlight=False, soft_wrap=True))
     out_console.print(_results_table(res))
     out_console.print(f"saved {res['path']}", highlight=False)
 

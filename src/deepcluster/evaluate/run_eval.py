@@ -145,8 +145,7 @@ def evaluate_model(
             clustering.update(metrics)
         else:
             clustering[f"k{k}"] = {"k": k, **metrics}
-        log(f"  {name:7s} k-means(k={k}) of its clustering features: NMI {metrics['nmi']:.4f}  "
-            f"ARI {metrics['ari']:.4f}  acc {metrics['acc']:.4f}")
+        log(f"  {name:7s} k-means k={k:<4d} NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}  acc {metrics['acc']:.4f}")
     return {"layers": per_layer, "clustering": clustering, "seconds": round(time.perf_counter() - t0, 2)}
 
 
