@@ -101,7 +101,6 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(5, ge=1)  # also keep checkpoints/cycle_NNN.pt every N cycles
 
     device: str = "auto"
-    workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
 
     _off = field_validator("pca_dim", "halt_clustering_after", mode="before")(
