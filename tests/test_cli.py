@@ -148,3 +148,17 @@ def test_corrupt_idx_file_is_one_line_error(tmp_path):
     res = invoke("train", "--set", "data.name=fashion-mnist", "--set", f"data.root={d}", "--out", tmp_path / "r")
     assert_user_error(res, "train-images-idx3-ubyte.gz")
     assert not (tmp_path / "r").exists()
+
+
+def test_diverging_training_stops_with_a_clear_error_and_keeps_finished_cycles(tmp_path):
+    out = tmp_path / "run"
+    res = invoke("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    before = (out / "checkpoint.pt").read_bytes()
+    # extend the run with an absurd learning rate by editing its saved config (as a user might)
+    cfg = (out / "config.yaml").read_text().replace("lr: 0.05", "lr: 1.0e+12")
+    (out / "config.yaml").write_text(cfg)
+    res = invoke("train", "--resume", out, "--set", "cycles=3", "-q")
+    assert res.exit_code == 2, res.output
+    assert "lower lr" in res.output and "Traceback" not in res.output
+    assert (out / "checkpoint.pt").read_bytes() == before

@@ -79,7 +79,11 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
     out_console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(epilog=(
+    "Examples: deepcluster train -c configs/fmnist_lenet.yaml -o runs/fm;  "
+    "deepcluster train -c configs/digits_tiny.yaml --set k=30 --set pca_dim=off -o runs/d;  "
+    "deepcluster train --resume runs/fm [--set cycles=30]"
+))
 @user_errors
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/fmnist_lenet.yaml.")] = None,
@@ -150,7 +154,7 @@ def _results_table(res: dict[str, Any]) -> Table:
     return table
 
 
-@app.command()
+@app.command(epilog="Example: deepcluster evaluate runs/fm --set layers=[conv2,fc2] --set train_limit=10000")
 @user_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
