@@ -154,7 +154,7 @@ def _results_table(res: dict[str, Any]) -> Table:
     return table
 
 
-@app.command(epilog="Example: deepcluster evaluate runs/fm --set layers=[conv2,fc2] --set train_limit=10000")
+@app.command(epilog="Example: deepcluster evaluate runs/fm --set layers=\\[conv2,fc2] --set train_limit=10000")
 @user_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
