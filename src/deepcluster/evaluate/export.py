@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from deepcluster.data import load_dataset
 from deepcluster.io import save_npy, write_json, write_text
 from deepcluster.train.features import extract_features, resolve_device
 from deepcluster.train.run_folder import RunFolder
-from deepcluster.evaluate.run_eval import _stats
+from deepcluster.train.runner import load_split, normalization
 
 
 def export_run(
@@ -33,13 +32,12 @@ def export_run(
     run = RunFolder(Path(run_dir)).require()
     cfg = run.load_config()
     out_dir = Path(out) if out is not None else run.path / "export"
-    data = load_dataset(cfg.data.name, cfg.data.root, split=cfg.data.split, image_size=cfg.data.image_size,
-                        limit=cfg.data.limit, seed=cfg.seed)
+    data = load_split(cfg)
     images = data.images_tensor()
     model = run.build_model(checkpoint, cfg)
     device = resolve_device(cfg.device)
     model.to(device)
-    feats = extract_features(model, images, *_stats(cfg, int(images.shape[1])),
+    feats = extract_features(model, images, *normalization(cfg, int(images.shape[1])),
                              layers=None if layer is None else [layer], batch_size=cfg.feature_batch_size,
                              device=device, description="export features", show_progress=show_progress)
     x = next(iter(feats.values()))

@@ -11,7 +11,6 @@ import torch
 
 from deepcluster.cluster import Preprocessor, ari, cluster_features, clustering_accuracy, nmi
 from deepcluster.config import EvalConfig, TrainConfig
-from deepcluster.data import ImageDataset, dataset_stats, load_dataset
 from deepcluster.errors import DataError
 from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.evaluate.linear_probe import linear_probe
@@ -19,16 +18,7 @@ from deepcluster.io import write_json
 from deepcluster.progress import console
 from deepcluster.train.features import extract_features, resolve_device
 from deepcluster.train.run_folder import RunFolder
-
-
-def _load_split(cfg: TrainConfig, split: str, limit: int | None) -> ImageDataset:
-    return load_dataset(cfg.data.name, cfg.data.root, split=split, image_size=cfg.data.image_size,
-                        limit=limit, seed=cfg.seed)
-
-
-def _stats(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    stats = dataset_stats(cfg.data.name)
-    return stats if len(stats[0]) == channels else ((0.5,) * channels, (0.5,) * channels)
+from deepcluster.train.runner import load_split, normalization
 
 
 def _cluster_metrics(labels: np.ndarray, assignments: np.ndarray) -> dict[str, float]:
@@ -59,17 +49,17 @@ def evaluate_run(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    train = _load_split(cfg, cfg.data.split, ecfg.train_limit if ecfg.train_limit else cfg.data.limit)
+    train = load_split(cfg, cfg.data.split, ecfg.train_limit if ecfg.train_limit else cfg.data.limit)
     if cfg.data.test_split is None:
         raise DataError(f"dataset {cfg.data.name} has no test split configured: set data.test_split to evaluate")
-    test = _load_split(cfg, cfg.data.test_split, ecfg.test_limit)
+    test = load_split(cfg, cfg.data.test_split, ecfg.test_limit)
     if train.labels is None or test.labels is None:
         raise DataError(
             f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
             "linear probes and kNN need labels; use `deepcluster export` for label-free outputs"
         )
     xtr_img, xte_img = train.images_tensor(), test.images_tensor()
-    stats = _stats(cfg, int(xtr_img.shape[1]))
+    stats = normalization(cfg, int(xtr_img.shape[1]))
 
     results: dict[str, Any] = {"run": str(run.path), "checkpoint": checkpoint, "config": ecfg.model_dump(mode="json"),
                                "n_train": len(train), "n_test": len(test), "models": {}}

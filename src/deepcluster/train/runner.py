@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -24,11 +25,23 @@ from deepcluster.train.run_folder import RunFolder, build_network
 CycleCallback = Callable[[dict[str, Any]], None]
 
 
+def load_split(cfg: TrainConfig, split: str | None = None, limit: int | None = None) -> ImageDataset:
+    """A split of the run's dataset (default: the training split with the run's ``data.limit``)."""
+    if split is None:
+        split, limit = cfg.data.split, cfg.data.limit
+    return load_dataset(cfg.data.name, cfg.data.root, split=split, image_size=cfg.data.image_size,
+                        limit=limit, seed=cfg.seed)
+
+
 def load_train_data(cfg: TrainConfig) -> ImageDataset:
-    return load_dataset(
-        cfg.data.name, cfg.data.root, split=cfg.data.split, image_size=cfg.data.image_size,
-        limit=cfg.data.limit, seed=cfg.seed,
-    )
+    """The images the run trains on."""
+    return load_split(cfg)
+
+
+def normalization(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the run's dataset (0.5/0.5 when the known stats do not fit)."""
+    stats = dataset_stats(cfg.data.name)
+    return stats if len(stats[0]) == channels else ((0.5,) * channels, (0.5,) * channels)
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -75,9 +88,7 @@ def train(
     if cfg.k > len(data):
         raise ClusteringError(f"k={cfg.k} is larger than the number of images ({len(data)}): lower k or use more data")
     images = data.images_tensor()
-    stats = dataset_stats(cfg.data.name)
-    if len(stats[0]) != images.shape[1]:
-        stats = ((0.5,) * images.shape[1], (0.5,) * images.shape[1])
+    stats = normalization(cfg, int(images.shape[1]))
     in_channels, input_size = int(images.shape[1]), int(images.shape[-1])
 
     model = build_network(cfg, in_channels, input_size).to(device)
@@ -93,6 +104,8 @@ def train(
             start_cycle = ckpt["cycle"] + 1
             assignments = ckpt["assignments"]
             _truncate_metrics(run, ckpt["cycle"])
+        else:  # killed during cycle 1: start again from the (seeded, identical) initialisation
+            _truncate_metrics(run, 0)
     else:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(cfg)
@@ -192,8 +205,6 @@ def _save_cycle(run: RunFolder, cfg: TrainConfig, model, optimizer, cycle: int, 
 
 def _truncate_metrics(run: RunFolder, last_cycle: int) -> None:
     kept = [r for r in run.metrics() if r.get("cycle", 0) <= last_cycle]
-    import json
-
     write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
