@@ -113,7 +113,7 @@ def train(
                                    "input_size": input_size, "version": __version__})
         write_text(run.metrics_path, "")
 
-    # The top layer exists from the first cycle on; the optimiser must see the same parameter set.
+    # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
     optimizer = make_optimizer(model, cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -151,10 +151,10 @@ def train(
 
             top_optimizer = make_top_optimizer(model, cfg)
             t = time.perf_counter()
-            for _ in range(cfg.epochs_per_cycle):
+            for epoch in range(cfg.epochs_per_cycle):
                 ep = train_epoch(
                     model, images, assignments, optimizer, top_optimizer, cfg, stats,
-                    device=device, generator=generator, sampler_seed=seed, show_progress=show_progress,
+                    device=device, generator=generator, sampler_seed=seed + epoch, show_progress=show_progress,
                 )
             times["training"] = time.perf_counter() - t
 
@@ -170,7 +170,6 @@ def train(
 
             _save_cycle(run, cfg, model, optimizer, cycle, assignments, record, in_channels, input_size)
             _log_tensorboard(writer, record)
-            top_state = {k: v.detach().cpu().clone() for k, v in model.top_layer.state_dict().items()}
             if on_cycle is not None:
                 on_cycle(record)
             cycles_done += 1
