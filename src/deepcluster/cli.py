@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,7 +24,7 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 SetOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set k=20 --set data.limit=5000 (repeatable)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -86,10 +86,10 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
 ))
 @user_errors
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/fmnist_lenet.yaml.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/fmnist_lenet.yaml.")] = None,
     set_: SetOption = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
@@ -159,8 +159,8 @@ def _results_table(res: dict[str, Any]) -> Table:
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
     checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override an eval key, e.g. --set train_limit=10000.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where evaluation.json goes (default RUN/eval).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override an eval key, e.g. --set train_limit=10000.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where evaluation.json goes (default RUN/eval).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Linear probe, kNN and clustering metrics: trained network vs its random initialisation."""
@@ -181,9 +181,9 @@ def evaluate(
 @user_errors
 def export(
     run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default RUN/export).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/export).")] = None,
     checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
-    layer: Annotated[Optional[str], typer.Option(help="A probe layer name (default: the clustering features).")] = None,
+    layer: Annotated[str | None, typer.Option(help="A probe layer name (default: the clustering features).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Write features (.npy) and cluster assignments (CSV: index or path → cluster)."""
@@ -192,6 +192,104 @@ def export(
     summary = export_run(run, out, checkpoint=checkpoint, layer=layer, show_progress=not quiet)
     out_console.print(f"features {tuple(summary['shape'])} → {summary['features']}", highlight=False)
     out_console.print(f"assignments ({summary['n_clusters']} clusters, cycle {summary['assignment_cycle']}) → {summary['assignments']}", highlight=False)
+
+
+def _split_grid(items: list[str] | None) -> tuple[list[str], dict[str, list[Any]]]:
+    """``k=5,10,20`` → a grid axis; ``k=5`` or ``layers=[a,b]`` → a plain override."""
+    import yaml
+
+    from deepcluster.errors import ConfigError
+
+    fixed: list[str] = []
+    grid: dict[str, list[Any]] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE or KEY=V1,V2,... (e.g. --set k=5,10,20)")
+        if "," in raw and not raw.lstrip().startswith(("[", "{")):
+            values = [yaml.safe_load(v) if v.strip() not in {"off", "none", "None"} else None for v in raw.split(",")]
+            grid[key.strip()] = values
+        else:
+            fixed.append(item)
+    return fixed, grid
+
+
+@app.command(epilog=(
+    "Examples: deepcluster ia -c configs/fmnist_lenet.yaml --set k=5 --seeds 100;  "
+    "deepcluster ia -c configs/fmnist_lenet.yaml --set k=5,10,20,200 --set pca_dim=off,32,256 --seeds 30 -o runs/ia_k;  "
+    "deepcluster ia -c configs/digits_tiny.yaml --labelled 200"
+))
+@user_errors
+def ia(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config (YAML) whose network and clustering are measured.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key; comma-separated values make a grid, e.g. --set k=5,10,20 (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", "-n", min=1, help="Random initialisations sampled per setting.")] = 100,
+    first_seed: Annotated[int, typer.Option("--first-seed", help="Seeds are first-seed, first-seed+1, ...")] = 0,
+    labelled: Annotated[int | None, typer.Option("--labelled", help="Compute IA on a random subset of N labelled images (all images are clustered).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Labels file: .npy (one per image, -1 = unlabelled) or CSV with index,label or path,label.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/ia/CONFIG-NAME).")] = None,
+    tie: Annotated[float, typer.Option(help="Medians within this of the best count as a tie; the cheaper setting wins.")] = 0.01,
+    method: Annotated[str, typer.Option(help="auto, stacked (many networks per pass) or loop (one at a time).")] = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Initial Alignment: NMI(labels, k-means of a random network's features) over many initialisations."""
+    import itertools
+
+    from deepcluster.analysis.alignment import (
+        apply_setting,
+        initial_alignment,
+        labels_for_ia,
+    )
+    from deepcluster.analysis.ia_report import summary_rows, write_ia_outputs
+    from deepcluster.config import TrainConfig, build_config, config_to_dict
+    from deepcluster.io import write_text
+    from deepcluster.train.runner import load_train_data
+
+    fixed, grid = _split_grid(set_)
+    base = build_config(TrainConfig, config, fixed)
+    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] or [{}]
+    cfgs = [apply_setting(base, s) for s in settings]  # validate every setting before any work
+    out = out or Path("runs") / "ia" / (config.stem if config else base.data.name)
+    data_cache: dict[str, Any] = {}
+    results = []
+    for setting, cfg in zip(settings, cfgs):
+        key = cfg.data.model_dump_json()
+        if key not in data_cache:
+            data = load_train_data(cfg)
+            data_cache[key] = (data, labels_for_ia(data, labelled=labelled, label_file=labels, seed=cfg.seed))
+        data, lab = data_cache[key]
+        res = initial_alignment(cfg, range(first_seed, first_seed + seeds), labels=lab, data=data, method=method,
+                                setting=setting, show_progress=not quiet)
+        s = res.summary()
+        out_console.print(
+            f"{res.name:28s} median {s['median']:.3f}  [q1 {s['q1']:.3f}, q3 {s['q3']:.3f}]  "
+            f"min {s['min']:.3f}  max {s['max']:.3f}  ({res.seconds:.1f} s, {res.n_labelled} labelled)",
+            highlight=False, markup=False,
+        )
+        results.append(res)
+    write_text(out / "config.yaml", __import__("yaml").safe_dump(config_to_dict(base), sort_keys=False))
+    rec = write_ia_outputs(results, out, tie=tie, command_config={
+        "config": str(config) if config else None, "set": list(set_ or []), "grid": grid, "seeds": seeds,
+        "first_seed": first_seed, "labelled": labelled, "labels": str(labels) if labels else None,
+        "tie": tie, "method": method,
+    })
+
+    table = Table(title=f"Initial Alignment over {seeds} initialisations — {out}")
+    for col in ("setting", "min", "q1", "median", "q3", "max", "best seed"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    for row in summary_rows(results):
+        mark = " ★" if row["setting"] == rec["name"] else ""
+        table.add_row(row["setting"] + mark, *(f"{row[c]:.3f}" for c in ("min", "q1", "median", "q3", "max")),
+                      str(row["best_seed"]))
+    out_console.print(table)
+    if len(results) > 1:
+        out_console.print(f"recommended: {rec['name']} (highest median IA{'; cheaper on a near tie' if tie else ''})",
+                          highlight=False)
+    top = results[[r.name for r in results].index(rec["name"])].ranked()[:5]
+    out_console.print("best seeds: " + ", ".join(f"{s} ({v:.3f})" for s, v in top)
+                      + f"  → train from the best with --set init_seed={top[0][0]} or --set init=best_ia:N",
+                      highlight=False)
+    out_console.print(f"wrote {out}/summary.md, samples.csv, seed_ranking.csv, ia_distribution.png", highlight=False)
 
 
 @app.command("list")

@@ -76,6 +76,10 @@ class TrainConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     seed: int = 0
+    # How the network is initialised: "random" (from init_seed) or "best_ia:N" (the highest
+    # Initial Alignment among init seeds seed..seed+N-1; needs labels). init_seed None = seed.
+    init: str = "random"
+    init_seed: int | None = None
     cycles: int = Field(15, ge=1)
     epochs_per_cycle: int = Field(1, ge=1)
 
@@ -113,7 +117,22 @@ class TrainConfig(StrictModel):
             raise ValueError(f"k={self.k} is larger than data.limit={self.data.limit}")
         if self.device not in {"auto", "cpu"} and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.best_ia_candidates()  # validates ``init``
         return self
+
+    def best_ia_candidates(self) -> int | None:
+        """N of ``init=best_ia:N``; ``None`` for ``init=random``."""
+        if self.init == "random":
+            return None
+        head, _, n = self.init.partition(":")
+        if head != "best_ia" or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"init must be 'random' or 'best_ia:N' with N >= 1, got {self.init!r}")
+        return int(n)
+
+    @property
+    def network_seed(self) -> int:
+        """The seed the network's weights are drawn from."""
+        return self.seed if self.init_seed is None else self.init_seed
 
 
 # --------------------------------------------------------------------------- loading

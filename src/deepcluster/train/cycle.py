@@ -57,7 +57,17 @@ def cluster_step(
     )
     x = next(iter(feats.values()))
     times["features"] = time.perf_counter() - t
+    step = preprocess_and_cluster(x, cfg, seed=seed)
+    step.seconds = {**times, **step.seconds}
+    return step
 
+
+def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int | None = None) -> ClusterStep:
+    """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
+
+    Initial Alignment goes through here too, so it sees exactly what cycle 1 of training sees.
+    """
+    times: dict[str, float] = {}
     t = time.perf_counter()
     pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
     x = pre.fit_transform(x)
@@ -65,7 +75,7 @@ def cluster_step(
 
     t = time.perf_counter()
     result = cluster_features(
-        x, cfg.clustering, cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
+        x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
     )
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)

@@ -122,5 +122,5 @@ def build_network(cfg: TrainConfig, in_channels: int, input_size: int, seed: int
     """The run's architecture, without its top layer (that depends on the cycle's clusters)."""
     return build_model(
         cfg.model.arch, in_channels=in_channels, input_size=input_size, sobel=cfg.model.sobel,
-        num_classes=None, seed=cfg.seed if seed is None else seed,
+        num_classes=None, seed=cfg.network_seed if seed is None else seed,
     )

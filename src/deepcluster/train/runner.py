@@ -13,12 +13,18 @@ import numpy as np
 import torch
 
 from deepcluster import __version__
-from deepcluster.cluster import ari, clustering_accuracy, cluster_size_summary, nmi
+from deepcluster.cluster import ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.config import TrainConfig
 from deepcluster.data import ImageDataset, dataset_stats, load_dataset
 from deepcluster.errors import ClusteringError, TrainingError
-from deepcluster.io import append_jsonl, save_npy, torch_save, write_text
-from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
+from deepcluster.io import append_jsonl, save_npy, torch_save, write_json, write_text
+from deepcluster.train.cycle import (
+    cluster_step,
+    cycle_seed,
+    make_optimizer,
+    make_top_optimizer,
+    train_epoch,
+)
 from deepcluster.train.features import resolve_device
 from deepcluster.train.run_folder import RunFolder, build_network
 
@@ -42,6 +48,24 @@ def normalization(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], t
     """Per-channel mean/std of the run's dataset (0.5/0.5 when the known stats do not fit)."""
     stats = dataset_stats(cfg.data.name)
     return stats if len(stats[0]) == channels else ((0.5,) * channels, (0.5,) * channels)
+
+
+def _choose_init_by_ia(cfg: TrainConfig, data: ImageDataset, show_progress: bool) -> tuple[TrainConfig, dict[str, Any]]:
+    """``init=best_ia:N``: the init seed with the highest Initial Alignment among seed..seed+N-1."""
+    from deepcluster.analysis.alignment import (
+        initial_alignment,  # analysis builds on train
+    )
+
+    n = cfg.best_ia_candidates()
+    if data.labels is None:
+        raise ClusteringError("init=best_ia:N ranks initialisations by their alignment with labels, and this dataset "
+                              "has none: use init=random, or compute IA with `deepcluster ia --labels FILE` and "
+                              "set init_seed")
+    res = initial_alignment(cfg, range(cfg.seed, cfg.seed + n), data=data, show_progress=show_progress)
+    best, value = res.ranked()[0]
+    record = {"init": cfg.init, "chosen_seed": best, "ia": value, "k": cfg.k,
+              "candidates": {str(s): float(v) for s, v in zip(res.seeds, res.values)}, "seconds": round(res.seconds, 2)}
+    return cfg.model_copy(update={"init_seed": best}), record
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -91,6 +115,9 @@ def train(
     stats = normalization(cfg, int(images.shape[1]))
     in_channels, input_size = int(images.shape[1]), int(images.shape[-1])
 
+    init_ia = None
+    if not resume and cfg.best_ia_candidates() and cfg.init_seed is None:
+        cfg, init_ia = _choose_init_by_ia(cfg, data, show_progress)
     model = build_network(cfg, in_channels, input_size).to(device)
     start_cycle, assignments = 1, None
     top_state = None
@@ -109,6 +136,8 @@ def train(
     else:
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(cfg)
+        if init_ia is not None:
+            write_json(run.path / "init_ia.json", init_ia)
         torch_save(run.init_path, {"model": _model_state(model), "cycle": 0, "in_channels": in_channels,
                                    "input_size": input_size, "version": __version__})
         write_text(run.metrics_path, "")
@@ -126,6 +155,8 @@ def train(
             seed = cycle_seed(cfg.seed, cycle)
             generator = _seed_everything(seed)
             record: dict[str, Any] = {"cycle": cycle}
+            if cycle == 1 and init_ia is not None:
+                record["init_ia"] = init_ia["ia"]
             halted = cfg.halt_clustering_after is not None and cycle > cfg.halt_clustering_after
             previous = assignments
 

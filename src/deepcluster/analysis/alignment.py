@@ -1,0 +1,313 @@
+"""Initial Alignment: how well the clusters of a *random* network already match the labels.
+
+Deep Dive into DeepCluster (§4.1.1) defines, for random weights θ and k clusters,
+
+    IA(θ, k) = NMI(L, P)
+
+where L are the class labels and P the k-means assignments of the features of the randomly
+initialised network, with the preprocessing training uses (PCA-whitening, L2). Sampling θ over
+many seeds gives the IA distribution of a setting; its median guides the choice of k, PCA
+dimensions or initialisation (§4.3, appendix B).
+
+Here sample ``s`` is exactly what cycle 1 of a training run with ``seed = s`` clusters: the
+network built from seed ``s`` and k-means seeded with ``cycle_seed(s, 1)``. Networks are
+evaluated many at a time (:mod:`deepcluster.analysis.stacked`); clustering goes through the
+training code (:func:`deepcluster.train.cycle.preprocess_and_cluster`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
+from deepcluster.cluster import nmi
+from deepcluster.config import TrainConfig, _format_validation_error, deep_merge
+from deepcluster.data import ImageDataset
+from deepcluster.errors import ConfigError, DataError
+from deepcluster.progress import progress_bar
+from deepcluster.train.cycle import cycle_seed, preprocess_and_cluster
+from deepcluster.train.features import extract_features, resolve_device
+from deepcluster.train.run_folder import build_network
+from deepcluster.train.runner import load_train_data, normalization
+
+__all__ = [
+    "IAResult",
+    "apply_setting",
+    "initial_alignment",
+    "labels_for_ia",
+    "recommend",
+    "setting_name",
+]
+
+# Stacked features of one pass are kept in RAM (models × images × dims float32): stay under this.
+_FEATURE_BYTES = 1_500_000_000
+_MAX_MODELS_PER_PASS = 25
+
+
+@dataclass
+class IAResult:
+    """IA samples of one setting: ``values[i]`` is IA for initialisation seed ``seeds[i]``."""
+
+    seeds: np.ndarray
+    values: np.ndarray
+    k: int
+    setting: dict[str, Any] = field(default_factory=dict)
+    n_images: int = 0
+    n_labelled: int = 0
+    seconds: float = 0.0
+    method: str = "stacked"
+
+    @property
+    def name(self) -> str:
+        return setting_name(self.setting)
+
+    def summary(self) -> dict[str, float]:
+        """min, quartiles, median, max, mean and count of the samples."""
+        v = np.asarray(self.values, dtype=float)
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        return {"n": int(v.size), "min": float(v.min()), "q1": float(q1), "median": float(med),
+                "q3": float(q3), "max": float(v.max()), "mean": float(v.mean())}
+
+    def ranked(self) -> list[tuple[int, float]]:
+        """(seed, IA) pairs, best first."""
+        order = np.argsort(-np.asarray(self.values), kind="stable")
+        return [(int(self.seeds[i]), float(self.values[i])) for i in order]
+
+    @property
+    def best_seed(self) -> int:
+        return self.ranked()[0][0]
+
+
+def setting_name(setting: Mapping[str, Any]) -> str:
+    """``k=20,pca_dim=off`` (``default`` for no overrides)."""
+    if not setting:
+        return "default"
+    return ",".join(f"{k}={'off' if v is None else v}" for k, v in setting.items())
+
+
+def apply_setting(cfg: TrainConfig, setting: Mapping[str, Any]) -> TrainConfig:
+    """``cfg`` with dotted-key overrides (``{"k": 20, "model.arch": "tiny_cnn"}``) applied and validated."""
+    update: dict[str, Any] = {}
+    for key, value in setting.items():
+        node = update
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(deep_merge(cfg.model_dump(mode="json"), update))
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, f"setting {setting_name(setting)}")) from None
+
+
+def labels_for_ia(
+    data: ImageDataset,
+    *,
+    labelled: int | None = None,
+    label_file: str | Path | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Labels IA is computed on: one int per image, ``-1`` where the image counts as unlabelled.
+
+    Parameters
+    ----------
+    data : ImageDataset
+        The training images (all of them are clustered, labelled or not).
+    labelled : int or None
+        Keep only this many labels, drawn at random (``seed``), as in a semi-supervised setting.
+    label_file : path or None
+        Labels from a file instead of the dataset: ``.npy`` with one label per image (-1 =
+        unlabelled), or a CSV with a header ``index,label`` or ``path,label``.
+    """
+    n = len(data)
+    if label_file is not None:
+        labels = _read_label_file(Path(label_file), data)
+    elif data.labels is None:
+        raise DataError("Initial Alignment needs labels for at least part of the images: this dataset has none; "
+                        "pass a label file (--labels FILE)")
+    else:
+        labels = np.asarray(data.labels, dtype=np.int64).copy()
+    if labelled is not None:
+        have = np.flatnonzero(labels >= 0)
+        if labelled < 2 or labelled > have.size:
+            raise ConfigError(f"--labelled {labelled}: choose between 2 and {have.size} (the labelled images)")
+        keep = np.random.default_rng(seed).choice(have, size=labelled, replace=False)
+        masked = np.full(n, -1, dtype=np.int64)
+        masked[keep] = labels[keep]
+        labels = masked
+    if int((labels >= 0).sum()) < 2:
+        raise DataError("fewer than 2 labelled images: Initial Alignment needs labels to compare clusters with")
+    return labels
+
+
+def _read_label_file(path: Path, data: ImageDataset) -> np.ndarray:
+    n = len(data)
+    if not path.exists():
+        raise DataError(f"label file {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            labels = np.load(path).astype(np.int64).reshape(-1)
+        except (OSError, ValueError) as e:
+            raise DataError(f"label file {path} is not a readable .npy array ({e})") from None
+        if labels.size != n:
+            raise DataError(f"label file {path} has {labels.size} labels for {n} images: one per image, -1 = unlabelled")
+        return labels
+    import csv
+
+    labels = np.full(n, -1, dtype=np.int64)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        if "label" not in cols or not ({"index", "path"} & cols):
+            raise DataError(f"label file {path}: expected a CSV header 'index,label' or 'path,label', got {sorted(cols)}")
+        by_path = None
+        if "index" not in cols:
+            if data.paths is None:
+                raise DataError(f"label file {path} names images by path but dataset has no paths: use 'index,label'")
+            by_path = {str(p): i for i, p in enumerate(data.paths)}
+            by_name = {Path(p).name: i for i, p in enumerate(data.paths)}
+        classes: dict[str, int] = {}
+        for row_no, row in enumerate(reader, start=2):
+            try:
+                i = int(row["index"]) if by_path is None else by_path.get(row["path"], by_name.get(Path(row["path"]).name))
+            except ValueError:
+                raise DataError(f"label file {path}, line {row_no}: index {row['index']!r} is not an integer") from None
+            if i is None or not 0 <= i < n:
+                raise DataError(f"label file {path}, line {row_no}: no image {row.get('index') or row.get('path')!r}")
+            raw = row["label"].strip()
+            labels[i] = int(raw) if raw.lstrip("-").isdigit() else classes.setdefault(raw, len(classes))
+    return labels
+
+
+def _models_per_pass(n_images: int, feature_dim: int, requested: int | None) -> int:
+    if requested is not None:
+        return max(1, requested)
+    return int(max(1, min(_MAX_MODELS_PER_PASS, _FEATURE_BYTES // max(1, n_images * feature_dim * 4))))
+
+
+def initial_alignment(
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    labelled: int | None = None,
+    labels: np.ndarray | None = None,
+    data: ImageDataset | None = None,
+    method: str = "auto",
+    models_per_pass: int | None = None,
+    setting: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+) -> IAResult:
+    """Sample IA(θ, k) for the initialisations ``seeds`` of ``cfg``'s network.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The run configuration: dataset, architecture, k, PCA, clustering — all as in training.
+    seeds : sequence of int
+        Initialisation seeds; seed ``s`` gives the network a run with ``seed: s`` starts from.
+    labelled : int or None
+        Compute IA on a random subset of this many labelled images (all images are clustered).
+    labels : ndarray or None
+        Labels to use instead of the dataset's (one per image, -1 = unlabelled); see
+        :func:`labels_for_ia`.
+    data : ImageDataset or None
+        The training images, when already loaded (default: load ``cfg``'s training split).
+    method : {"auto", "stacked", "loop"}
+        ``stacked`` evaluates several networks per pass over the data; ``loop`` one at a time
+        through the training code; ``auto`` stacks when the architecture allows it.
+    models_per_pass : int or None
+        Networks per stacked pass (default: as many as fit in about 1.5 GB of features, ≤ 25).
+    setting : mapping or None
+        The overrides that define this setting, kept in the result for reports.
+
+    Returns
+    -------
+    IAResult
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("no seeds to sample IA over: pass at least one")
+    if method not in {"auto", "stacked", "loop"}:
+        raise ConfigError(f"method must be auto, stacked or loop, got {method!r}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    data = data if data is not None else load_train_data(cfg)
+    if cfg.k > len(data):
+        raise ConfigError(f"k={cfg.k} is larger than the number of images ({len(data)}): lower k")
+    if labels is None:
+        labels = labels_for_ia(data, labelled=labelled, seed=cfg.seed)
+    labels = np.asarray(labels)
+    if labels.shape != (len(data),):
+        raise DataError(f"{labels.size} labels for {len(data)} images: give one label per image (-1 = unlabelled)")
+    mask = labels >= 0
+    images = data.images_tensor()
+    stats = normalization(cfg, int(images.shape[1]))
+    in_ch, size = int(images.shape[1]), int(images.shape[-1])
+    device = resolve_device(cfg.device)
+
+    probe = build_network(cfg, in_ch, size, seed=seeds[0])
+    stack = method != "loop" and cfg.cluster_layer is None
+    if stack:
+        try:
+            StackedNet([probe])
+        except NotStackable as e:
+            if method == "stacked":
+                raise ConfigError(f"architecture {cfg.model.arch} cannot be stacked ({e}): use method 'loop'") from None
+            stack = False
+    per_pass = _models_per_pass(len(images), probe.feature_dim, models_per_pass) if stack else 1
+
+    values: list[float] = []
+    with progress_bar(f"IA {setting_name(setting or {})}", total=len(seeds), enabled=show_progress) as advance:
+        for start in range(0, len(seeds), per_pass):
+            group = seeds[start : start + per_pass]
+            models = [build_network(cfg, in_ch, size, seed=s).to(device) for s in group]
+            if stack:
+                feats = stacked_embed(models, images, *stats, device=device, show_progress=False)
+            else:
+                layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
+                feats = [next(iter(extract_features(m, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
+                                                    device=device, show_progress=False).values())) for m in models]
+            del models
+            for s, x in zip(group, feats):
+                step = preprocess_and_cluster(np.ascontiguousarray(x), cfg, seed=cycle_seed(s, 1))
+                values.append(nmi(labels[mask], step.result.assignments[mask]))
+                advance(1)
+            del feats
+    return IAResult(
+        seeds=np.asarray(seeds, dtype=np.int64), values=np.asarray(values, dtype=np.float64), k=cfg.k,
+        setting=dict(setting or {}), n_images=len(images), n_labelled=int(mask.sum()),
+        seconds=time.perf_counter() - t0, method="stacked" if stack else "loop",
+    )
+
+
+def _cost(value: Any) -> float:
+    # "cheaper" = fewer clusters, fewer PCA dims, fewer iterations...; off/None = no reduction
+    if value is None:
+        return float("inf")
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return 0.0
+
+
+def recommend(results: Sequence[IAResult], tie: float = 0.01) -> IAResult:
+    """The setting with the highest median IA; within ``tie`` of it, the cheapest one.
+
+    Cheaper means smaller values of the varied keys (k, PCA dimensions, iterations); ``off``
+    counts as the most expensive.
+    """
+    if not results:
+        raise ConfigError("no IA results to choose from")
+    best = max(r.summary()["median"] for r in results)
+    close = [r for r in results if r.summary()["median"] >= best - tie]
+    return min(close, key=lambda r: (tuple(_cost(v) for v in r.setting.values()), -r.summary()["median"]))

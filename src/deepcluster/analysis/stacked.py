@@ -1,0 +1,303 @@
+"""Features of many randomly initialised networks in one pass over the data.
+
+Initial Alignment needs the features of the whole dataset under tens or hundreds of random
+initialisations of the same architecture. Running them one at a time repeats the same small
+convolutions (few channels, memory-bound on a CPU) over and over. Stacking B networks side by
+side turns them into one wide network:
+
+- the first convolution sees the same input for every network, so its weights are concatenated
+  along the output channels: one im2col, one GEMM with B times more columns;
+- later convolutions become grouped convolutions (``groups = B``), one group per network;
+- eval-mode BatchNorm is folded into the convolution or linear layer before it (exact algebra,
+  only rounding differs);
+- ReLU followed by max-pooling is applied after the pooling (max and ReLU commute), on a
+  tensor four times smaller, and 2×2 pooling of channels-last tensors uses two elementwise
+  maxima instead of ``max_pool2d_with_indices``;
+- linear layers become one batched matrix product.
+
+Only plain ``Sequential`` bodies (Conv2d, BatchNorm, ReLU, MaxPool2d, AvgPool2d, Dropout,
+Identity, Linear) can be stacked; :func:`can_stack` says whether a model qualifies, and callers
+fall back to one network at a time otherwise (torchvision backbones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepcluster.models.base import DeepClusterNet
+from deepcluster.progress import progress_bar
+from deepcluster.train.augment import normalize
+
+__all__ = ["NotStackable", "StackedNet", "can_stack", "stacked_embed"]
+
+_PASS = (nn.Dropout, nn.Identity)
+
+
+class NotStackable(ValueError):
+    """The architecture contains a layer the stacked forward does not implement."""
+
+
+def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    b = shift if bias is None else bias * scale + shift
+    return weight * scale.reshape(shape), b
+
+
+def _pool2x2(x: torch.Tensor) -> torch.Tensor:
+    # 2×2/stride-2 max pooling as two elementwise maxima over strided views: on a CPU this is
+    # 2-3× faster than max_pool2d, which also computes indices. Output is channels-last.
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        v = x.permute(0, 2, 3, 1).reshape(n * (h // 2), 2, w // 2, 2 * c)
+        r = torch.maximum(v[:, 0], v[:, 1]).reshape(n * (h // 2), w // 2, 2, c)
+        return torch.maximum(r[:, :, 0], r[:, :, 1]).reshape(n, h // 2, w // 2, c).permute(0, 3, 1, 2)
+    v = x.contiguous().reshape(n * c * (h // 2), 2, w)
+    r = torch.maximum(v[:, 0], v[:, 1]).reshape(-1, w // 2, 2)
+    out = torch.maximum(r[..., 0], r[..., 1]).reshape(n, c, h // 2, w // 2)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def _is_pool2x2(m: nn.MaxPool2d) -> bool:
+    def one(v):
+        return v if isinstance(v, int) else (v[0] if v[0] == v[1] else -1)
+
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return (one(m.kernel_size) == 2 and one(stride) == 2 and one(m.padding) == 0 and one(m.dilation) == 1
+            and not m.ceil_mode and not m.return_indices)
+
+
+def _maxpool(m: nn.MaxPool2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    fast = _is_pool2x2(m)
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        if fast and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            return _pool2x2(x)
+        return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+    return pool
+
+
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    return x.relu_()
+
+
+class StackedNet:
+    """B networks of one architecture evaluated as one wide network (inference only).
+
+    Parameters
+    ----------
+    models : sequence of DeepClusterNet
+        Networks with identical architecture (different weights). They are read, not modified.
+
+    Raises
+    ------
+    NotStackable
+        When the architecture has a layer the stacked forward does not implement.
+    """
+
+    def __init__(self, models: Sequence[DeepClusterNet], device: torch.device | str = "cpu") -> None:
+        if not models:
+            raise ValueError("no models to stack")
+        self.n_models = len(models)
+        self.device = torch.device(device)
+        # the Sobel front is fixed (not learned): identical in every network, applied once
+        self.sobel = None if models[0].sobel is None else models[0].sobel.to(self.device)
+        with torch.no_grad():
+            self.conv_ops, stacked = self._conv_ops([m.features for m in models])
+            if not stacked:
+                raise NotStackable("the conv body has no convolution to stack")
+            self.fc_ops = self._fc_ops([m.classifier for m in models])
+
+    # -- building ------------------------------------------------------------------------------
+    def _conv_ops(self, bodies: list[nn.Module]) -> tuple[list[Callable], bool]:
+        if not all(isinstance(b, nn.Sequential) for b in bodies):
+            raise NotStackable(f"features is a {type(bodies[0]).__name__}, not a plain Sequential")
+        layers = list(zip(*[list(b) for b in bodies]))
+        B = self.n_models
+        ops: list[Callable] = []
+        stacked = False
+        i = 0
+        while i < len(layers):
+            group = layers[i]
+            layer = group[0]
+            nxt = layers[i + 1][0] if i + 1 < len(layers) else None
+            if type(layer) is nn.Conv2d:
+                if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+                    raise NotStackable("convolutions with string or non-zero padding modes")
+                if not stacked and layer.groups != 1:
+                    raise NotStackable("a grouped first convolution")
+                w = [c.weight for c in group]
+                b = [c.bias if c.bias is not None else torch.zeros(c.out_channels) for c in group]
+                if isinstance(nxt, nn.BatchNorm2d):
+                    folded = [_fold_bn(wi, bi, bn) for wi, bi, bn in zip(w, b, layers[i + 1])]
+                    w, b = [f[0] for f in folded], [f[1] for f in folded]
+                    i += 1
+                weight = torch.cat(w).to(self.device).contiguous(memory_format=torch.channels_last)
+                bias = torch.cat(b).to(self.device)
+                groups = layer.groups * B if stacked else 1
+                ops.append(_conv(weight, bias, layer.stride, layer.padding, layer.dilation, groups))
+                stacked = True
+            elif isinstance(layer, nn.BatchNorm2d):
+                if not stacked:
+                    raise NotStackable("BatchNorm before the first convolution")
+                scale, shift = zip(*[_fold_bn(torch.ones(bn.num_features), None, bn) for bn in group])
+                ops.append(_affine(torch.cat(scale).to(self.device), torch.cat(shift).to(self.device)))
+            elif isinstance(layer, nn.ReLU):
+                if isinstance(nxt, nn.MaxPool2d):  # pool first: max and ReLU commute
+                    ops.append(_maxpool(nxt))
+                    i += 1
+                ops.append(_relu)
+            elif isinstance(layer, nn.MaxPool2d):
+                ops.append(_maxpool(layer))
+            elif isinstance(layer, nn.AvgPool2d):
+                ops.append(lambda x, m=layer: F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                                                         m.count_include_pad, m.divisor_override))
+            elif isinstance(layer, _PASS):
+                pass
+            else:
+                raise NotStackable(f"layer {type(layer).__name__} in the conv body")
+            i += 1
+        return ops, stacked
+
+    def _fc_ops(self, heads: list[nn.Module]) -> list[Callable]:
+        if not all(isinstance(h, nn.Sequential) for h in heads):
+            raise NotStackable(f"classifier is a {type(heads[0]).__name__}, not a plain Sequential")
+        layers = list(zip(*[list(h) for h in heads]))
+        ops: list[Callable] = []
+        i = 0
+        while i < len(layers):
+            group = layers[i]
+            layer = group[0]
+            nxt = layers[i + 1][0] if i + 1 < len(layers) else None
+            if type(layer) is nn.Linear:
+                w = [m.weight for m in group]
+                b = [m.bias if m.bias is not None else torch.zeros(m.out_features) for m in group]
+                if isinstance(nxt, nn.BatchNorm1d):
+                    folded = [_fold_bn(wi, bi, bn) for wi, bi, bn in zip(w, b, layers[i + 1])]
+                    w, b = [f[0] for f in folded], [f[1] for f in folded]
+                    i += 1
+                weight_t = torch.stack(w).transpose(1, 2).contiguous().to(self.device)  # B × in × out
+                bias = torch.stack(b).unsqueeze(1).to(self.device)  # B × 1 × out
+                ops.append(lambda h, wt=weight_t, bb=bias: torch.baddbmm(bb, h, wt))
+            elif isinstance(layer, nn.BatchNorm1d):
+                scale, shift = zip(*[_fold_bn(torch.ones(bn.num_features), None, bn) for bn in group])
+                s = torch.stack(scale).unsqueeze(1).to(self.device)
+                t = torch.stack(shift).unsqueeze(1).to(self.device)
+                ops.append(lambda h, s=s, t=t: torch.addcmul(t, h, s))
+            elif isinstance(layer, nn.ReLU):
+                ops.append(_relu)
+            elif isinstance(layer, _PASS):
+                pass
+            else:
+                raise NotStackable(f"layer {type(layer).__name__} in the classifier")
+            i += 1
+        return ops
+
+    # -- forward -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of a batch ``x`` (n×C×H×W, normalised) for every network: B × n × d."""
+        if self.sobel is not None:
+            x = self.sobel(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for op in self.conv_ops:
+            x = op(x)
+        n, bc, h, w = x.shape
+        # per-network flatten in (C, H, W) order, as torch.flatten of the single network does
+        x = x.reshape(n, self.n_models, (bc // self.n_models) * h * w).transpose(0, 1).contiguous()
+        for op in self.fc_ops:
+            x = op(x)
+        return x
+
+
+def _conv(weight, bias, stride, padding, dilation, groups):
+    def conv(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    return conv
+
+
+def _affine(scale, shift):
+    s, t = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+
+    def affine(x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(t, x, s)
+
+    return affine
+
+
+def can_stack(model: nn.Module) -> bool:
+    """Whether :class:`StackedNet` implements ``model``'s architecture."""
+    if not isinstance(model, DeepClusterNet):
+        return False
+    try:
+        StackedNet([model])
+    except NotStackable:
+        return False
+    return True
+
+
+def _largest_activation(model: DeepClusterNet, in_channels: int, size: int) -> int:
+    # elements per image of the largest conv activation: sets the image batch so that one
+    # batch of B networks' activations stays within the CPU's caches
+    largest = in_channels * size * size
+    x = torch.zeros(1, in_channels, size, size)
+    with torch.no_grad():
+        if model.sobel is not None:
+            x = model.sobel(x)
+        for layer in model.features:
+            x = layer(x)
+            largest = max(largest, x.numel())
+    return largest
+
+
+@torch.no_grad()
+def stacked_embed(
+    models: Sequence[DeepClusterNet],
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    show_progress: bool = True,
+    description: str = "features",
+) -> np.ndarray:
+    """Clustering features (``embed``) of uint8 ``images`` for every model: B × N × d, float32.
+
+    Equals ``extract_features(model, images, mean, std)["embed"]`` for each model up to float
+    rounding (BatchNorm is folded, sums are reordered).
+
+    Parameters
+    ----------
+    models : sequence of DeepClusterNet
+        Networks of one stackable architecture (see :func:`can_stack`).
+    images : torch.Tensor
+        uint8 images, N×C×H×W.
+    mean, std : sequence of float
+        Per-channel normalisation, as in training.
+    device : torch.device or str
+        Where to compute.
+    batch_size : int or None
+        Images per forward; ``None`` sizes it so one batch's activations take about 16 MB.
+    """
+    device = torch.device(device)
+    models = [m.eval() for m in models]
+    net = StackedNet(models, device)
+    if batch_size is None:
+        per_image = _largest_activation(models[0], int(images.shape[1]), int(images.shape[-1])) * len(models) * 4
+        batch_size = int(max(8, min(1024, 16e6 // per_image)))
+    out = np.empty((len(models), len(images), models[0].feature_dim), dtype=np.float32)
+    with progress_bar(description, total=len(images), enabled=show_progress) as advance:
+        for start in range(0, len(images), batch_size):
+            batch = normalize(images[start : start + batch_size].to(device), mean, std)
+            out[:, start : start + len(batch)] = net(batch).float().cpu().numpy()
+            advance(len(batch))
+    return out
