@@ -37,6 +37,8 @@ print(f"IA stacked: {N} samples in {t_stacked:.1f} s ({per_stacked:.2f} s/sample
       f"target < 60 s for 100: {'MET' if t_stacked * 100 / N < 60 else 'MISSED'}")
 print(f"IA loop:    {N_LOOP} samples in {t_loop:.1f} s ({per_loop:.2f} s/sample) "
       f"-> {per_loop * N:.0f} s for {N} at that rate")
+print("stacked phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stacked.phases.items())
+      + "; loop phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in loop.phases.items()))
 print(f"speed-up stacked vs loop: x{per_loop / per_stacked:.1f}")
 print(f"IA distribution (k=5): min {s['min']:.3f} q1 {s['q1']:.3f} median {s['median']:.3f} "
       f"q3 {s['q3']:.3f} max {s['max']:.3f}")

@@ -315,6 +315,11 @@ def _main(
     """DeepCluster on your own images: train, evaluate, export."""
 
 
+from deepcluster import cli_study  # (its command reuses the helpers above)
+
+cli_study.register(app)
+
+
 def main() -> None:
     app(prog_name="deepcluster")
 

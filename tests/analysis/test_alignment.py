@@ -137,7 +137,8 @@ def test_outputs_and_figure(tmp_path):
     results = [_res({"k": 5}, [0.3, 0.35, 0.32, 0.31]), _res({"k": 20}, [0.5, 0.52, 0.49, 0.55])]
     rec = write_ia_outputs(results, tmp_path)
     assert rec["setting"] == {"k": 20} and rec["best_seed"] == 3
-    for name in ("samples.csv", "samples.json", "summary.csv", "summary.md", "seed_ranking.csv", "ia_distribution.png"):
+    for name in ("samples.csv", "samples.json", "summary.csv", "summary.md", "seed_ranking.csv", "ia_distribution.png",
+                 "figures/ia_k=5.png", "figures/ia_k=20.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "ia_distribution.png").read_bytes()[:4] == b"\x89PNG"
     assert "**(recommended)**" in (tmp_path / "summary.md").read_text()

@@ -64,6 +64,7 @@ class IAResult:
     n_labelled: int = 0
     seconds: float = 0.0
     method: str = "stacked"
+    phases: dict[str, float] = field(default_factory=dict)  # seconds in features / pca / clustering
 
     @property
     def name(self) -> str:
@@ -266,10 +267,12 @@ def initial_alignment(
     per_pass = _models_per_pass(len(images), probe.feature_dim, models_per_pass) if stack else 1
 
     values: list[float] = []
+    phases = {"features": 0.0, "pca": 0.0, "clustering": 0.0}
     with progress_bar(f"IA {setting_name(setting or {})}", total=len(seeds), enabled=show_progress) as advance:
         for start in range(0, len(seeds), per_pass):
             group = seeds[start : start + per_pass]
             models = [build_network(cfg, in_ch, size, seed=s).to(device) for s in group]
+            t = time.perf_counter()
             if stack:
                 feats = stacked_embed(models, images, *stats, device=device, show_progress=False)
             else:
@@ -277,8 +280,11 @@ def initial_alignment(
                 feats = [next(iter(extract_features(m, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
                                                     device=device, show_progress=False).values())) for m in models]
             del models
+            phases["features"] += time.perf_counter() - t
             for s, x in zip(group, feats):
                 step = preprocess_and_cluster(np.ascontiguousarray(x), cfg, seed=cycle_seed(s, 1))
+                for phase in ("pca", "clustering"):
+                    phases[phase] += step.seconds[phase]
                 values.append(nmi(labels[mask], step.result.assignments[mask]))
                 advance(1)
             del feats
@@ -286,6 +292,7 @@ def initial_alignment(
         seeds=np.asarray(seeds, dtype=np.int64), values=np.asarray(values, dtype=np.float64), k=cfg.k,
         setting=dict(setting or {}), n_images=len(images), n_labelled=int(mask.sum()),
         seconds=time.perf_counter() - t0, method="stacked" if stack else "loop",
+        phases={k: round(v, 3) for k, v in phases.items()},
     )
 
 

@@ -113,4 +113,8 @@ def write_ia_outputs(results: Sequence[IAResult], out: str | Path, *, tie: float
     if command_config is not None:
         write_json(out / "ia_config.json", command_config)
     plot_ia_distributions(results, out / "ia_distribution.png")
+    if len(results) > 1:  # one histogram per setting too, as the papers' per-setting figures
+        for r in results:
+            safe = "".join(c if c.isalnum() or c in "=.-" else "_" for c in r.name)
+            plot_ia_distributions([r], out / "figures" / f"ia_{safe}.png", title=f"IA, {r.name}")
     return rec

@@ -22,7 +22,9 @@ fall back to one network at a time otherwise (torchvision backbones).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -202,8 +204,8 @@ class StackedNet:
 
     # -- forward -------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings of a batch ``x`` (n×C×H×W, normalised) for every network: B × n × d."""
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened conv-body outputs of a batch ``x`` (n×C×H×W, normalised): B × n × F."""
         if self.sobel is not None:
             x = self.sobel(x)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -211,10 +213,19 @@ class StackedNet:
             x = op(x)
         n, bc, h, w = x.shape
         # per-network flatten in (C, H, W) order, as torch.flatten of the single network does
-        x = x.reshape(n, self.n_models, (bc // self.n_models) * h * w).transpose(0, 1).contiguous()
+        return x.reshape(n, self.n_models, (bc // self.n_models) * h * w).transpose(0, 1)
+
+    @torch.no_grad()
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier part on B × n × F trunk outputs: B × n × d."""
+        x = x.contiguous()
         for op in self.fc_ops:
             x = op(x)
         return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of a batch ``x`` (n×C×H×W, normalised) for every network: B × n × d."""
+        return self.head(self.trunk(x))
 
 
 def _conv(weight, bias, stride, padding, dilation, groups):
@@ -286,18 +297,43 @@ def stacked_embed(
     device : torch.device or str
         Where to compute.
     batch_size : int or None
-        Images per forward; ``None`` sizes it so one batch's activations take about 16 MB.
+        Images per forward; ``None`` sizes it so one batch's activations take about 8 MB (cache-sized).
     """
     device = torch.device(device)
     models = [m.eval() for m in models]
     net = StackedNet(models, device)
     if batch_size is None:
         per_image = _largest_activation(models[0], int(images.shape[1]), int(images.shape[-1])) * len(models) * 4
-        batch_size = int(max(8, min(1024, 16e6 // per_image)))
+        batch_size = int(max(8, min(1024, 8e6 // per_image)))
     out = np.empty((len(models), len(images), models[0].feature_dim), dtype=np.float32)
+    # The convolutions want small batches (activations in cache); the batched matrix products
+    # of the classifier want large ones: trunk outputs are gathered over ``head_rows`` images.
+    head_rows = max(batch_size, 2048)
+
+    def run(lo: int, hi: int, advance) -> None:
+        for chunk in range(lo, hi, head_rows):
+            stop = min(chunk + head_rows, hi)
+            parts = []
+            for start in range(chunk, stop, batch_size):
+                batch = normalize(images[start : min(start + batch_size, stop)].to(device), mean, std)
+                parts.append(net.trunk(batch))
+                advance(len(batch))
+            out[:, chunk:stop] = net.head(torch.cat(parts, dim=1)).float().cpu().numpy()
+
+    # On a CPU these ops are too small for intra-op threads to pay off: one single-threaded
+    # worker per thread, each on its own share of the images, is about 20% faster.
+    threads = torch.get_num_threads()
+    workers = threads if device.type == "cpu" and threads > 1 and len(images) >= 4 * head_rows else 1
     with progress_bar(description, total=len(images), enabled=show_progress) as advance:
-        for start in range(0, len(images), batch_size):
-            batch = normalize(images[start : start + batch_size].to(device), mean, std)
-            out[:, start : start + len(batch)] = net(batch).float().cpu().numpy()
-            advance(len(batch))
+        if workers == 1:
+            run(0, len(images), advance)
+        else:
+            bounds = np.linspace(0, len(images), workers + 1).astype(int)
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    for f in [pool.submit(run, int(a), int(b), advance) for a, b in itertools.pairwise(bounds)]:
+                        f.result()
+            finally:
+                torch.set_num_threads(threads)
     return out
