@@ -162,3 +162,26 @@ def test_diverging_training_stops_with_a_clear_error_and_keeps_finished_cycles(t
     assert res.exit_code == 2, res.output
     assert "lower lr" in res.output and "Traceback" not in res.output
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_ia_grid_writes_its_outputs_and_recommends(tmp_path):
+    out = tmp_path / "ia"
+    res = invoke("ia", "--config", CONFIG, "--set", "k=5,20", "--set", "threads=1", "--seeds", 4, "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    assert "recommended:" in res.output and "best seeds:" in res.output
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["setting"]["k"] in (5, 20)
+    rows = list(csv.DictReader(open(out / "samples.csv")))
+    assert len(rows) == 8 and {r["setting"] for r in rows} == {"k=5", "k=20"}
+    assert (out / "ia_distribution.png").stat().st_size > 0 and (out / "config.yaml").exists()
+    assert json.loads((out / "ia_config.json").read_text())["grid"] == {"k": [5, 20]}
+
+
+def test_ia_user_errors_are_one_line(tmp_path):
+    assert_user_error(invoke("ia", "--config", CONFIG, "--set", "kk=5,20", "--seeds", 2, "-o", tmp_path / "a"), "kk")
+    assert_user_error(invoke("ia", "--config", CONFIG, "--labelled", 1, "--seeds", 2, "-o", tmp_path / "b"),
+                      "--labelled 1")
+    assert_user_error(invoke("ia", "--config", CONFIG, "--labels", tmp_path / "none.csv", "--seeds", 2,
+                             "-o", tmp_path / "c"), "does not exist")
+    assert_user_error(invoke("ia", "--config", CONFIG, "--set", "k=2000", "--seeds", 2, "-o", tmp_path / "d"),
+                      "k=2000")

@@ -64,6 +64,8 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
         f"acc {_fmt(record.get('train_acc'))}",
         f"NMI(prev) {_fmt(record.get('nmi_prev'))}",
     ]
+    if "init_ia" in record:
+        parts.insert(1, f"[cyan]init IA {_fmt(record['init_ia'])} (init_ia.json)[/]")
     if "nmi_labels" in record:
         parts.append(f"NMI(labels) {_fmt(record['nmi_labels'])}")
     else:
