@@ -83,18 +83,33 @@ def test_resume_missing_folder(tmp_path):
     assert_user_error(invoke("train", "--resume", tmp_path / "nope"), "does not exist")
 
 
+FAST_EVAL = ["--set", "probe_epochs=3", "--set", "lowshot_n=[1,5]", "--set", "lowshot_repeats=2"]
+
+
 def test_evaluate_and_export(digits_run, tmp_path):
-    res = invoke("evaluate", digits_run, "-q", "--set", "probe_max_iter=30")
+    res = invoke("evaluate", digits_run, "-q", *FAST_EVAL)
     assert res.exit_code == 0, res.output
-    data = json.loads((digits_run / "eval" / "evaluation_last.json").read_text())
-    assert set(data["models"]) == {"trained", "random"}
-    for m in data["models"].values():
-        assert set(m["layers"]) == {"conv1", "conv2", "fc1", "fc2"}
-        for layer in m["layers"].values():
-            assert 0.5 < layer["linear"] <= 1 and 0.5 < layer["knn"] <= 1
-        assert 0 < m["clustering"]["nmi"] <= 1
-    assert data["pixels"]["linear"] > 0.8
-    assert "evaluation of" in res.output and "raw pixels" in res.output
+    data = json.loads((digits_run / "eval" / "evaluation.json").read_text())
+    rows = data["rows"]
+    assert {r["checkpoint"] for r in rows} == {"init", "last", "pixels"}
+    assert {r["layer"] for r in rows} == {"conv1", "conv2", "fc1", "fc2", "pixels"}
+    assert {r["protocol"] for r in rows} == {"linear", "knn", "lowshot"}
+    for r in rows:
+        if r["metric"] in ("last_acc", "k=20"):
+            assert 0.5 < r["value"] <= 1
+    assert {r["metric"] for r in rows if r["protocol"] == "lowshot"} == {"n=1", "n=5"}
+    assert [c["cycle"] for c in data["cycles"][digits_run.name]] == [1, 2]
+    for name in ("probe_table.csv", "probe_table.md", "cycle_metrics.csv", "probe_linear.png", "probe_knn.png",
+                 "probe_lowshot.png"):
+        assert (digits_run / "eval" / name).is_file(), name
+    md = (digits_run / "eval" / "probe_table.md").read_text()
+    assert "random (init)" in md and "trained (last)" in md and "raw pixels" in md
+    assert "random (init)" in res.output and "raw pixels" in res.output and "computed" in res.output
+
+    # the same numbers again: all from the cache; --checkpoint X is --checkpoints init,X
+    res = invoke("evaluate", digits_run, "-q", *FAST_EVAL, "--checkpoint", "last", "--protocols", "knn")
+    assert res.exit_code == 0, res.output
+    assert "0 computed" in res.output
 
     out = tmp_path / "exp"
     res = invoke("export", digits_run, "--out", out, "-q")
@@ -114,6 +129,28 @@ def test_evaluate_not_a_run(tmp_path):
 
 def test_evaluate_bad_eval_key(digits_run):
     assert_user_error(invoke("evaluate", digits_run, "--set", "foo=1"), "foo: unknown key")
+
+
+def test_evaluate_user_errors(digits_run, tmp_path):
+    assert_user_error(invoke("evaluate", digits_run, "--protocols", "svm"), "unknown protocol")
+    assert_user_error(invoke("evaluate", digits_run, "--checkpoints", "init,9"), "available are")
+    assert_user_error(invoke("evaluate", digits_run, "--checkpoint", "last", "--checkpoints", "init"), "--checkpoint")
+    assert_user_error(invoke("evaluate", digits_run, digits_run), "--out")
+
+
+def test_evaluate_compares_runs_into_one_table(digits_run, tmp_path):
+    other = tmp_path / "other"
+    res = invoke("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--set", "data.limit=300",
+                 "--out", other, "-q")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "cmp"
+    res = invoke("evaluate", digits_run, other, "--out", out, "--checkpoints", "last", "--protocols", "knn",
+                 "--layers", "conv2,fc2", "-q")
+    assert res.exit_code == 0, res.output
+    md = (out / "probe_table.md").read_text()
+    assert f"{digits_run.name}: trained (last)" in md and "other: trained (last)" in md
+    assert "| conv2 |" in md and "| fc1 |" not in md
+    assert (other / "eval" / "cache").is_dir()
 
 
 def test_unlabeled_image_folder_trains_and_exports(tmp_path):

@@ -129,54 +129,88 @@ def train(
     out_console.print(f"done: {target} (evaluate with `deepcluster evaluate {target}`)", highlight=False)
 
 
-def _results_table(res: dict[str, Any]) -> Table:
-    table = Table(title=f"evaluation of {res['run']} ({res['n_train']} train / {res['n_test']} test images)",
-                  caption="NMI, ACC: k-means (as many clusters as classes) of the clustering features vs labels")
-    table.add_column("layer")
-    table.add_column("dim", justify="right")
-    for name in res["models"]:
-        table.add_column(f"{name} linear", justify="right")
-        table.add_column(f"{name} kNN", justify="right")
-    first = next(iter(res["models"].values()))
-    for layer in first["layers"]:
-        row = [layer, str(first["layers"][layer]["dim"])]
-        for m in res["models"].values():
-            row += [f"{100 * m['layers'][layer]['linear']:.1f}%", f"{100 * m['layers'][layer]['knn']:.1f}%"]
+def _csv_option(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def _pivot_table(t: Any) -> Table:
+    table = Table(title=f"{t.protocol}", caption=t.title, caption_justify="left")
+    for i, h in enumerate(t.header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in t.rows:
         table.add_row(*row)
-    k = first["clustering"].get("k", "")
-    for key, label, fmt in (("nmi", "NMI", "{:.3f}"), ("acc", "ACC", "{:.1%}")):
-        row = [f"{label} k={k}", ""]
-        for m in res["models"].values():
-            row += [fmt.format(m["clustering"][key]), ""]
-        table.add_row(*row)
-    if "pixels" in res:
-        p = res["pixels"]
-        table.add_row("raw pixels", str(p["dim"]), f"{100 * p['linear']:.1f}%", f"{100 * p['knn']:.1f}%",
-                      *([""] * (2 * len(res["models"]) - 2)))
     return table
 
 
-@app.command(epilog="Example: deepcluster evaluate runs/fm --set layers=\\[conv2,fc2] --set train_limit=10000")
+def _span(first: float | None, last: float | None) -> str:
+    if last is None:
+        return "-"
+    return _fmt(last) if first is None else f"{_fmt(first)} → {_fmt(last)}"
+
+
+def _cycles_table(cycles: dict[str, list[dict[str, Any]]]) -> Table | None:
+    runs = {name: rows for name, rows in cycles.items() if rows}
+    if not runs:
+        return None
+    table = Table(title="clustering over cycles (saved assignments): first → last cycle",
+                  caption="NMI/ARI/ACC: pseudo-labels vs labels (ACC: Hungarian); NMI(t-1,t): vs the previous cycle")
+    for col in ("run", "cycles", "NMI", "ARI", "ACC", "NMI(t-1,t)", "clusters"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for name, rows in runs.items():
+        a, b = rows[0], rows[-1]
+        spans = [_span(a.get(key), b.get(key)) for key in ("nmi", "ari", "acc", "nmi_prev")]
+        table.add_row(name, f"{a['cycle']}-{b['cycle']}", *spans, str(b["clusters"]))
+    return table
+
+
+@app.command(epilog=(
+    "Examples: deepcluster evaluate runs/fm;  "
+    "deepcluster evaluate runs/fm --checkpoints init,5,last --protocols linear,knn;  "
+    "deepcluster evaluate runs/a runs/b --out runs/compare --layers conv2,fc1 --set probe_epochs=10"
+))
 @user_errors
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
-    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override an eval key, e.g. --set train_limit=10000.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where evaluation.json goes (default RUN/eval).")] = None,
+    runs: Annotated[list[Path], typer.Argument(help="Run folders made by `deepcluster train` (several are compared).")],
+    checkpoints: Annotated[str | None, typer.Option("--checkpoints", help="Comma-separated: init, last, cycle numbers with a kept checkpoint (default init,last).")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Shorthand: --checkpoint X means --checkpoints init,X.")] = None,
+    protocols: Annotated[str, typer.Option("--protocols", help="Comma-separated among linear, knn, lowshot.")] = "linear,knn,lowshot",
+    layers: Annotated[str | None, typer.Option("--layers", help="Comma-separated probe layers (default: eval.layers, else all).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override an eval key, e.g. --set probe_epochs=10 --set knn_ks=[20].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/eval for one run).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every number (the cache is refreshed).")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Linear probe, kNN and clustering metrics: trained network vs its random initialisation."""
-    from deepcluster.config import EvalConfig, build_config, deep_merge
-    from deepcluster.evaluate import evaluate_run
-    from deepcluster.train import RunFolder
+    """Linear probe (SGD, eval_linear protocol), kNN and low-shot per layer and checkpoint, cached.
 
-    base = RunFolder(run).load_config().eval
-    ecfg = build_config(EvalConfig, None, set_)
-    ecfg = EvalConfig.model_validate(deep_merge(base.model_dump(), ecfg.model_dump(exclude_unset=True)))
-    res = evaluate_run(run, ecfg, checkpoint=checkpoint, out=out, show_progress=not quiet,
-                       log=lambda m: out_console.print(m, highlight=False, soft_wrap=True))
-    out_console.print(_results_table(res))
-    out_console.print(f"saved {res['path']}", highlight=False)
+    Writes evaluation.json, probe_table.csv/.md, cycle_metrics.csv and probe_<protocol>.png.
+    """
+    from deepcluster.config import EvalConfig, build_config
+    from deepcluster.errors import ConfigError
+    from deepcluster.evaluate import pivot_tables
+    from deepcluster.evaluate.suite import evaluate_and_write
+
+    if checkpoint is not None and checkpoints is not None:
+        raise ConfigError("--checkpoint X is short for --checkpoints init,X: give one of them")
+    chosen = (["init", checkpoint] if checkpoint is not None else _csv_option(checkpoints)) or ["init", "last"]
+    overrides = build_config(EvalConfig, None, set_).model_dump(exclude_unset=True)  # validates the keys
+    res = evaluate_and_write(runs, out, checkpoints=chosen, layers=_csv_option(layers),
+                             protocols=_csv_option(protocols) or [], eval_cfg=overrides, use_cache=not no_cache,
+                             show_progress=not quiet,
+                             log=lambda m: out_console.print(m, highlight=False, soft_wrap=True, markup=False))
+    for t in pivot_tables(res.rows):
+        out_console.print(_pivot_table(t))
+    cycles = _cycles_table(res.cycles)
+    if cycles is not None:
+        out_console.print(cycles)
+    n = res.counts()
+    caches = ", ".join(sorted({str(Path(r) / "eval" / "cache") for r in runs}))
+    out_console.print(f"numbers: {n['computed']} computed, {n['cache']} from the cache ({caches}); "
+                      f"{res.seconds:.1f} s", highlight=False, soft_wrap=True)
+    out_console.print(f"wrote {res.out}: " + ", ".join(p.name for p in res.paths.values()), highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -317,9 +351,10 @@ def _main(
     """DeepCluster on your own images: train, evaluate, export."""
 
 
-from deepcluster import cli_study  # (its command reuses the helpers above)
+from deepcluster import cli_report, cli_study  # (their commands reuse the helpers above)
 
 cli_study.register(app)
+cli_report.register(app)
 
 
 def main() -> None:

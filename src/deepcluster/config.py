@@ -57,15 +57,38 @@ class ModelConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """Evaluation protocol used by ``deepcluster evaluate`` (and at the end of ``make demo``)."""
+    """Evaluation protocols used by ``deepcluster evaluate`` (and at the end of ``make demo``).
+
+    The linear probe is ``probe="sgd"`` (the official ``eval_linear`` protocol: mini-batch SGD,
+    accuracy at the last epoch) or ``probe="lbfgs"`` (full-batch L-BFGS, converged; what
+    studies use). Conv maps are average-pooled to at most ``pool_budget`` dimensions.
+    """
 
     layers: list[str] | None = None  # None: every probe layer of the model
+    probe: Literal["sgd", "lbfgs"] = "sgd"
+    probe_epochs: int = Field(30, ge=1)  # SGD probe
+    probe_lr: float = Field(0.01, gt=0)  # SGD probe: initial learning rate (cosine-decayed to 0)
+    probe_batch_size: int = Field(256, ge=1)  # SGD probe
+    probe_momentum: float = Field(0.9, ge=0, lt=1)  # SGD probe
     probe_max_iter: int = Field(100, ge=1)  # L-BFGS iterations of the linear probe
-    probe_weight_decay: float = Field(1e-4, ge=0)
-    knn_k: int = Field(20, ge=1)
+    probe_weight_decay: float = Field(1e-4, ge=0)  # both probes
+    pool_budget: int = Field(9600, ge=1)  # conv maps are average-pooled to at most this many dims
+    knn_k: int = Field(20, ge=1)  # the single k of the quick evaluation (evaluate_run, studies)
+    knn_ks: list[int] = Field(default_factory=lambda: [10, 20, 200], min_length=1)
+    lowshot_n: list[int] = Field(default_factory=lambda: [1, 5, 10, 50], min_length=1)  # labelled per class
+    lowshot_repeats: int = Field(5, ge=1)  # random draws of the labelled images per n
+    lowshot_classifier: Literal["logreg", "ncm"] = "logreg"
+    lowshot_weight_decay: float = Field(1e-2, ge=0)  # L2 of the low-shot logistic regression
     train_limit: int | None = Field(None, ge=10)
     test_limit: int | None = Field(None, ge=10)
     pixel_baseline: bool = True
+
+    @field_validator("knn_ks", "lowshot_n")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"every value must be >= 1, got {v}")
+        return sorted(set(v))
 
 
 class TrainConfig(StrictModel):

@@ -38,6 +38,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Linear probe, kNN and clustering metrics of ``checkpoint`` vs the random initialisation.
 
+    The quick, uncached evaluation that studies use (converged L-BFGS probe, one k, k-means of the
+    clustering features). ``deepcluster evaluate`` runs the full suite instead
+    (:func:`deepcluster.evaluate.suite.evaluate_suite`: SGD probe, several k, low-shot, cached).
     Needs labels (train and test split). Writes ``evaluation.json`` into ``out`` (default
     ``RUN/eval``) and returns the same dictionary.
     """

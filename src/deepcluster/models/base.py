@@ -255,8 +255,8 @@ class DeepClusterNet(nn.Module):
         """
         return {name: self.get_submodule(path) for name, path in self._probe_paths.items()}
 
-    def layer_outputs(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        """Outputs of the named probe layers for ``x``, each flattened to (B, D).
+    def layer_outputs(self, x: torch.Tensor, names: list[str], *, flatten: bool = True) -> dict[str, torch.Tensor]:
+        """Outputs of the named probe layers for ``x``, each flattened to (B, D) by default.
 
         The forward stops as soon as all the named layers have been reached.
 
@@ -266,11 +266,14 @@ class DeepClusterNet(nn.Module):
             Images, shape (B, C, H, W).
         names : list[str]
             Probe layer names, keys of :meth:`probe_layers`.
+        flatten : bool
+            ``False`` keeps each output's own shape: (B, C, H, W) for conv blocks, (B, D) for
+            fully connected layers (what budget pooling of conv maps needs).
 
         Returns
         -------
         dict[str, torch.Tensor]
-            Name → (B, D) tensor, in the order of ``names``.
+            Name → (B, D) tensor (or the unflattened output), in the order of ``names``.
 
         Raises
         ------
@@ -289,7 +292,7 @@ class DeepClusterNet(nn.Module):
         def make_hook(name: str):
             def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
                 # A copy: a later in-place op (e.g. ReLU(inplace=True)) would change the tensor.
-                outputs[name] = torch.flatten(output, 1).clone()
+                outputs[name] = (torch.flatten(output, 1) if flatten else output).clone()
                 if len(outputs) == len(wanted):
                     raise _AllCollected
 

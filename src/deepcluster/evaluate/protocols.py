@@ -1,0 +1,156 @@
+"""The evaluation protocols of the suite: their parameters (from EvalConfig), how to run them, their metrics.
+
+``linear``
+    Linear probe: the official SGD protocol (:func:`~deepcluster.evaluate.sgd_probe.sgd_linear_probe`,
+    metrics ``last_acc``, ``best_acc``, ``best_epoch``, ``train_acc``) or, with ``probe=lbfgs``, the
+    converged L-BFGS probe (``test_acc``, ``train_acc``).
+``knn``
+    Similarity-weighted cosine kNN for every k of ``knn_ks`` (metrics ``k=10``...).
+``lowshot``
+    n labelled images per class (metrics ``n=1``... with their standard deviation over draws).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepcluster.config import EvalConfig
+from deepcluster.errors import ConfigError
+from deepcluster.evaluate.knn import knn_accuracies
+from deepcluster.evaluate.linear_probe import linear_probe
+from deepcluster.evaluate.lowshot import lowshot_accuracy
+from deepcluster.evaluate.sgd_probe import sgd_linear_probe
+
+#: Every protocol the suite knows, in display order.
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "lowshot")
+
+#: Iterations of the low-shot L-BFGS logistic regression (few samples: converges fast).
+LOWSHOT_MAX_ITER = 100
+
+
+def check_protocols(protocols: list[str] | tuple[str, ...]) -> list[str]:
+    """``protocols`` de-duplicated in display order, or a ConfigError naming the unknown ones."""
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"unknown protocol(s) {unknown}: choose among {', '.join(PROTOCOLS)}")
+    if not protocols:
+        raise ConfigError(f"no protocol chosen: pass some of {', '.join(PROTOCOLS)}")
+    return [p for p in PROTOCOLS if p in protocols]
+
+
+def protocol_params(protocol: str, ecfg: EvalConfig, seed: int) -> dict[str, Any]:
+    """Everything ``protocol``'s numbers depend on besides the features: part of the cache key.
+
+    Parameters
+    ----------
+    protocol : str
+        One of :data:`PROTOCOLS`.
+    ecfg : EvalConfig
+        Evaluation settings.
+    seed : int
+        The run's seed (SGD order and init, low-shot draws).
+
+    Returns
+    -------
+    dict[str, Any]
+    """
+    if protocol == "linear":
+        if ecfg.probe == "sgd":
+            return {"probe": "sgd", "epochs": ecfg.probe_epochs, "lr": ecfg.probe_lr,
+                    "batch_size": ecfg.probe_batch_size, "momentum": ecfg.probe_momentum,
+                    "weight_decay": ecfg.probe_weight_decay, "schedule": "cosine", "seed": seed}
+        return {"probe": "lbfgs", "max_iter": ecfg.probe_max_iter, "weight_decay": ecfg.probe_weight_decay,
+                "seed": seed}
+    if protocol == "knn":
+        return {"ks": list(ecfg.knn_ks), "weights": "cosine"}
+    if protocol == "lowshot":
+        return {"n": list(ecfg.lowshot_n), "repeats": ecfg.lowshot_repeats, "classifier": ecfg.lowshot_classifier,
+                "weight_decay": ecfg.lowshot_weight_decay, "max_iter": LOWSHOT_MAX_ITER, "seed": seed}
+    check_protocols([protocol])
+    raise AssertionError(protocol)  # pragma: no cover
+
+
+def run_protocol(
+    protocol: str,
+    params: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    device: torch.device | str = "cpu",
+    description: str = "",
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``protocol`` with ``params`` (from :func:`protocol_params`) on frozen features.
+
+    Parameters
+    ----------
+    protocol : str
+        One of :data:`PROTOCOLS`.
+    params : dict
+        Its parameters.
+    train, test : tuple[np.ndarray, np.ndarray]
+        (features, labels) of the training and test splits.
+    device : torch.device or str
+        Where the SGD probe trains.
+    description : str
+        Progress bar label.
+    show_progress : bool
+        Show a progress bar (SGD probe).
+
+    Returns
+    -------
+    dict[str, Any]
+        JSON-ready result, always with ``dim``.
+    """
+    (xtr, ytr), (xte, yte) = train, test
+    dim = int(xtr.shape[1])
+    if protocol == "linear" and params["probe"] == "sgd":
+        r = sgd_linear_probe(xtr, ytr, xte, yte, epochs=params["epochs"], batch_size=params["batch_size"],
+                             lr=params["lr"], momentum=params["momentum"], weight_decay=params["weight_decay"],
+                             schedule=params["schedule"], seed=params["seed"], device=device,
+                             description=description or "linear probe", show_progress=show_progress)
+        return r.to_dict()
+    if protocol == "linear":
+        p = linear_probe(xtr, ytr, xte, yte, weight_decay=params["weight_decay"], max_iter=params["max_iter"],
+                         seed=params["seed"])
+        return {"test_acc": p.test_acc, "train_acc": p.train_acc, "dim": p.dim}
+    if protocol == "knn":
+        accs = knn_accuracies(xtr, ytr, xte, yte, ks=params["ks"])
+        return {"accs": {str(k): v for k, v in accs.items()}, "dim": dim}
+    if protocol == "lowshot":
+        res = lowshot_accuracy(xtr, ytr, xte, yte, shots=params["n"], repeats=params["repeats"], seed=params["seed"],
+                               classifier=params["classifier"], weight_decay=params["weight_decay"],
+                               max_iter=params["max_iter"])
+        return {"shots": {str(n): r.to_dict() for n, r in res.items()}, "dim": dim}
+    check_protocols([protocol])
+    raise AssertionError(protocol)  # pragma: no cover
+
+
+def result_metrics(protocol: str, result: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """The (metric, value, std) triples of one protocol result, headline first.
+
+    Parameters
+    ----------
+    protocol : str
+        One of :data:`PROTOCOLS`.
+    result : dict
+        What :func:`run_protocol` returned.
+
+    Returns
+    -------
+    list[tuple[str, float, float | None]]
+        ``std`` is the spread over draws (low-shot), else ``None``.
+    """
+    if protocol == "linear":
+        keys = ("last_acc", "best_acc", "best_epoch", "train_acc") if "last_acc" in result else ("test_acc", "train_acc")
+        return [(k, float(result[k]), None) for k in keys]
+    if protocol == "knn":
+        return [(f"k={k}", float(v), None) for k, v in sorted(result["accs"].items(), key=lambda kv: int(kv[0]))]
+    if protocol == "lowshot":
+        return [(f"n={n}", float(r["mean"]), float(r["std"]))
+                for n, r in sorted(result["shots"].items(), key=lambda kv: int(kv[0]))]
+    check_protocols([protocol])
+    raise AssertionError(protocol)  # pragma: no cover

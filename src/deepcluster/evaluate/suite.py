@@ -1,0 +1,454 @@
+"""The evaluation suite: linear probe, kNN and low-shot for runs × checkpoints × layers, cached.
+
+:func:`evaluate_suite` returns tidy rows (one number per row). Every number is read from the run's
+cache (:mod:`deepcluster.evaluate.cache`) when it is there; features are extracted only for the
+(checkpoint, layer) pairs that miss something, once per checkpoint, and conv maps are pooled to
+``pool_budget`` dimensions (:mod:`deepcluster.evaluate.pooling`). :func:`write_suite_outputs`
+writes ``evaluation.json``, ``probe_table.csv``/``.md``, ``cycle_metrics.csv`` and one bar chart
+per protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepcluster.config import EvalConfig, TrainConfig, deep_merge
+from deepcluster.errors import ConfigError, DataError
+from deepcluster.evaluate.cache import EvalCache, checkpoint_file, file_fingerprint
+from deepcluster.evaluate.cycles import cycle_metrics
+from deepcluster.evaluate.plots import write_bar_charts
+from deepcluster.evaluate.pooling import (
+    extract_pooled_features,
+    pixel_features,
+    pooled_dim,
+)
+from deepcluster.evaluate.protocols import (
+    PROTOCOLS,
+    check_protocols,
+    protocol_params,
+    result_metrics,
+    run_protocol,
+)
+from deepcluster.evaluate.tables import (
+    write_cycle_csv,
+    write_table_csv,
+    write_table_markdown,
+)
+from deepcluster.io import write_json
+from deepcluster.models import DeepClusterNet
+from deepcluster.train.augment import normalize
+from deepcluster.train.features import resolve_device
+from deepcluster.train.run_folder import RunFolder, build_network
+from deepcluster.train.runner import load_split, normalization
+
+Log = Callable[[str], None]
+
+#: The raw-pixel baseline's pseudo checkpoint and layer name.
+PIXELS = "pixels"
+
+#: Features of one extraction pass (train + test, all its layers) stay under this many bytes;
+#: more layers are split into several passes over the images.
+FEATURE_MEMORY_BYTES = 4 * 2**30
+
+
+@dataclass
+class _Split:
+    images: torch.Tensor
+    labels: np.ndarray
+
+
+@dataclass
+class _RunData:
+    train: _Split
+    test: _Split
+    stats: tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def run_names(runs: Sequence[str | Path]) -> list[str]:
+    """Short unique display names of run folders: the folder name, with its parent when ambiguous."""
+    paths = [Path(r) for r in runs]
+    names = [p.name or str(p) for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(n) > 1 else n for p, n in zip(paths, names)]
+
+
+def run_eval_config(cfg: TrainConfig, eval_cfg: EvalConfig | dict[str, Any] | None) -> EvalConfig:
+    """The evaluation settings of one run: its own ``eval`` section, or ``eval_cfg``.
+
+    An :class:`EvalConfig` replaces the run's; a dict of keys is merged into the run's own (what
+    ``--set`` does on the command line); ``None`` keeps the run's.
+    """
+    if eval_cfg is None:
+        return cfg.eval
+    if isinstance(eval_cfg, EvalConfig):
+        return eval_cfg
+    try:
+        return EvalConfig.model_validate(deep_merge(cfg.eval.model_dump(), dict(eval_cfg)))
+    except ValueError as e:
+        raise ConfigError(f"invalid eval settings: {e}") from None
+
+
+def data_identity(cfg: TrainConfig, ecfg: EvalConfig) -> dict[str, Any]:
+    """What the evaluation data depend on (part of every cache key)."""
+    return {"dataset": cfg.data.name, "split": cfg.data.split, "train_limit": ecfg.train_limit or cfg.data.limit,
+            "test_split": cfg.data.test_split, "test_limit": ecfg.test_limit, "image_size": cfg.data.image_size,
+            "seed": cfg.seed}
+
+
+def _load_data(cfg: TrainConfig, ecfg: EvalConfig) -> _RunData:
+    if cfg.data.test_split is None:
+        raise DataError(f"dataset {cfg.data.name} has no test split configured: set data.test_split to evaluate")
+    train = load_split(cfg, cfg.data.split, ecfg.train_limit or cfg.data.limit)
+    test = load_split(cfg, cfg.data.test_split, ecfg.test_limit)
+    if train.labels is None or test.labels is None:
+        raise DataError(
+            f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
+            "linear probes, kNN and low-shot need labels; use `deepcluster export` for label-free outputs"
+        )
+    images = train.images_tensor()
+    return _RunData(_Split(images, np.asarray(train.labels)), _Split(test.images_tensor(), np.asarray(test.labels)),
+                    normalization(cfg, int(images.shape[1])))
+
+
+def _load_model(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[DeepClusterNet, int]:
+    ckpt = run.load_checkpoint(checkpoint)
+    model = build_network(cfg, ckpt["in_channels"], ckpt["input_size"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval(), int(ckpt.get("cycle", 0))
+
+
+def _probe_layers(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> list[str]:
+    ckpt = run.load_checkpoint(checkpoint)
+    return list(build_network(cfg, ckpt["in_channels"], ckpt["input_size"]).probe_layers())
+
+
+def checkpoint_label(checkpoint: str) -> str:
+    """How a checkpoint is named in tables: ``random (init)``, ``trained (last)``, ``cycle 5``, ``raw pixels``."""
+    return {"init": "random (init)", "last": "trained (last)", PIXELS: "raw pixels"}.get(
+        checkpoint, f"cycle {checkpoint}")
+
+
+def _layer_groups(model: DeepClusterNet, layers: list[str], data: _RunData, budget: int) -> list[list[str]]:
+    """Split ``layers`` into extraction passes whose features fit in :data:`FEATURE_MEMORY_BYTES`."""
+    with torch.no_grad():
+        probe = normalize(data.train.images[:2], *data.stats)
+        shapes = {n: tuple(v.shape[1:]) for n, v in model.layer_outputs(probe, layers, flatten=False).items()}
+    n_rows = len(data.train.images) + len(data.test.images)
+    groups: list[list[str]] = [[]]
+    used = 0
+    for layer in layers:
+        size = n_rows * pooled_dim(shapes[layer], budget) * 4
+        if groups[-1] and used + size > FEATURE_MEMORY_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(layer)
+        used += size
+    return groups
+
+
+def _fmt_result(protocol: str, result: dict[str, Any]) -> str:
+    metrics = result_metrics(protocol, result)
+    if protocol == "linear" and "last_acc" in result:
+        return (f"last {100 * result['last_acc']:.1f}%  best {100 * result['best_acc']:.1f}% "
+                f"(epoch {result['best_epoch']})")
+    return "  ".join(f"{m} {100 * v:.1f}%" + (f"±{100 * s:.1f}" if s is not None else "") for m, v, s in metrics)
+
+
+def evaluate_suite(
+    runs: Sequence[str | Path],
+    checkpoints: Sequence[str] = ("init", "last"),
+    layers: Sequence[str] | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
+    *,
+    eval_cfg: EvalConfig | dict[str, Any] | None = None,
+    pixel_baseline: bool | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+    log: Log | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate runs × checkpoints × layers × protocols; every number cached in ``RUN/eval/cache``.
+
+    Parameters
+    ----------
+    runs : Sequence[str or Path]
+        Run folders made by ``deepcluster train``.
+    checkpoints : Sequence[str]
+        ``init``, ``last`` or cycle numbers with a kept checkpoint.
+    layers : Sequence[str] or None
+        Probe layers; ``None``: the runs' ``eval.layers``, or every probe layer of the model.
+    protocols : Sequence[str]
+        Among ``linear``, ``knn``, ``lowshot``.
+    eval_cfg : EvalConfig, dict or None
+        Evaluation settings (see :func:`run_eval_config`); ``None`` uses each run's ``eval`` section.
+    pixel_baseline : bool or None
+        Also evaluate the raw pixels (checkpoint and layer ``pixels``); ``None``: ``eval.pixel_baseline``.
+    use_cache : bool
+        ``False`` recomputes every number (and refreshes the cache).
+    show_progress : bool
+        Progress bars for feature extraction and SGD probes.
+    log : callable or None
+        Receives one line per step (what is cached, what is computed, each result).
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        Tidy rows with ``run`` (path), ``run_name``, ``checkpoint``, ``label`` (e.g. ``trained (last)``),
+        ``cycle`` (of the checkpoint; ``None`` for pixels), ``layer``, ``dim``, ``protocol``,
+        ``metric``, ``value`` (accuracies in [0, 1]; ``best_epoch`` an epoch number), ``std`` (low-shot
+        spread over draws, else ``None``), ``source`` (``cache`` or ``computed``) and ``seconds``
+        (compute time of the protocol, as recorded when it was computed).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown protocol, layer or checkpoint name.
+    DataError
+        If a run's dataset has no test split or no labels.
+    TrainingError
+        If a run folder or a checkpoint is missing.
+    """
+    log = log or (lambda msg: None)
+    protocols = check_protocols(list(protocols))
+    checkpoints = list(dict.fromkeys(str(c).strip() for c in checkpoints))
+    if not checkpoints:
+        raise ConfigError("no checkpoint chosen: pass e.g. init,last")
+    names = run_names(runs)
+    rows: list[dict[str, Any]] = []
+    for run_dir, name in zip(runs, names):
+        rows += _evaluate_run(RunFolder(Path(run_dir)).require(), name, checkpoints, layers, protocols, eval_cfg,
+                              pixel_baseline, use_cache, show_progress, log)
+    return rows
+
+
+def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Sequence[str] | None,
+                  protocols: list[str], eval_cfg: EvalConfig | dict[str, Any] | None, pixel_baseline: bool | None,
+                  use_cache: bool, show_progress: bool, log: Log) -> list[dict[str, Any]]:
+    cfg = run.load_config()
+    ecfg = run_eval_config(cfg, eval_cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    cache = EvalCache.for_run(run.path)
+    files = {c: checkpoint_file(run, c) for c in checkpoints}  # fail early on a missing checkpoint
+    available = _probe_layers(run, cfg, checkpoints[0])
+    wanted = list(layers) if layers is not None else (ecfg.layers or available)
+    unknown = [lyr for lyr in wanted if lyr not in available]
+    if unknown:
+        raise ConfigError(f"unknown probe layer(s) {unknown} for arch {cfg.model.arch!r}; choose among {available}")
+    data_id = data_identity(cfg, ecfg)
+    data: _RunData | None = None
+
+    def get_data() -> _RunData:
+        nonlocal data
+        if data is None:
+            log(f"{name}: loading {cfg.data.name} ({cfg.data.split} / {cfg.data.test_split})")
+            data = _load_data(cfg, ecfg)
+        return data
+
+    jobs: list[tuple[str, list[str], dict[str, Any] | None]] = [
+        (c, wanted, file_fingerprint(files[c])) for c in checkpoints]
+    if ecfg.pixel_baseline if pixel_baseline is None else pixel_baseline:
+        jobs.append((PIXELS, [PIXELS], None))
+
+    rows: list[dict[str, Any]] = []
+    for checkpoint, ck_layers, fingerprint in jobs:
+        label = checkpoint_label(checkpoint)
+        params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
+                             "data": data_id, "checkpoint": fingerprint}
+                  for lyr in ck_layers for p in protocols}
+        entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        if use_cache:
+            for key, prm in params.items():
+                entry = cache.get(checkpoint, key[0], key[1], prm)
+                if entry is not None:
+                    entries[key] = (entry, "cache")
+        missing = [key for key in params if key not in entries]
+        log(f"{name} {label}: {len(entries)} cached, {len(missing)} to compute"
+            + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
+        if missing:
+            entries.update(_compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache, device,
+                                    f"{name} {label}", show_progress, log))
+        for (layer, protocol), (entry, source) in sorted(
+                entries.items(), key=lambda kv: (ck_layers.index(kv[0][0]), protocols.index(kv[0][1]))):
+            result = entry["result"]
+            for metric, value, std in result_metrics(protocol, result):
+                rows.append({"run": str(run.path), "run_name": name, "checkpoint": checkpoint, "label": label,
+                             "cycle": entry.get("cycle"), "layer": layer, "dim": result.get("dim"),
+                             "protocol": protocol, "metric": metric, "value": value, "std": std,
+                             "source": source, "seconds": entry.get("seconds")})
+    return rows
+
+
+def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str, missing: list[tuple[str, str]],
+             params: dict[tuple[str, str], dict[str, Any]], data: _RunData, cache: EvalCache, device: torch.device,
+             title: str, show_progress: bool, log: Log) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+    """Extract the features of the layers in ``missing`` (in memory-bounded passes) and run their protocols."""
+    layers = list(dict.fromkeys(layer for layer, _ in missing))
+    extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels)}
+    if checkpoint == PIXELS:
+        model, groups = None, [layers]
+        extra["cycle"] = None
+    else:
+        model, cycle = _load_model(run, cfg, checkpoint)
+        model.to(device)
+        groups = _layer_groups(model, layers, data, ecfg.pool_budget)
+        extra["cycle"] = cycle
+    out: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+    for group in groups:
+        if model is None:
+            ftr = {PIXELS: pixel_features(data.train.images, ecfg.pool_budget)}
+            fte = {PIXELS: pixel_features(data.test.images, ecfg.pool_budget)}
+        else:
+            kw: dict[str, Any] = {"layers": group, "budget": ecfg.pool_budget, "batch_size": cfg.feature_batch_size,
+                                  "device": device, "show_progress": show_progress}
+            ftr = extract_pooled_features(model, data.train.images, *data.stats, description=f"{title}: train features", **kw)
+            fte = extract_pooled_features(model, data.test.images, *data.stats, description=f"{title}: test features", **kw)
+        for layer in group:
+            for key in [k for k in missing if k[0] == layer]:
+                protocol = key[1]
+                t0 = time.perf_counter()
+                result = run_protocol(protocol, params[key], (ftr[layer], data.train.labels),
+                                      (fte[layer], data.test.labels), device=device,
+                                      description=f"{title} {layer}: {protocol}", show_progress=show_progress)
+                seconds = time.perf_counter() - t0
+                cache.put(checkpoint, layer, protocol, params[key], result, seconds=seconds, extra=extra)
+                entry = {"result": result, "seconds": round(seconds, 3), **extra}
+                out[key] = (entry, "computed")
+                log(f"  {title} {layer:8s} {protocol:8s} {_fmt_result(protocol, result)}  "
+                    f"({result['dim']}-d, {seconds:.1f} s)")
+            del ftr[layer], fte[layer]
+    return out
+
+
+def suite_cycle_metrics(runs: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`~deepcluster.evaluate.cycles.cycle_metrics` of each run, keyed by its display name."""
+    return {name: cycle_metrics(r) for r, name in zip(runs, run_names(runs))}
+
+
+def write_suite_outputs(
+    rows: list[dict[str, Any]],
+    out: str | Path,
+    *,
+    cycles: dict[str, list[dict[str, Any]]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the suite's files into ``out``.
+
+    Parameters
+    ----------
+    rows : list[dict]
+        What :func:`evaluate_suite` returned.
+    out : str or Path
+        Output folder (created).
+    cycles : dict or None
+        Per-run cycle metrics (:func:`suite_cycle_metrics`); written to ``cycle_metrics.csv``.
+    meta : dict or None
+        Extra fields of ``evaluation.json`` (command, settings...).
+
+    Returns
+    -------
+    dict[str, Path]
+        What was written: ``json``, ``csv``, ``markdown``, ``cycles`` (when given) and
+        ``chart_<protocol>`` for each protocol.
+    """
+    out = Path(out)
+    paths: dict[str, Path] = {"json": out / "evaluation.json", "csv": out / "probe_table.csv",
+                              "markdown": out / "probe_table.md"}
+    write_table_csv(rows, paths["csv"])
+    write_table_markdown(rows, paths["markdown"])
+    if cycles:
+        paths["cycles"] = write_cycle_csv(cycles, out / "cycle_metrics.csv")
+    for protocol, path in write_bar_charts(rows, out).items():
+        paths[f"chart_{protocol}"] = path
+    write_json(paths["json"], {**(meta or {}), "rows": rows, "cycles": cycles or {},
+                               "files": {k: p.name for k, p in paths.items() if k != "json"}})
+    return paths
+
+
+@dataclass
+class SuiteOutput:
+    """What :func:`evaluate_and_write` produced.
+
+    Attributes
+    ----------
+    rows : list[dict]
+        Tidy rows of :func:`evaluate_suite`.
+    cycles : dict[str, list[dict]]
+        Cycle metrics per run name.
+    paths : dict[str, Path]
+        Files written (see :func:`write_suite_outputs`).
+    out : Path
+        Output folder.
+    seconds : float
+        Wall time.
+    """
+
+    rows: list[dict[str, Any]]
+    cycles: dict[str, list[dict[str, Any]]]
+    paths: dict[str, Path]
+    out: Path
+    seconds: float
+
+    def counts(self) -> dict[str, int]:
+        """How many (run, checkpoint, layer, protocol) results came from the cache and were computed."""
+        seen = {(r["run"], r["checkpoint"], r["layer"], r["protocol"]): r["source"] for r in self.rows}
+        return {s: sum(v == s for v in seen.values()) for s in ("cache", "computed")}
+
+
+def default_out(runs: Sequence[str | Path]) -> Path:
+    """``RUN/eval`` for one run; several runs need an explicit folder (ConfigError)."""
+    if len(runs) != 1:
+        raise ConfigError(f"{len(runs)} runs compared: say where the tables go with --out DIR")
+    return Path(runs[0]) / "eval"
+
+
+def evaluate_and_write(
+    runs: Sequence[str | Path],
+    out: str | Path | None = None,
+    *,
+    checkpoints: Sequence[str] = ("init", "last"),
+    layers: Sequence[str] | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
+    eval_cfg: EvalConfig | dict[str, Any] | None = None,
+    pixel_baseline: bool | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+    log: Log | None = None,
+) -> SuiteOutput:
+    """:func:`evaluate_suite`, the runs' cycle metrics, and every output file, in one call.
+
+    Parameters
+    ----------
+    runs : Sequence[str or Path]
+        Run folders.
+    out : str, Path or None
+        Output folder; ``None``: ``RUN/eval`` for a single run (see :func:`default_out`).
+    checkpoints, layers, protocols, eval_cfg, pixel_baseline, use_cache, show_progress, log
+        See :func:`evaluate_suite`.
+
+    Returns
+    -------
+    SuiteOutput
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out) if out is not None else default_out(runs)
+    rows = evaluate_suite(runs, checkpoints, layers, protocols, eval_cfg=eval_cfg, pixel_baseline=pixel_baseline,
+                          use_cache=use_cache, show_progress=show_progress, log=log)
+    cycles = suite_cycle_metrics(runs)
+    names = run_names(runs)
+    settings = {}
+    for r, name in zip(runs, names):
+        cfg = RunFolder(Path(r)).load_config()
+        settings[name] = {"path": str(r), "eval": run_eval_config(cfg, eval_cfg).model_dump(mode="json"),
+                          "data": data_identity(cfg, run_eval_config(cfg, eval_cfg))}
+    seconds = time.perf_counter() - t0
+    meta = {"runs": settings, "checkpoints": list(checkpoints), "layers": list(layers) if layers else None,
+            "protocols": check_protocols(list(protocols)), "seconds": round(seconds, 2)}
+    paths = write_suite_outputs(rows, out_dir, cycles=cycles, meta=meta)
+    return SuiteOutput(rows=rows, cycles=cycles, paths=paths, out=out_dir, seconds=time.perf_counter() - t0)
