@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 DEMO   ?= runs/demo
 
-.PHONY: help install data test test-fast demo bench clean
+.PHONY: help install data browser test test-fast demo report bench clean
 
 help:
 	@echo "make demo   - install, train DeepCluster on real Fashion-MNIST, evaluate vs random init"
@@ -35,7 +35,17 @@ data:
 	  echo "run with FMNIST=that/folder (tests that need it are skipped)."; \
 	fi
 
-test: install data
+# Headless Chromium renders the HTML report in its test (Debian package `chromium`).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+	  echo "chromium found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium is missing: 'sudo apt-get install chromium' (the report's browser test is skipped without it)"; \
+	fi
+
+test: install data browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install
