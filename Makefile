@@ -9,6 +9,7 @@ DEMO   ?= runs/demo
 
 help:
 	@echo "make demo   - install, train DeepCluster on real Fashion-MNIST, evaluate vs random init"
+	@echo "make report - make demo, then the HTML report of the demo run (runs/demo/report/report.html)"
 	@echo "make test   - install and run the whole test suite"
 	@echo "make bench  - run the benchmarks"
 
@@ -58,6 +59,10 @@ demo: install data
 	  $(BIN)/deepcluster train --config configs/fmnist_lenet.yaml --set data.root=$(FMNIST) --out $(DEMO); \
 	fi
 	$(BIN)/deepcluster evaluate $(DEMO)
+
+# The HTML report of the demo run (trained vs random init): $(DEMO)/report/report.html
+report: demo
+	$(BIN)/deepcluster report $(DEMO)
 
 bench: install data
 	$(BIN)/python benchmarks/run_all.py

@@ -27,8 +27,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
         quiet: QuietOption = False,
     ) -> None:
-        """Trained vs random, as numbers and pictures: probes, kNN, low-shot, feature maps,
-        neighbours, filters, top images, channel visualisations, clusters, training curves."""
+        """One HTML page, trained vs random init: probes, kNN, low-shot, maps, neighbours, filters, top images, clusters, curves."""
         from deepcluster.config import build_config
         from deepcluster.report import ReportConfig, build_report
 
