@@ -1,0 +1,783 @@
+"""Concept data sets in the Broden layout of NetDissect / NetDissect-Lite: reader and writer.
+
+Layout (as read by NetDissect-Lite's ``loader/data_loader.py``, ``SegmentationData``)::
+
+    <root>/index.csv        image,split,ih,iw,sh,sw,<category>,<category>,...
+    <root>/label.csv        number,name,category,frequency,coverage,syns
+    <root>/category.csv     name,first,last,count,frequency
+    <root>/c_<category>.csv code,number,name,frequency,coverage     (one per row of category.csv)
+    <root>/images/...       the images and the mask PNGs named in index.csv
+
+* ``index.csv`` -- one row per image. ``image`` is a path relative to ``images/``; ``split`` is
+  free text (``train``/``val`` in Broden); ``ih, iw`` is the image size and ``sh, sw`` the size
+  of its segmentation masks (Broden stores masks at lower resolution than images). Every
+  category column holds ``;``-separated entries (often empty). An entry is either the file name
+  of a mask PNG (relative to ``images/``) whose pixels hold label numbers encoded as
+  ``R + 256 * G``, or an integer label number. Categories with mask files are *pixel-level*
+  (``color, object, part, material`` in Broden); categories holding only numbers are
+  *image-level* (``scene, texture``): the label applies to the whole image. As in NetDissect,
+  an integer in a pixel-level column is read as a mask filled with that label. Several entries
+  in one cell give several mask channels, so a pixel can carry several labels of a category.
+* ``label.csv`` -- the label numbers. ``category`` lists the categories of the label with its
+  image count in each, e.g. ``object(123);part(4)``; ``frequency`` is the number of images the
+  label occurs in; ``coverage`` the sum, over images, of the fraction of the ``sh x sw`` pixels
+  it covers (1 per image for image-level labels); ``syns`` ``;``-separated synonyms.
+* ``category.csv`` -- ``first``/``last``: smallest/largest label number of the category,
+  ``count``: its number of labels, ``frequency``: number of images having one of them.
+* ``c_<category>.csv`` -- a dense code (1, 2, ...) for each label number of the category, with
+  the per-category ``frequency`` and ``coverage``.
+
+Label number 0 means "no label": mask pixels equal to 0 are unlabelled; it is never a concept.
+A ``label.csv`` row 0 (``0,-,,...``) is tolerated but not required (the writer omits it, so the
+folders it writes stay readable by NetDissect-Lite, whose parser needs a category on each row).
+
+The formats above are the ones NetDissect-Lite reads; the statistics columns are informative
+only -- the reader parses them but relies on none of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from deepcluster import io as dio
+from deepcluster.errors import DataError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
+INDEX_FILE = "index.csv"
+LABEL_FILE = "label.csv"
+CATEGORY_FILE = "category.csv"
+LABEL_COLUMNS = ("number", "name", "category", "frequency", "coverage", "syns")
+CATEGORY_COLUMNS = ("name", "first", "last", "count", "frequency")
+CODE_COLUMNS = ("code", "number", "name", "frequency", "coverage")
+#: Pixel-level categories of Broden, used only to classify a category that has no entries at all.
+BRODEN_PIXEL_CATEGORIES = ("color", "object", "part", "material")
+#: Largest label number a mask PNG can hold (R + 256 * G).
+MAX_LABEL = 256 * 256 - 1
+
+_INT = re.compile(r"^\s*\d+\s*$")
+_CAT_ENTRY = re.compile(r"^([^()]+?)\s*(?:\((\d*)\))?$")
+
+
+# --------------------------------------------------------------------------------------------
+# Mask encoding
+
+
+def encode_mask(labels: np.ndarray) -> np.ndarray:
+    """Label numbers (H x W, 0..65535) -> H x W x 3 uint8 RGB with ``R + 256 * G`` = label."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a mask must be 2-D (H x W), got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise ValueError(f"mask label numbers must lie in 0..{MAX_LABEL}")
+    lab = labels.astype(np.int64)
+    rgb = np.zeros((*labels.shape, 3), dtype=np.uint8)
+    rgb[..., 0] = lab % 256
+    rgb[..., 1] = lab // 256
+    return rgb
+
+
+def decode_mask(pixels: np.ndarray) -> np.ndarray:
+    """Mask image pixels -> int32 label numbers: ``R + 256 * G`` for RGB(A), the value for gray."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 3:
+        return pixels[..., 0].astype(np.int32) + 256 * pixels[..., 1].astype(np.int32)
+    return pixels.astype(np.int32)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read one mask PNG as int32 label numbers (see :func:`decode_mask`)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr"):
+                im = im.convert("RGB")
+            pixels = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"mask file {path} named in index.csv does not exist: restore it or regenerate the folder") from None
+    except OSError as exc:
+        raise DataError(f"cannot read mask file {path} ({exc}): the file is corrupt; regenerate the folder") from None
+    return decode_mask(pixels)
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class Label:
+    """One row of ``label.csv``."""
+
+    number: int
+    name: str
+    #: Image count of the label in each of its categories, in ``label.csv`` order.
+    categories: Mapping[str, int]
+    frequency: int = 0
+    coverage: float = 0.0
+    syns: tuple[str, ...] = ()
+
+    @property
+    def category(self) -> str:
+        """Primary category: the one with the largest count (the first listed on ties); '' if none."""
+        if not self.categories:
+            return ""
+        return max(self.categories, key=lambda c: (self.categories[c], -list(self.categories).index(c)))
+
+
+@dataclass(frozen=True)
+class Category:
+    """One row of ``category.csv``, with its ``c_<name>.csv`` codes."""
+
+    name: str
+    first: int
+    last: int
+    count: int
+    frequency: int
+    #: True when the category has mask files (pixel-level), False for image-level categories.
+    pixel_level: bool
+    #: Label numbers of the category in code order (``codes[k]`` has code ``k + 1``).
+    labels: tuple[int, ...] = ()
+    #: Per-label ``(frequency, coverage)`` within the category, from ``c_<name>.csv``.
+    stats: Mapping[int, tuple[int, float]] = field(default_factory=dict)
+
+
+def _concept_mask(masks, labels, label: int, shape: tuple[int, ...]) -> np.ndarray:
+    if label <= 0:
+        raise ValueError("label 0 means 'no label' and is not a concept")
+    out = np.zeros(shape, dtype=bool)
+    for m in masks.values():
+        if m.shape[-3]:
+            out |= (m == label).any(axis=-3)
+    for lab in labels.values():
+        hit = (lab == label).any(axis=-1)
+        if hit.ndim == 0:
+            out |= bool(hit)
+        else:
+            out[hit] = True
+    return out
+
+
+@dataclass
+class BrodenSample:
+    """One image with its concepts."""
+
+    index: int
+    #: uint8, 3 x ih x iw (grayscale images are repeated to RGB).
+    image: np.ndarray
+    #: Pixel-level category -> int32 array K x sh x sw of label numbers (K >= 0 mask channels).
+    masks: dict[str, np.ndarray]
+    #: Image-level category -> int32 array of the label numbers of the image.
+    labels: dict[str, np.ndarray]
+    split: str = ""
+    filename: str = ""
+
+    @property
+    def mask_shape(self) -> tuple[int, int]:
+        for m in self.masks.values():
+            return m.shape[-2], m.shape[-1]
+        return self.image.shape[-2], self.image.shape[-1]
+
+    def concept_mask(self, label: int) -> np.ndarray:
+        """Bool sh x sw: where ``label`` occurs in any category (everywhere for image-level labels)."""
+        return _concept_mask(self.masks, self.labels, label, self.mask_shape)
+
+
+@dataclass
+class BrodenBatch:
+    """Stacked samples; mask channels and image-level labels are zero-padded to the batch maximum."""
+
+    #: int64 indices of the samples in the dataset.
+    indices: np.ndarray
+    #: uint8 B x 3 x ih x iw.
+    images: np.ndarray
+    #: Pixel-level category -> int32 B x K x sh x sw.
+    masks: dict[str, np.ndarray]
+    #: Image-level category -> int32 B x K.
+    labels: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def concept_mask(self, label: int) -> np.ndarray:
+        """Bool B x sh x sw: where ``label`` occurs in any category."""
+        sh, sw = next(iter(self.masks.values())).shape[-2:] if self.masks else self.images.shape[-2:]
+        return _concept_mask(self.masks, self.labels, label, (len(self), sh, sw))
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+
+
+def _read_csv(path: Path, required: Sequence[str], fix: str) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: {fix}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            # extra cells (key None) are ignored, missing ones read as ""
+            rows = [{k.strip(): (v or "") for k, v in row.items() if k is not None} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} ({exc}): {fix}") from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'}): "
+            f"the header must be {','.join(required)}"
+        )
+    return rows
+
+
+def _int(value: str, path: Path, line: int, column: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{path} line {line}: column {column} must be an integer, got {value!r}") from None
+
+
+def _float(value: str, path: Path, line: int, column: str) -> float:
+    if not value.strip():
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"{path} line {line}: column {column} must be a number, got {value!r}") from None
+
+
+def _parse_label_categories(value: str, path: Path, line: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for entry in value.split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        m = _CAT_ENTRY.match(entry)
+        if m is None:
+            raise DataError(f"{path} line {line}: category entry {entry!r} is not of the form name(count)")
+        out[m.group(1)] = int(m.group(2)) if m.group(2) else 0
+    return out
+
+
+class BrodenDataset:
+    """A folder in the Broden layout (see the module docstring).
+
+    ``categories`` restricts the categories read (default: all rows of ``category.csv``).
+    Indexing gives a :class:`BrodenSample`; :meth:`batches` stacks samples efficiently.
+    """
+
+    def __init__(self, root: str | Path, *, categories: Sequence[str] | None = None):
+        self.root = Path(root)
+        fix_any = "pass a folder in the Broden layout (index.csv, label.csv, category.csv, c_*.csv, images/)"
+        if not self.root.is_dir():
+            raise DataError(f"Broden folder {self.root} does not exist: {fix_any}, or generate one with make_concept_probe")
+        self.images_dir = self.root / "images"
+
+        # category.csv
+        path = self.root / CATEGORY_FILE
+        rows = _read_csv(path, CATEGORY_COLUMNS, f"{fix_any}; category.csv lists the categories, one per row")
+        cat_rows = {}
+        for line, row in enumerate(rows, start=2):
+            name = row["name"].strip()
+            if not name:
+                raise DataError(f"{path} line {line}: empty category name")
+            cat_rows[name] = (line, row)
+        if categories is not None:
+            unknown = [c for c in categories if c not in cat_rows]
+            if unknown:
+                raise DataError(
+                    f"{path} has no category {', '.join(unknown)} (has: {', '.join(cat_rows)}): pick among those"
+                )
+            cat_rows = {c: cat_rows[c] for c in categories}
+
+        # label.csv
+        path = self.root / LABEL_FILE
+        rows = _read_csv(path, LABEL_COLUMNS, f"{fix_any}; label.csv lists the label numbers and names")
+        self.labels: dict[int, Label] = {}
+        for line, row in enumerate(rows, start=2):
+            number = _int(row["number"], path, line, "number")
+            if number == 0:
+                continue  # "no label"
+            if number < 0 or number in self.labels:
+                raise DataError(f"{path} line {line}: label number {number} is negative or repeated; numbers must be unique and > 0")
+            self.labels[number] = Label(
+                number=number,
+                name=row["name"],
+                categories=_parse_label_categories(row["category"], path, line),
+                frequency=_int(row["frequency"] or "0", path, line, "frequency"),
+                coverage=_float(row["coverage"], path, line, "coverage"),
+                syns=tuple(s for s in row["syns"].split(";") if s),
+            )
+
+        # index.csv
+        path = self.root / INDEX_FILE
+        rows = _read_csv(path, INDEX_META, f"{fix_any}; index.csv lists one image per row")
+        if rows:
+            missing = [c for c in cat_rows if c not in rows[0]]
+            if missing:
+                raise DataError(
+                    f"{path} lacks the column(s) {', '.join(missing)} of categories listed in category.csv: "
+                    "add the column(s) (entries may be empty) or remove those categories from category.csv"
+                )
+        self._meta: list[tuple[str, str, int, int, int, int]] = []
+        self._entries: dict[str, list[tuple[str | int, ...]]] = {c: [] for c in cat_rows}
+        has_files = dict.fromkeys(cat_rows, False)
+        has_any = dict.fromkeys(cat_rows, False)
+        for line, row in enumerate(rows, start=2):
+            image = row["image"].strip()
+            if not image:
+                raise DataError(f"{path} line {line}: empty image path")
+            meta = [_int(row[c], path, line, c) for c in ("ih", "iw", "sh", "sw")]
+            self._meta.append((image, row["split"].strip(), *meta))
+            for cat in cat_rows:
+                cell = []
+                for v in (row.get(cat) or "").split(";"):
+                    v = v.strip()
+                    if not v:
+                        continue
+                    if _INT.match(v):
+                        cell.append(int(v))
+                    else:
+                        cell.append(v)
+                        has_files[cat] = True
+                    has_any[cat] = True
+                self._entries[cat].append(tuple(cell))
+
+        # c_<category>.csv
+        self.categories: dict[str, Category] = {}
+        for cat, (line, row) in cat_rows.items():
+            cpath = self.root / f"c_{cat}.csv"
+            crow = _read_csv(
+                cpath, CODE_COLUMNS, f"every category of category.csv needs its c_{cat}.csv (code,number,name,frequency,coverage)"
+            )
+            codes: dict[int, int] = {}
+            stats: dict[int, tuple[int, float]] = {}
+            for cline, c in enumerate(crow, start=2):
+                code = _int(c["code"], cpath, cline, "code")
+                number = _int(c["number"], cpath, cline, "number")
+                if number == 0:
+                    continue
+                if number not in self.labels:
+                    raise DataError(f"{cpath} line {cline}: label number {number} is not in label.csv: add it there")
+                codes[code] = number
+                stats[number] = (_int(c["frequency"] or "0", cpath, cline, "frequency"), _float(c["coverage"], cpath, cline, "coverage"))
+            pixel = has_files[cat] if has_any[cat] else cat in BRODEN_PIXEL_CATEGORIES
+            self.categories[cat] = Category(
+                name=cat,
+                first=_int(row["first"] or "0", self.root / CATEGORY_FILE, line, "first"),
+                last=_int(row["last"] or "0", self.root / CATEGORY_FILE, line, "last"),
+                count=_int(row["count"] or "0", self.root / CATEGORY_FILE, line, "count"),
+                frequency=_int(row["frequency"] or "0", self.root / CATEGORY_FILE, line, "frequency"),
+                pixel_level=pixel,
+                labels=tuple(codes[k] for k in sorted(codes)),
+                stats=stats,
+            )
+
+    # ---- metadata
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def __repr__(self) -> str:
+        return f"BrodenDataset({str(self.root)!r}, {len(self)} images, categories={list(self.categories)})"
+
+    @property
+    def pixel_categories(self) -> tuple[str, ...]:
+        return tuple(c for c, v in self.categories.items() if v.pixel_level)
+
+    @property
+    def image_categories(self) -> tuple[str, ...]:
+        return tuple(c for c, v in self.categories.items() if not v.pixel_level)
+
+    def label_number(self, name: str, category: str | None = None) -> int:
+        """Number of the label called ``name`` (in ``category`` when given)."""
+        for number, lab in self.labels.items():
+            if lab.name == name and (category is None or category in lab.categories):
+                return number
+        raise KeyError(f"no label {name!r}" + (f" in category {category!r}" if category else ""))
+
+    def filename(self, i: int) -> Path:
+        return self.images_dir / self._meta[i][0]
+
+    def split(self, i: int) -> str:
+        return self._meta[i][1]
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return self._meta[i][2], self._meta[i][3]
+
+    def mask_size(self, i: int) -> tuple[int, int]:
+        return self._meta[i][4], self._meta[i][5]
+
+    # ---- loading
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 3 x ih x iw."""
+        path = self.filename(i)
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise DataError(f"image {path} (row {i + 2} of index.csv) does not exist: restore it or regenerate the folder") from None
+        except OSError as exc:
+            raise DataError(f"cannot read image {path} ({exc}): the file is corrupt; regenerate the folder") from None
+        ih, iw = self.image_size(i)
+        if arr.shape[:2] != (ih, iw):
+            raise DataError(
+                f"image {path} is {arr.shape[1]}x{arr.shape[0]} but index.csv row {i + 2} says iw={iw}, ih={ih}: fix index.csv"
+            )
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def load_masks(self, i: int) -> dict[str, np.ndarray]:
+        """Pixel-level categories -> int32 K x sh x sw label numbers of image ``i``."""
+        sh, sw = self.mask_size(i)
+        out = {}
+        for cat in self.pixel_categories:
+            cell = self._entries[cat][i]
+            arr = np.empty((len(cell), sh, sw), dtype=np.int32)
+            for k, entry in enumerate(cell):
+                if isinstance(entry, int):
+                    arr[k] = entry
+                    continue
+                mask = read_mask(self.images_dir / entry)
+                if mask.shape != (sh, sw):
+                    raise DataError(
+                        f"mask {self.images_dir / entry} is {mask.shape[1]}x{mask.shape[0]} but index.csv row {i + 2} "
+                        f"says sw={sw}, sh={sh}: fix index.csv or the mask"
+                    )
+                arr[k] = mask
+            out[cat] = arr
+        return out
+
+    def load_labels(self, i: int) -> dict[str, np.ndarray]:
+        """Image-level categories -> int32 label numbers of image ``i``."""
+        return {c: np.asarray(self._entries[c][i], dtype=np.int32) for c in self.image_categories}
+
+    def __getitem__(self, i: int) -> BrodenSample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i = i % len(self)
+        return BrodenSample(
+            index=i,
+            image=self.load_image(i),
+            masks=self.load_masks(i),
+            labels=self.load_labels(i),
+            split=self.split(i),
+            filename=self._meta[i][0],
+        )
+
+    def __iter__(self) -> Iterator[BrodenSample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def batches(
+        self, batch_size: int = 64, *, indices: Sequence[int] | None = None, num_workers: int = 0
+    ) -> Iterator[BrodenBatch]:
+        """Stacked samples, ``batch_size`` at a time, in index order (or the order of ``indices``).
+
+        ``num_workers > 0`` decodes files in that many threads (PIL releases the GIL while
+        decoding). All images of a batch must share ``ih, iw`` and ``sh, sw``.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        order = list(range(len(self))) if indices is None else [int(i) for i in indices]
+        pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        try:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                samples = list(pool.map(self.__getitem__, chunk)) if pool else [self[i] for i in chunk]
+                yield self._stack(samples)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stack(self, samples: list[BrodenSample]) -> BrodenBatch:
+        first = samples[0]
+        for s in samples[1:]:
+            if s.image.shape != first.image.shape or s.mask_shape != first.mask_shape:
+                raise DataError(
+                    f"images {first.filename} and {s.filename} of {self.root} differ in size "
+                    f"({first.image.shape[1:]} vs {s.image.shape[1:]} / masks {first.mask_shape} vs {s.mask_shape}): "
+                    "batch them separately or use batch_size=1"
+                )
+        sh, sw = first.mask_shape
+        b = len(samples)
+        masks = {}
+        for cat in self.pixel_categories:
+            k = max(s.masks[cat].shape[0] for s in samples)
+            arr = np.zeros((b, k, sh, sw), dtype=np.int32)
+            for j, s in enumerate(samples):
+                arr[j, : s.masks[cat].shape[0]] = s.masks[cat]
+            masks[cat] = arr
+        labels = {}
+        for cat in self.image_categories:
+            k = max(len(s.labels[cat]) for s in samples)
+            arr = np.zeros((b, k), dtype=np.int32)
+            for j, s in enumerate(samples):
+                arr[j, : len(s.labels[cat])] = s.labels[cat]
+            labels[cat] = arr
+        return BrodenBatch(
+            indices=np.array([s.index for s in samples], dtype=np.int64),
+            images=np.stack([s.image for s in samples]),
+            masks=masks,
+            labels=labels,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+
+
+def _label_hits(chans: Sequence[np.ndarray]) -> Iterator[tuple[int, Callable[[], np.ndarray], int]]:
+    """(label, lazy bool mask, pixel count) of each label > 0 in the union of mask channels."""
+    if len(chans) == 1:
+        ch = chans[0]
+        counts = np.bincount(ch.ravel().astype(np.int64))
+        for lab in np.flatnonzero(counts[1:]) + 1:
+            yield int(lab), (lambda lab=lab: ch == lab), int(counts[lab])
+        return
+    stack = np.stack(chans)
+    for lab in np.unique(stack):
+        if lab:
+            hit = (stack == lab).any(axis=0)
+            yield int(lab), (lambda hit=hit: hit), int(hit.sum())
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6f}"
+
+
+class BrodenWriter:
+    """Writes a folder in the Broden layout.
+
+    Register labels with :meth:`add_label` (numbers 1, 2, ... in call order), add images with
+    :meth:`add_image`, then :meth:`close` writes the CSV files (atomically, ``index.csv`` last)
+    with frequencies and coverages counted from the images added. Usable as a context manager
+    (closes only when the block succeeds). Mask channels that are all 0 are not written.
+    """
+
+    def __init__(self, root: str | Path, *, pixel_categories: Sequence[str] = (), image_categories: Sequence[str] = ()):
+        self.root = Path(root)
+        self.pixel_categories = tuple(pixel_categories)
+        self.image_categories = tuple(image_categories)
+        cats = self.pixel_categories + self.image_categories
+        if len(set(cats)) != len(cats) or not cats:
+            raise ValueError("categories must be non-empty and distinct")
+        for c in cats:
+            if not re.match(r"^[A-Za-z0-9_\-]+$", c) or c in INDEX_META:
+                raise ValueError(f"bad category name {c!r}")
+        self.categories = cats
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        self._names: list[str] = []
+        self._label_cats: list[tuple[str, ...]] = []
+        self._syns: list[tuple[str, ...]] = []
+        self._rows: list[list[object]] = []
+        # statistics: per category and label, then per label over all its categories
+        self._freq: dict[str, dict[int, int]] = {c: {} for c in cats}
+        self._cov: dict[str, dict[int, float]] = {c: {} for c in cats}
+        self._lfreq: dict[int, int] = {}
+        self._lcov: dict[int, float] = {}
+        self._cat_images = dict.fromkeys(cats, 0)
+        self._closed = False
+        self._dirs: set[Path] = set()
+        self._tables: dict[str, np.ndarray] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._closed:
+            self.close()
+
+    def add_label(self, name: str, categories: str | Sequence[str], *, syns: Sequence[str] = ()) -> int:
+        """Register a label in one or several categories; returns its number (1, 2, ...)."""
+        cats = (categories,) if isinstance(categories, str) else tuple(categories)
+        unknown = [c for c in cats if c not in self.categories]
+        if unknown or not cats:
+            raise ValueError(f"label {name!r}: unknown categories {unknown} (writer has {self.categories})")
+        if len(self._names) >= MAX_LABEL:
+            raise ValueError(f"at most {MAX_LABEL} labels fit in a mask PNG")
+        self._names.append(name)
+        self._label_cats.append(cats)
+        self._syns.append(tuple(syns) or (name,))
+        return len(self._names)
+
+    def _check_labels(self, ids: np.ndarray, cat: str) -> None:
+        table = self._tables.get(cat)
+        if table is None or len(table) != len(self._names) + 1:
+            table = np.zeros(len(self._names) + 1, dtype=bool)
+            table[0] = True
+            table[[n for n, cats in enumerate(self._label_cats, start=1) if cat in cats]] = True
+            self._tables[cat] = table
+        ids = np.asarray(ids)
+        if ids.size == 0:
+            return
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"label numbers of {cat!r} must be integers, got {ids.dtype}")
+        bad = (ids < 0) | (ids >= len(table))
+        if not bad.any():
+            bad = ~table[ids]
+        if bad.any():
+            raise ValueError(f"label {int(ids[bad].flat[0])} is not registered in category {cat!r}")
+
+    def add_image(
+        self,
+        image: np.ndarray,
+        *,
+        masks: Mapping[str, np.ndarray | Sequence[np.ndarray]] | None = None,
+        labels: Mapping[str, Sequence[int]] | None = None,
+        stem: str | None = None,
+        split: str = "train",
+    ) -> int:
+        """Add one image (uint8 3 x H x W, 1 x H x W or H x W); returns its row index.
+
+        ``masks``: pixel-level category -> label numbers, sh x sw or K x sh x sw (or a list of
+        sh x sw arrays), all of one size. ``labels``: image-level category -> label numbers.
+        Files go to ``images/<stem>.png`` and ``images/<stem>_<category>[_<k>].png``.
+        """
+        if self._closed:
+            raise ValueError("writer is closed")
+        masks = dict(masks or {})
+        labels = dict(labels or {})
+        for c in masks:
+            if c not in self.pixel_categories:
+                raise ValueError(f"{c!r} is not a pixel-level category of this writer")
+        for c in labels:
+            if c not in self.image_categories:
+                raise ValueError(f"{c!r} is not an image-level category of this writer")
+        img = np.asarray(image)
+        if img.dtype != np.uint8:
+            raise ValueError("images must be uint8")
+        if img.ndim == 3 and img.shape[0] in (1, 3):
+            img = img.transpose(1, 2, 0)
+            if img.shape[2] == 1:
+                img = img[..., 0]
+        elif img.ndim != 2:
+            raise ValueError(f"image must be 3 x H x W, 1 x H x W or H x W, got {img.shape}")
+        ih, iw = img.shape[:2]
+        index = len(self._rows)
+        stem = f"{index:06d}" if stem is None else stem
+        img_rel = f"{stem}.png"
+
+        channels: dict[str, list[np.ndarray]] = {}
+        shape = None
+        for c, m in masks.items():
+            if isinstance(m, (list, tuple)):
+                if not m:
+                    continue
+                arr = np.stack([np.asarray(x) for x in m])
+            else:
+                arr = np.asarray(m)
+            if arr.ndim == 2:
+                arr = arr[None]
+            if arr.ndim != 3:
+                raise ValueError(f"masks[{c!r}] must be sh x sw or K x sh x sw, got {arr.shape}")
+            if shape is None:
+                shape = arr.shape[1:]
+            elif arr.shape[1:] != shape:
+                raise ValueError(f"masks of one image must share a size: {arr.shape[1:]} vs {shape}")
+            self._check_labels(arr, c)
+            channels[c] = [a for a in arr if a.any()]
+        sh, sw = shape if shape is not None else (ih, iw)
+        image_ids = {}
+        for c in self.image_categories:
+            ids = [int(x) for x in labels.get(c, ())]
+            self._check_labels(np.asarray(ids, dtype=np.int64), c)
+            image_ids[c] = list(dict.fromkeys(x for x in ids if x != 0))
+
+        # everything checked: write the files
+        Image.fromarray(np.ascontiguousarray(img)).save(self._path(img_rel))
+        row: list[object] = [img_rel, split, ih, iw, sh, sw]
+        # label -> (lazy pixel union, its pixel count); None = whole image
+        present: dict[int, tuple[Callable[[], np.ndarray], int] | None] = {}
+        npix = float(sh * sw)
+        for c in self.pixel_categories:
+            files = []
+            chans = channels.get(c, [])
+            for k, ch in enumerate(chans, start=1):
+                rel = f"{stem}_{c}.png" if len(chans) == 1 else f"{stem}_{c}_{k}.png"
+                Image.fromarray(encode_mask(ch)).save(self._path(rel))
+                files.append(rel)
+            row.append(";".join(files))
+            if chans:
+                self._cat_images[c] += 1
+                for lab, hit, count in _label_hits(chans):
+                    self._freq[c][lab] = self._freq[c].get(lab, 0) + 1
+                    self._cov[c][lab] = self._cov[c].get(lab, 0.0) + count / npix
+                    if lab not in present:
+                        present[lab] = (hit, count)
+                    elif present[lab] is not None:
+                        union = present[lab][0]() | hit()
+                        present[lab] = (lambda u=union: u, int(union.sum()))
+        for c in self.image_categories:
+            ids = image_ids[c]
+            row.append(";".join(str(x) for x in ids))
+            if ids:
+                self._cat_images[c] += 1
+            for lab in ids:
+                self._freq[c][lab] = self._freq[c].get(lab, 0) + 1
+                self._cov[c][lab] = self._cov[c].get(lab, 0.0) + 1.0
+                present[lab] = None
+        for lab, hit in present.items():
+            self._lfreq[lab] = self._lfreq.get(lab, 0) + 1
+            self._lcov[lab] = self._lcov.get(lab, 0.0) + (1.0 if hit is None else hit[1] / npix)
+        self._rows.append(row)
+        return index
+
+    def _path(self, rel: str) -> Path:
+        path = self.root / "images" / rel
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        return path
+
+    def close(self) -> Path:
+        """Write the CSV files (``index.csv`` last); returns the folder."""
+        if self._closed:
+            return self.root
+        n = len(self._names)
+        for c in self.categories:
+            members = [lab for lab in range(1, n + 1) if c in self._label_cats[lab - 1]]
+            rows = [
+                [code, lab, self._names[lab - 1], self._freq[c].get(lab, 0), _fmt(self._cov[c].get(lab, 0.0))]
+                for code, lab in enumerate(members, start=1)
+            ]
+            dio.write_text(self.root / f"c_{c}.csv", _csv_text(CODE_COLUMNS, rows))
+        cat_rows = []
+        for c in self.categories:
+            members = [lab for lab in range(1, n + 1) if c in self._label_cats[lab - 1]]
+            cat_rows.append([c, min(members, default=0), max(members, default=0), len(members), self._cat_images[c]])
+        dio.write_text(self.root / CATEGORY_FILE, _csv_text(CATEGORY_COLUMNS, cat_rows))
+        label_rows = []
+        for lab in range(1, n + 1):
+            cats = ";".join(f"{c}({self._freq[c].get(lab, 0)})" for c in self._label_cats[lab - 1])
+            label_rows.append(
+                [lab, self._names[lab - 1], cats, self._lfreq.get(lab, 0), _fmt(self._lcov.get(lab, 0.0)), ";".join(self._syns[lab - 1])]
+            )
+        dio.write_text(self.root / LABEL_FILE, _csv_text(LABEL_COLUMNS, label_rows))
+        dio.write_text(self.root / INDEX_FILE, _csv_text(INDEX_META + self.categories, self._rows))
+        self._closed = True
+        return self.root
+
+
+def is_broden_folder(root: str | Path) -> bool:
+    """True when ``root`` holds index.csv, label.csv and category.csv."""
+    root = Path(root)
+    return all(os.path.isfile(root / f) for f in (INDEX_FILE, LABEL_FILE, CATEGORY_FILE))
