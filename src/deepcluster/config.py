@@ -115,6 +115,9 @@ class TrainConfig(StrictModel):
     kmeans_iters: int = Field(20, ge=1)
     fit_fraction: float = Field(1.0, gt=0.0, le=1.0)
     halt_clustering_after: int | None = Field(None, ge=1)
+    # Baseline: train on the dataset's labels instead of cluster ids (same network, loop and run
+    # folder, so evaluate / report / dissect / ensemble compare it with DeepCluster directly).
+    supervised: bool = False
 
     # optimisation
     lr: float = Field(0.1, gt=0)

@@ -14,6 +14,7 @@ import torch
 
 from deepcluster.config import TrainConfig, build_config
 from deepcluster.train import RunFolder, train
+from deepcluster.train.runner import load_split
 
 CONFIG = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"
 
@@ -132,3 +133,17 @@ def test_fit_fraction_and_cluster_layer(tmp_path):
     cfg = digits_cfg("cycles=1", "fit_fraction=0.3", "cluster_layer=conv2", "pca_dim=8")
     run = train(cfg, tmp_path / "run", show_progress=False)
     assert np.bincount(run.load_assignments()).min() >= 1
+
+
+def test_supervised_baseline_trains_on_the_labels(tmp_path):
+    cfg = digits_cfg("cycles=3", "supervised=true")
+    run = train(cfg, tmp_path / "sup", show_progress=False)
+    records = run.metrics()
+    assert [r["clustered"] for r in records] == [False] * 3
+    assert records[-1]["k"] == 10 and records[-1]["nmi_labels"] == pytest.approx(1.0)
+    assert records[-1]["loss"] < records[0]["loss"] and records[-1]["train_acc"] > records[0]["train_acc"]
+    assert np.array_equal(run.load_assignments(), load_split(cfg).labels)
+    # the classifier is kept across epochs (not reset like DeepCluster's top layer)
+    top = run.load_checkpoint("last")["top_layer"]["weight"]
+    assert top.shape[0] == 10
+    run.build_model("last")  # offline tools rebuild it like any run

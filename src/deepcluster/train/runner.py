@@ -16,7 +16,7 @@ from deepcluster import __version__
 from deepcluster.cluster import ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.config import TrainConfig
 from deepcluster.data import ImageDataset, dataset_stats, load_dataset
-from deepcluster.errors import ClusteringError, TrainingError
+from deepcluster.errors import ClusteringError, DataError, TrainingError
 from deepcluster.io import append_jsonl, save_npy, torch_save, write_json, write_text
 from deepcluster.train.cycle import (
     cluster_step,
@@ -111,6 +111,8 @@ def train(
     data = load_train_data(cfg)
     if cfg.k > len(data):
         raise ClusteringError(f"k={cfg.k} is larger than the number of images ({len(data)}): lower k or use more data")
+    if cfg.supervised and data.labels is None:
+        raise DataError(f"supervised=true needs labels, and dataset {cfg.data.name} has none: drop supervised")
     images = data.images_tensor()
     stats = normalization(cfg, int(images.shape[1]))
     in_channels, input_size = int(images.shape[1]), int(images.shape[-1])
@@ -160,7 +162,17 @@ def train(
             halted = cfg.halt_clustering_after is not None and cycle > cfg.halt_clustering_after
             previous = assignments
 
-            if halted and assignments is not None:
+            if cfg.supervised:
+                # The supervised baseline: the labels are the targets, one classifier throughout.
+                times = {}
+                result, assignments = None, np.asarray(labels, dtype=np.int64)
+                k_eff = int(assignments.max()) + 1
+                if model.top_layer is None:
+                    model.reset_top_layer(k_eff, generator=generator)
+                    if top_state is not None and top_state["weight"].shape[0] == k_eff:
+                        model.top_layer.load_state_dict(top_state)
+                    model.top_layer.to(device)
+            elif halted and assignments is not None:
                 # Deep Dive §4.2: keep the last pseudo-labels (and their classifier), only train.
                 times: dict[str, float] = {}
                 k_eff = int(assignments.max()) + 1
@@ -190,7 +202,7 @@ def train(
             times["training"] = time.perf_counter() - t
 
             record.update(ep)
-            record["clustered"] = not halted
+            record["clustered"] = not (halted or cfg.supervised)
             record["k"] = k_eff
             record["nmi_prev"] = nmi(previous, assignments) if previous is not None else None
             record.update(_label_metrics(labels, assignments))
