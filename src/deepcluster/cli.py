@@ -76,7 +76,7 @@ def _print_cycle(record: dict[str, Any], total: int) -> None:
     if record.get("n_resplit"):
         parts.append(f"resplit {record['n_resplit']}")
     if not record.get("clustered", True):
-        parts.append("[dim](clustering halted)[/]")
+        parts.append("[dim](supervised: the labels)[/]" if record.get("supervised") else "[dim](clustering halted)[/]")
     parts.append("[dim]" + " ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "[/]")
     out_console.print("  ".join(parts), highlight=False, soft_wrap=True)
 

@@ -203,6 +203,8 @@ def train(
 
             record.update(ep)
             record["clustered"] = not (halted or cfg.supervised)
+            if cfg.supervised:
+                record["supervised"] = True
             record["k"] = k_eff
             record["nmi_prev"] = nmi(previous, assignments) if previous is not None else None
             record.update(_label_metrics(labels, assignments))
