@@ -351,10 +351,11 @@ def _main(
     """DeepCluster on your own images: train, evaluate, export."""
 
 
-from deepcluster import cli_compare, cli_report, cli_study  # noqa: E402,I001 - their commands reuse the helpers above
+from deepcluster import cli_compare, cli_interpret, cli_report, cli_study  # noqa: E402,I001 - their commands reuse the helpers above
 
 cli_study.register(app)
 cli_report.register(app)
+cli_interpret.register(app)
 cli_compare.register(app)
 
 

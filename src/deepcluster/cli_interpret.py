@@ -1,0 +1,138 @@
+"""``deepcluster dissect`` (network dissection) and ``deepcluster concepts make`` (the probe).
+
+No ``from __future__ import annotations``: typer reads the annotations (see cli_study.py).
+"""
+
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+
+def summary_table(summary: dict) -> Table:
+    """Units and concepts per category of a dissection's summary.json, as a rich table."""
+    table = Table(
+        title=escape(f"{summary['model']} / {summary['layer']}: {summary['n_labelled']} of {summary['n_units']} units "
+                     f"labelled (IoU ≥ {summary['iou_threshold']})"),
+        caption=escape(f"probe: {summary['n_images']} images, {summary['n_concepts']} concepts; "
+                       f"quantile {summary['quantile']} ({summary['quantile_method']})"),
+    )
+    table.add_column("category")
+    table.add_column("units", justify="right")
+    table.add_column("concepts", justify="right")
+    table.add_column("top concepts (units)")
+    by_cat: dict[str, list[str]] = {}
+    for d in summary["top_concepts"]:
+        by_cat.setdefault(d["category"], []).append(f"{d['concept']} ({d['units']})")
+    for cat, n in summary["units_per_category"].items():
+        table.add_row(escape(cat), str(n), str(summary["unique_concepts_per_category"][cat]),
+                      escape(", ".join(by_cat.get(cat, [])[:5]) or "-"))
+    table.add_row("all", str(summary["n_labelled"]), str(summary["unique_concepts"]), "", style="bold")
+    return table
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``dissect`` command and the ``concepts`` group to ``app``."""
+    from deepcluster.cli import QuietOption, out_console, user_errors
+
+    @app.command("dissect", epilog=(
+        "Examples: deepcluster dissect runs/demo --layer conv5;  "
+        "deepcluster dissect resnet18 --weights resnet18.pth --layer layer4 --concepts broden1_224 --input-size 224;  "
+        "deepcluster dissect mynets.py:build --layer features.8"
+    ))
+    @user_errors
+    def dissect_cmd(
+        model: Annotated[str, typer.Argument(help="A run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one).")],
+        layer: Annotated[str, typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), or for our nets a probe name such as conv2.")],
+        concepts: Annotated[Path | None, typer.Option("--concepts", help="A Broden-format folder (default: the built-in probe, generated once into the cache folder, $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None,
+        weights: Annotated[Path | None, typer.Option("--weights", help="Local state-dict file for a torchvision or module:attribute model (nothing is downloaded).")] = None,
+        checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last",
+        quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005,
+        iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER).")] = None,
+        batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+        input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None,
+        method: Annotated[str, typer.Option(help="Thresholds: auto, exact (streaming top-k) or sketch (histograms, for huge probes).")] = "auto",
+        max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64,
+        device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+        threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None,
+        quiet: QuietOption = False,
+    ) -> None:
+        """Network dissection (NetDissect-Lite): label each unit of a layer with the concept of a
+        Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
+        thresholds.npy, iou.npy, concepts.csv and dissect.html."""
+        from deepcluster.errors import ConfigError, DataError
+        from deepcluster.interpret.broden import BrodenDataset
+        from deepcluster.interpret.dissect import (
+            default_concepts,
+            dissect,
+            write_dissection,
+        )
+        from deepcluster.interpret.model_source import load_model_source, resolve_layer
+
+        start = time.perf_counter()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        if max_units < 0:
+            raise ConfigError(f"--max-units must be >= 0, got {max_units}")
+        net, info = load_model_source(model, weights=weights, checkpoint=checkpoint)
+        resolve_layer(net, layer)  # a bad layer fails before the probe is generated or read
+        if concepts is None:
+            root = default_concepts(show_progress=not quiet)
+        elif not concepts.is_dir():
+            raise DataError(f"concept folder {concepts} does not exist: pass a Broden-format folder (e.g. NetDissect's "
+                            "broden1_224), or make one with `deepcluster concepts make DIR`")
+        else:
+            root = concepts
+        ds = BrodenDataset(root)
+        size = input_size if input_size is not None else info.input_size
+        res = dissect(
+            net, layer, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, input_size=size,
+            mean=info.mean, std=info.std, grey=info.grey, method=method, device=device, show_progress=not quiet,
+            model_name=info.spec,
+        )
+        if out is None:
+            out = info.run_dir / "dissect" / _slug(layer) if info.run_dir is not None else Path("dissect") / _slug(f"{info.name}_{layer}")
+        paths = write_dissection(res, out, max_units=max_units, show_progress=not quiet)
+        summary = res.summary()
+        out_console.print(summary_table(summary))
+        t = res.timings
+        out_console.print(
+            f"dissected {res.units} units on {res.n_images} images in {time.perf_counter() - start:.1f} s "
+            f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {res.device})", highlight=False)
+        out_console.print(f"wrote {out}: " + ", ".join(p.name for p in paths.values()) + ", units/", highlight=False,
+                          soft_wrap=True)
+
+    concepts_app = typer.Typer(no_args_is_help=True, help="Concept probes for `deepcluster dissect`.")
+    app.add_typer(concepts_app, name="concepts")
+
+    @concepts_app.command("make", epilog="Example: deepcluster concepts make probes/small --n-images 200 --size 48")
+    @user_errors
+    def concepts_make(
+        out: Annotated[Path, typer.Argument(help="Folder to create (or reuse, when it holds the same probe).")],
+        n_images: Annotated[int, typer.Option(help="Number of images.")] = 1000,
+        size: Annotated[int, typer.Option(help="Image and mask side in pixels (>= 24).")] = 64,
+        seed: Annotated[int, typer.Option(help="Random seed: same arguments, same files.")] = 0,
+        quiet: QuietOption = False,
+    ) -> None:
+        """Generate the built-in synthetic concept probe (Broden layout): shapes, their parts,
+        textures, colours and photo scenes, with their masks."""
+        from deepcluster.interpret.broden import BrodenDataset
+        from deepcluster.interpret.concepts import make_concept_probe
+
+        start = time.perf_counter()
+        root = make_concept_probe(out, n_images=n_images, size=size, seed=seed, show_progress=not quiet)
+        ds = BrodenDataset(root)
+        per_cat = ", ".join(f"{c} {len(cat.labels)}" for c, cat in ds.categories.items())
+        out_console.print(f"concept probe → {root}: {len(ds)} images of {size}×{size}, {len(ds.labels)} concepts "
+                          f"({per_cat}) in {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
