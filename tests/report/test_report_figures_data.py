@@ -271,15 +271,6 @@ def test_plot_training_curves(tmp_path):
         plot_training_curves({"a": {"loss": 1.0}}, tmp_path / "bad.png")
 
 
-def test_plot_training_curves_real_run_records(tmp_path):
-    path = Path(__file__).parents[2] / "runs" / "t1" / "metrics.jsonl"
-    if not path.is_file():
-        pytest.skip("no local run runs/t1")
-    from deepcluster.io import read_jsonl
-
-    assert_png(plot_training_curves({"t1": read_jsonl(path)}, tmp_path / "t1.png"))
-
-
 def test_plot_cycle_metrics(tmp_path):
     rows = [{"cycle": c, "nmi": 0.3 + 0.05 * c, "ari": 0.2 + 0.03 * c, "acc": 0.4 + 0.04 * c,
              "nmi_prev": None if c == 1 else 0.8} for c in range(1, 6)]
