@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
         input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None,
         method: Annotated[str, typer.Option(help="Thresholds: auto, exact (streaming top-k) or sketch (histograms, for huge probes).")] = "auto",
+        feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layer's activations between the two passes when they fit in this many MB (0: always run the model twice, nothing held).")] = 512,
         max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64,
         device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
         threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None,
@@ -99,7 +100,7 @@ def register(app: typer.Typer) -> None:
         res = dissect(
             net, layer, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, input_size=size,
             mean=info.mean, std=info.std, grey=info.grey, method=method, device=device, show_progress=not quiet,
-            model_name=info.spec,
+            model_name=info.spec, feature_cache_mb=feature_cache_mb,
         )
         if out is None:
             out = info.run_dir / "dissect" / _slug(layer) if info.run_dir is not None else Path("dissect") / _slug(f"{info.name}_{layer}")
