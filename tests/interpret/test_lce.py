@@ -93,7 +93,7 @@ def test_read_tally_netdissect_lite_format(tmp_path):
     bad.write_text("unit,label,score\n1,car,0.1\n")
     with pytest.raises(DataError, match="category"):
         read_tally(bad)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="nope.csv does not exist"):
         read_tally(tmp_path / "nope.csv")
 
 

@@ -105,7 +105,7 @@ def render(html_path: Path, tmp_path: Path) -> dict[str, str]:
     res = subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     body = re.search(r"<body([^>]*)>", res.stdout)
     assert body, res.stderr[-2000:]

@@ -1,13 +1,31 @@
 """Inter-model interpretation: dissect units against concepts, Dissect profiles and the Learned
 Concepts Embedding, CKA between layers, pairwise ensembles (AUB thesis ch. 3)."""
 
-from deepcluster.interpret.broden import BrodenDataset, BrodenWriter, decode_mask, encode_mask
+from deepcluster.interpret.broden import (
+    BrodenDataset,
+    BrodenWriter,
+    decode_mask,
+    encode_mask,
+)
 from deepcluster.interpret.cka import cka_matrix, layer_similarity, linear_cka
 from deepcluster.interpret.concepts import make_concept_probe
-from deepcluster.interpret.dissect import DissectResult, dissect, read_tally, write_dissection
-from deepcluster.interpret.ensemble import ensemble_weights, pairwise_ensembles, probe_probabilities
+from deepcluster.interpret.dissect import (
+    DissectResult,
+    dissect,
+    read_tally,
+    write_dissection,
+)
+from deepcluster.interpret.ensemble import (
+    ensemble_weights,
+    pairwise_ensembles,
+    probe_probabilities,
+)
 from deepcluster.interpret.lce import build_profiles, learned_concepts_embedding
-from deepcluster.interpret.model_source import ModelInfo, load_model_source, resolve_layer
+from deepcluster.interpret.model_source import (
+    ModelInfo,
+    load_model_source,
+    resolve_layer,
+)
 
 __all__ = [
     "BrodenDataset", "BrodenWriter", "DissectResult", "ModelInfo", "build_profiles", "cka_matrix", "decode_mask",

@@ -85,38 +85,20 @@ def read_tally(path: str | Path, *, iou_threshold: float = DEFAULT_IOU_THRESHOLD
     DataError
         Missing file, missing columns, a non-numeric unit or score, or a unit listed twice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"tally file {path} not found: pass the tally.csv written by a dissection (or its folder)")
+    from deepcluster.interpret.dissect import (
+        read_tally as read_tally_rows,  # one parser for both
+    )
+
     if not 0.0 <= iou_threshold <= 1.0:
         raise ConfigError(f"the IoU threshold must lie in [0, 1], got {iou_threshold}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read tally {path} ({e.__class__.__name__}): is it a CSV file?") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in TALLY_COLUMNS if c not in header]
-    if missing:
-        raise DataError(f"{path} is not a NetDissect tally: missing column(s) {', '.join(missing)} "
-                        f"(expected a header starting with {','.join(TALLY_COLUMNS)}, got {','.join(header) or 'nothing'})")
-    reader.fieldnames = header
     rows: list[dict[str, Any]] = []
     seen: set[int] = set()
-    for line, rec in enumerate(reader, start=2):
-        raw_unit, raw_score = (rec.get("unit") or "").strip(), (rec.get("score") or "").strip()
-        if not raw_unit and not raw_score:
-            continue
-        try:
-            unit = int(float(raw_unit))
-            score = float(raw_score) if raw_score else float("nan")
-        except ValueError:
-            raise DataError(f"{path}, line {line}: unit {raw_unit!r} and score {raw_score!r} must be numbers") from None
+    for line, rec in enumerate(read_tally_rows(path), start=2):
+        unit, score = rec["unit"], rec["score"]
         if unit in seen:
             raise DataError(f"{path}, line {line}: unit {unit} is listed twice; a tally has one row per unit")
         seen.add(unit)
-        category = (rec.get("category") or "").strip()
-        label = (rec.get("label") or "").strip()
+        category, label = rec["category"].strip(), rec["label"].strip()
         labelled = bool(math.isfinite(score) and score >= iou_threshold and category and label)
         rows.append({"unit": unit, "category": category, "label": label, "score": score, "labelled": labelled})
     return rows

@@ -42,13 +42,7 @@ class _Run:
     stats: tuple[tuple[float, ...], tuple[float, ...]]
     metrics: list[dict[str, Any]]
     assignments: dict[int, np.ndarray]  # cycle → full assignment
-
-
-def _run_names(paths: list[Path]) -> list[str]:
-    names = [p.resolve().name for p in paths]
-    if len(set(names)) < len(names):  # runs/a/demo and runs/b/demo
-        names = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
-    return names
+    features: dict[str, np.ndarray] | None = None  # clustering features of the sample, per model
 
 
 def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device) -> _Run:
@@ -104,6 +98,7 @@ def build_report(
     rcfg : ReportConfig, optional
         What to draw; defaults to ``ReportConfig()``.
     """
+    from deepcluster.evaluate.suite import run_names
     from deepcluster.train.features import resolve_device
 
     rcfg = rcfg or ReportConfig()
@@ -115,7 +110,7 @@ def build_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     paths = [Path(r) for r in runs]
-    names = _run_names(paths)
+    names = run_names(paths)  # the same names as the evaluation tables
     t0 = time.perf_counter()
     loaded = []
     for p, name in zip(paths, names):
@@ -126,8 +121,8 @@ def build_report(
         title="DeepCluster report: " + ", ".join(names),
         subtitle=[f"deepcluster {__version__} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
                   "Runs: " + ", ".join(str(p) for p in paths),
-                  f"Trained checkpoint: {rcfg.checkpoint}; pictures from a seeded sample of "
-                  f"{rcfg.sample} training images per run."],
+                  (f"Trained checkpoint: {rcfg.checkpoint}; pictures from a seeded sample of "
+                   f"{rcfg.sample} training images per run.")],
     )
     ctx = _Context(page=page, fig_dir=fig_dir, rcfg=rcfg, log=log, show_progress=show_progress, device=dev)
     steps: list[tuple[str, Callable[[_Context, list[_Run]], None]]] = [
@@ -245,17 +240,15 @@ def _numbers(ctx: _Context, runs: list[_Run]) -> None:
 
 def _features(ctx: _Context, r: _Run) -> dict[str, np.ndarray]:
     """Clustering features (what DeepCluster clusters) of the picture sample, per model; cached."""
-    cache = getattr(r, "_features", None)
-    if cache is None:
+    if r.features is None:
         from deepcluster.train.features import extract_features
 
-        cache = {}
-        for m, model in r.models.items():
-            feats = extract_features(model, r.images, *r.stats, batch_size=r.cfg.feature_batch_size, device=ctx.device,
-                                     description=f"{r.name} {m}: features", show_progress=ctx.show_progress)
-            cache[m] = feats["embed"]
-        r._features = cache  # type: ignore[attr-defined]
-    return cache
+        r.features = {
+            m: extract_features(model, r.images, *r.stats, batch_size=r.cfg.feature_batch_size, device=ctx.device,
+                                description=f"{r.name} {m}: features", show_progress=ctx.show_progress)["embed"]
+            for m, model in r.models.items()
+        }
+    return r.features
 
 
 def _maps(ctx: _Context, runs: list[_Run]) -> None:
@@ -315,15 +308,11 @@ def _top_images(ctx: _Context, runs: list[_Run]) -> None:
     for r in runs:
         for m, model in r.models.items():
             layer = rc.activation_layer or _default_layer(model)
-            idx, vals = top_activating(model, r.images, *r.stats, layer, units=list(range(_n_units(model, layer, rc.units))),
+            idx, vals = top_activating(model, r.images, *r.stats, layer, units=list(range(min(rc.units, _layer_width(model, layer)))),
                                        n=9, show_progress=ctx.show_progress)
             title = f"{r.name}: {_label(m, rc)}, layer {layer}"
             path = plot_top_activations(r.images, idx, ctx.png(f"top9_{r.name}_{m}"), values=vals, title=title)
             ctx.figure(sec, path, title + ".")
-
-
-def _n_units(model: torch.nn.Module, layer: str, wanted: int) -> int:
-    return min(wanted, _layer_width(model, layer))
 
 
 def _layer_width(model: torch.nn.Module, layer: str) -> int:
@@ -342,7 +331,10 @@ def _layer_width(model: torch.nn.Module, layer: str) -> int:
 
 
 def _ascent(ctx: _Context, runs: list[_Run]) -> None:
-    from deepcluster.report.gradient_ascent import plot_channel_visualizations, visualize_channels
+    from deepcluster.report.gradient_ascent import (
+        plot_channel_visualizations,
+        visualize_channels,
+    )
 
     rc = ctx.rcfg
     sec = ctx.page.section("ascent", "Channel visualisations (gradient ascent)",
