@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from typer.testing import CliRunner
 from deepcluster import cli_compare
 from deepcluster.errors import DataError
 from deepcluster.interpret.cka import cka_matrix, linear_cka
-
-CONFIG = str(Path(__file__).parents[2] / "configs" / "digits_tiny.yaml")
 
 
 def _rng(seed=0):
@@ -106,19 +103,9 @@ def invoke(*args):
     return CliRunner().invoke(_app(), [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    from deepcluster.cli import app
-
-    root = tmp_path_factory.mktemp("cka")
-    runs = []
-    for name, seed in (("run_a", 0), ("run_b", 1)):
-        out = root / name
-        res = CliRunner().invoke(app, ["train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1",
-                                       "--set", f"seed={seed}", "--set", "data.limit=400", "--out", str(out), "-q"])
-        assert res.exit_code == 0, res.output
-        runs.append(out)
-    return runs
+@pytest.fixture
+def two_runs(digits_runs):
+    return digits_runs[:2]
 
 
 def test_similarity_cli(two_runs, tmp_path):

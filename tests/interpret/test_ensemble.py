@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,6 @@ from deepcluster.interpret.ensemble import (
     probe_probabilities,
     soft_vote,
 )
-
-CONFIG = str(Path(__file__).parents[2] / "configs" / "digits_tiny.yaml")
 
 Y = np.array([0, 1, 2, 1])
 # Model a: argmax 0, 0, 2, 1 -> 3 of 4 right (0.75). Model b: argmax 1, 1, 2, 0 -> 2 of 4 (0.5).
@@ -92,19 +89,9 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    from deepcluster.cli import app
-
-    root = tmp_path_factory.mktemp("ens")
-    runs = []
-    for name, seed in (("run_a", 0), ("run_b", 1), ("run_c", 2)):
-        out = root / name
-        res = CliRunner().invoke(app, ["train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1",
-                                       "--set", f"seed={seed}", "--set", "data.limit=400", "--out", str(out), "-q"])
-        assert res.exit_code == 0, res.output
-        runs.append(out)
-    return runs
+@pytest.fixture
+def two_runs(digits_runs):
+    return digits_runs
 
 
 def test_ensemble_cli(two_runs, tmp_path):
