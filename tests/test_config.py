@@ -60,3 +60,32 @@ def test_presets_are_valid():
     assert len(presets) >= 5
     for p in presets:
         build_config(TrainConfig, p)
+
+
+def test_apply_overrides_is_the_one_mechanism():
+    from deepcluster.config import EvalConfig, TrainConfig, apply_overrides
+
+    base = TrainConfig()
+    cfg = apply_overrides(TrainConfig, base, {"k": 20, "model.arch": "tiny_cnn", "data": {"limit": 50}})
+    assert (cfg.k, cfg.model.arch, cfg.data.limit, cfg.data.name) == (20, "tiny_cnn", 50, base.data.name)
+    assert apply_overrides(TrainConfig, base, ["k=30", "data.limit=40"]).data.limit == 40
+    ecfg = apply_overrides(EvalConfig, base.eval, {"knn_ks": [5, 1]})
+    assert ecfg.knn_ks == [1, 5] and ecfg.probe == base.eval.probe
+    with pytest.raises(ConfigError, match=r"invalid config \(my source\): kk: unknown key"):
+        apply_overrides(TrainConfig, base, {"kk": 1}, source="my source")
+    with pytest.raises(ConfigError, match="k is not a section"):
+        apply_overrides(TrainConfig, base, ["k=3", "k.x=1"])
+
+
+def test_resolve_device():
+    import torch
+
+    from deepcluster.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:0")

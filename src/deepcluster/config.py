@@ -6,6 +6,7 @@ One config object per command. Unknown keys and bad values are rejected with a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -175,27 +176,37 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid config ({source}): " + "; ".join(parts)
 
 
-def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
-    """Turn ``["lr=0.01", "data.limit=500"]`` into a nested dict; values are read as YAML."""
+def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overrides as a nested dict: ``["lr=0.01", "data.limit=500"]`` (``--set`` strings, values read
+    as YAML) or a mapping whose keys may be dotted (``{"k": 20, "model.arch": "tiny_cnn"}``)."""
+    if isinstance(overrides, Mapping):
+        items = [(str(key), value, f"{key}") for key, value in overrides.items()]
+    else:
+        items = []
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=0.05")
+            key, raw = item.split("=", 1)
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            items.append((key, value, f"--set {item!r}"))
     nested: dict[str, Any] = {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=0.05")
-        key, raw = item.split("=", 1)
+    for key, value, where in items:
         key = key.strip()
         if not key:
-            raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+            raise ConfigError(f"{where}: empty key")
         node = nested
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[leaf] = value
+                raise ConfigError(f"{where}: {p} is not a section")
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = deep_merge(node[leaf], dict(value))
+        else:
+            node[leaf] = value
     return nested
 
 
@@ -222,15 +233,45 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
-    """Load ``path`` (optional), apply ``--set`` overrides, validate into ``model``."""
-    data = read_yaml(path) if path is not None else {}
+def apply_overrides(
+    model: type[M],
+    base: BaseModel | Mapping[str, Any] | None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    source: str = "--set",
+) -> M:
+    """``base`` with ``overrides`` applied, validated into ``model``: the one override mechanism
+    of ``train``, ``ia``, ``evaluate`` and ``study``.
+
+    Parameters
+    ----------
+    model : type
+        The config class to validate into (e.g. :class:`TrainConfig`, :class:`EvalConfig`).
+    base : config, mapping or None
+        What the overrides apply to: a config object or a mapping of keys (a YAML file's content).
+    overrides : list of ``key=value`` strings or mapping, optional
+        See :func:`parse_overrides`; dotted keys reach into sections.
+    source : str
+        Where the values come from, named in the error message.
+
+    Raises
+    ------
+    ConfigError
+        One line naming every bad key and why.
+    """
+    data = base.model_dump(mode="json") if isinstance(base, BaseModel) else dict(base or {})
     data.pop("version", None)  # written by save_config, informative only
     data = deep_merge(data, parse_overrides(overrides))
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, str(path) if path else "--set")) from None
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def build_config(model: type[M], path: str | Path | None = None, overrides: Sequence[str] | None = None) -> M:
+    """Load ``path`` (optional), apply ``--set`` overrides, validate into ``model``."""
+    data = read_yaml(path) if path is not None else {}
+    return apply_overrides(model, data, overrides, source=str(path) if path else "--set")
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

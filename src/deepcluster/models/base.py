@@ -10,6 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from deepcluster.errors import ConfigError
+from deepcluster.models.hooks import capture_outputs
 from deepcluster.models.init import normal_
 
 __all__ = ["DeepClusterNet", "InputTooSmallError", "feature_output_shape"]
@@ -17,10 +18,6 @@ __all__ = ["DeepClusterNet", "InputTooSmallError", "feature_output_shape"]
 
 class InputTooSmallError(ConfigError):
     """The input images are too small for a conv body (an output size would drop below 1)."""
-
-
-class _AllCollected(Exception):
-    """Raised from a forward hook to stop a forward once every requested layer is recorded."""
 
 
 def _pair(v) -> tuple[int, int]:
@@ -286,24 +283,8 @@ class DeepClusterNet(nn.Module):
             raise ConfigError(
                 f"unknown probe layer(s) {unknown} for arch {self.arch!r}; choose among {list(layers)}"
             )
-        wanted = list(dict.fromkeys(names))
-        outputs: dict[str, torch.Tensor] = {}
-
-        def make_hook(name: str):
-            def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-                # A copy: a later in-place op (e.g. ReLU(inplace=True)) would change the tensor.
-                outputs[name] = (torch.flatten(output, 1) if flatten else output).clone()
-                if len(outputs) == len(wanted):
-                    raise _AllCollected
-
-            return hook
-
-        handles = [layers[n].register_forward_hook(make_hook(n)) for n in wanted]
-        try:
-            self.embed(x)
-        except _AllCollected:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        wanted = {n: layers[n] for n in dict.fromkeys(names)}
+        # A copy: a later in-place op (e.g. ReLU(inplace=True)) would change the tensor.
+        keep = (lambda out: torch.flatten(out, 1).clone()) if flatten else (lambda out: out.clone())
+        outputs = capture_outputs(self.embed, x, wanted, transform=keep)
         return {n: outputs[n] for n in names}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcluster.errors import ConfigError, DataError
+from deepcluster.models.hooks import capture_outputs
 from deepcluster.progress import progress_bar
 from deepcluster.report._plot import as_numpy, new_figure, save_png
 from deepcluster.report.activations import check_layer, model_device
@@ -42,10 +43,6 @@ __all__ = [
 #: Steps during which ReLU gradients are redirected (Lucid's choice): from near-constant noise many
 #: units are off, so a plain ReLU would pass no gradient at all to them.
 REDIRECT_STEPS = 16
-
-
-class _Reached(Exception):
-    """Raised from a forward hook once the wanted layer has run: the rest of the net is skipped."""
 
 
 class _RedirectedReLU(torch.autograd.Function):
@@ -119,24 +116,12 @@ def channel_activation(model: nn.Module, x: torch.Tensor, layer: str, channels: 
         Unknown ``layer`` (the valid ones are listed) or a channel out of range.
     """
     module = check_layer(model, layer)
-    got: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        # The output as returned (an in-place ReLU returns its input); nothing runs after the raise,
-        # so no later in-place op can change it.
-        got.append(output)
-        raise _Reached
-
-    handle = module.register_forward_hook(hook)
-    try:
-        model.embed(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not got:  # pragma: no cover - every probe module lies on the embed path
+    # The output as returned (an in-place ReLU returns its input); the forward stops right after,
+    # so no later in-place op can change it.
+    got = capture_outputs(model.embed, x, {layer: module})
+    if layer not in got:  # pragma: no cover - every probe module lies on the embed path
         raise ConfigError(f"layer {layer!r} was not reached by the forward pass")
-    out = got[0]
+    out = got[layer]
     width = out.shape[1]
     bad = [c for c in channels if not 0 <= c < width]
     if bad:
