@@ -20,7 +20,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from deepcluster.cli_interpret import register
+from deepcluster.cli.interpret import register
 from deepcluster.interpret.dissect import default_concepts
 
 tmp = Path(tempfile.mkdtemp(prefix="bench_dissect_"))

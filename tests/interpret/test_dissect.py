@@ -13,20 +13,15 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from deepcluster.cli_interpret import register
+from deepcluster.cli.interpret import register
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.interpret.broden import BrodenDataset, BrodenWriter
 from deepcluster.interpret.concepts import make_concept_probe
-from deepcluster.interpret.dissect import (
-    HistogramQuantile,
-    TopKQuantile,
-    cache_dir,
-    dissect,
-    read_tally,
-    tally_fields,
-    write_dissection,
-)
+from deepcluster.interpret.dissect import cache_dir, dissect
+from deepcluster.interpret.dissect_report import write_dissection
 from deepcluster.interpret.model_source import load_model_source, resolve_layer
+from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
+from deepcluster.interpret.tally import read_tally, tally_fields
 from deepcluster.models import build_model
 
 N_IMAGES = 40

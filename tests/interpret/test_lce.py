@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from deepcluster import cli_compare
+from deepcluster.cli import compare as cli_compare
 from deepcluster.errors import DataError
 from deepcluster.interpret.lce import (
     DissectProfile,
@@ -19,7 +19,7 @@ from deepcluster.interpret.lce import (
     default_model_names,
     learned_concepts_embedding,
     profile_matrix,
-    read_tally,
+    read_tally_units,
 )
 
 CATEGORIES = ("object", "part", "material", "color")
@@ -82,19 +82,19 @@ def test_read_tally_netdissect_lite_format(tmp_path):
     path = write_tally(tmp_path / "tally.csv", [("object", "car", 0.12), ("material", "fur", 0.04),
                                                 ("part", "wheel", 0.039), ("color", "red", 0.2)])
     assert path.read_text().splitlines()[0].startswith("unit,category,label,score,object-label,object-truth,")
-    rows = read_tally(path)
+    rows = read_tally_units(path)
     assert [r["unit"] for r in rows] == [4, 1, 2, 3]  # file order: by decreasing score
     by_unit = {r["unit"]: r for r in rows}
     assert by_unit[1] == {"unit": 1, "category": "object", "label": "car", "score": 0.12, "labelled": True}
     assert by_unit[2]["labelled"] and not by_unit[3]["labelled"]  # score >= 0.04 counts
-    assert sum(r["labelled"] for r in read_tally(path, iou_threshold=0.1)) == 2
+    assert sum(r["labelled"] for r in read_tally_units(path, iou_threshold=0.1)) == 2
 
     bad = tmp_path / "bad.csv"
     bad.write_text("unit,label,score\n1,car,0.1\n")
     with pytest.raises(DataError, match="category"):
-        read_tally(bad)
+        read_tally_units(bad)
     with pytest.raises(DataError, match="nope.csv does not exist"):
-        read_tally(tmp_path / "nope.csv")
+        read_tally_units(tmp_path / "nope.csv")
 
 
 def test_profiles_follow_the_thesis_normalisation(tmp_path):

@@ -9,12 +9,8 @@ from deepcluster.interpret.broden import (
 )
 from deepcluster.interpret.cka import cka_matrix, layer_similarity, linear_cka
 from deepcluster.interpret.concepts import make_concept_probe
-from deepcluster.interpret.dissect import (
-    DissectResult,
-    dissect,
-    read_tally,
-    write_dissection,
-)
+from deepcluster.interpret.dissect import DissectResult, dissect
+from deepcluster.interpret.dissect_report import write_dissection
 from deepcluster.interpret.ensemble import (
     ensemble_weights,
     pairwise_ensembles,
@@ -26,6 +22,7 @@ from deepcluster.interpret.model_source import (
     load_model_source,
     resolve_layer,
 )
+from deepcluster.interpret.tally import read_tally
 
 __all__ = [
     "BrodenDataset", "BrodenWriter", "DissectResult", "ModelInfo", "build_profiles", "cka_matrix", "decode_mask",

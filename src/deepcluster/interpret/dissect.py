@@ -7,19 +7,14 @@ The algorithm is NetDissect-Lite's (Bau, Zhou et al., "Network Dissection", CVPR
 hook stops the forward there). For each unit ``u`` the threshold ``T_u`` is the top-``quantile``
 quantile of its activations over all images and positions -- ``np.percentile(a, 100 * (1 - q))``
 with linear interpolation, as NetDissect-Lite's ``quantile_threshold`` computes it from its
-memory-mapped features. Two methods, neither keeping the activations:
+memory-mapped features. Two methods, neither keeping the activations
+(:mod:`deepcluster.interpret.quantile`):
 
-* ``exact``: a running per-unit top-``k`` (``torch.topk`` over the kept values and each batch),
-  ``k = ceil((n - 1) q) + 2`` for ``n = images x h x w`` values per unit. The interpolated
-  percentile only involves the two order statistics around rank ``(n - 1)(1 - q)``, which lie in
-  that top ``k``, so the result is exactly numpy's. Memory: ``units x k`` floats.
-* ``sketch``: a per-unit histogram of ``SKETCH_BINS`` equal bins over an adaptive range: the
-  range starts at the first batch's min..max and doubles (merging bin pairs) whenever a value
-  falls outside it (the old range becomes the lower or upper half of the new one). The quantile
-  is read by linear interpolation inside its bin, so the error is below one bin width; the range
-  ends at most ~4x the unit's activation span, so the error is ``< 4 x (max - min) / SKETCH_BINS``
-  (0.1 % of the span; max and min over the probe). Memory: ``units x SKETCH_BINS`` counts,
-  whatever the probe's size.
+* ``exact``: a running per-unit top-``k`` (``k = ceil((n - 1) q) + 2`` for ``n = images x h x
+  w`` values per unit), which gives numpy's percentile exactly. Memory: ``units x k`` floats.
+* ``sketch``: per-unit adaptive-range histograms of ``SKETCH_BINS`` bins, with an error below
+  0.1 % of the unit's activation span. Memory: ``units x SKETCH_BINS`` counts, whatever the
+  probe's size.
 * ``auto`` (default): ``exact`` when its buffer fits ``memory_budget_mb``, else ``sketch``.
 
 The per-unit top ``top_images`` images by maximum activation are kept in the same pass.
@@ -47,20 +42,20 @@ A concept belongs to every category it is listed in (``label.csv``, ``c_<cat>.cs
 category reported for a unit is its best concept's primary category.
 
 Everything is float32 on the model's side and float64 counts; CUDA is used when present.
-Output files: :func:`write_dissection`; ``tally.csv`` is read back by :func:`read_tally`.
+Output files: :func:`deepcluster.interpret.dissect_report.write_dissection`; ``tally.csv`` is
+read back by :func:`deepcluster.interpret.tally.read_tally`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import functools
 import math
 import os
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,49 +66,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster import io as dio
+from deepcluster.device import resolve_device
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.interpret.broden import BrodenDataset
 from deepcluster.interpret.model_source import resolve_layer
+from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
+from deepcluster.models.hooks import capture_outputs
 from deepcluster.progress import progress_bar
 
 __all__ = [
     "IOU_THRESHOLD",
     "QUANTILE",
-    "SKETCH_BINS",
-    "TALLY_FIELDS",
     "DissectResult",
-    "HistogramQuantile",
-    "TopKQuantile",
     "cache_dir",
     "default_concepts",
     "dissect",
-    "read_tally",
-    "tally_fields",
-    "write_dissection",
-    "write_tally",
 ]
 
 #: Top quantile of each unit's activations that counts as "active" (NetDissect-Lite's QUANTILE).
 QUANTILE = 0.005
 #: Minimum IoU for a unit to be labelled (NetDissect-Lite's SCORE_THRESHOLD).
 IOU_THRESHOLD = 0.04
-#: Bins per unit of the ``sketch`` quantile method.
-SKETCH_BINS = 4096
 #: Top images kept per unit (strips of the HTML page).
 TOP_IMAGES = 8
-#: Leading columns of NetDissect-Lite's tally.csv; then 5 per category (:func:`tally_fields`).
-TALLY_FIELDS = ("unit", "category", "label", "score")
-_CAT_FIELDS = ("label", "truth", "activation", "intersect", "iou")
 #: Up-sampled maps handled at once in pass 2 (elements), bounding its memory.
 _PAIR_CHUNK = 1 << 21
 _LUMA = (0.299, 0.587, 0.114)
-
-
-def tally_fields(categories: Sequence[str]) -> list[str]:
-    """NetDissect-Lite's tally.csv header: ``unit,category,label,score`` then, per category,
-    ``<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou``."""
-    return [*TALLY_FIELDS, *(f"{c}-{f}" for c in categories for f in _CAT_FIELDS)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,111 +116,6 @@ def default_concepts(*, show_progress: bool = True) -> Path:
         return make_concept_probe(root, show_progress=show_progress)
     except OSError:  # another process renamed its copy into place first
         return make_concept_probe(root, show_progress=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Streaming per-unit quantiles
-
-
-class TopKQuantile:
-    """Exact streaming per-unit percentile of the top tail (see the module docstring).
-
-    ``total`` is the number of values each unit will receive; :meth:`add` takes ``units x m``.
-    """
-
-    def __init__(self, units: int, total: int, quantile: float, device: torch.device | str = "cpu"):
-        if total < 1:
-            raise ValueError("total must be >= 1")
-        self.units, self.total, self.quantile = units, total, quantile
-        self.k = min(total, math.ceil((total - 1) * quantile) + 2)
-        self.values = torch.empty(units, 0, device=device)
-        self.count = 0
-
-    @staticmethod
-    def nbytes(units: int, total: int, quantile: float) -> int:
-        """Peak memory of the buffer (kept values and one batch's worth again, roughly)."""
-        return 8 * units * min(total, math.ceil((total - 1) * quantile) + 2)
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.to(self.values.device, torch.float32)
-        self.count += x.shape[1]
-        both = torch.cat([self.values, x], 1)
-        self.values = both.topk(self.k, dim=1, sorted=False).values if both.shape[1] > self.k else both
-
-    def result(self) -> np.ndarray:
-        if self.count != self.total:
-            raise RuntimeError(f"received {self.count} values per unit, expected {self.total}")
-        n = self.total
-        desc = self.values.sort(dim=1, descending=True).values.double().cpu().numpy()
-        pos = (n - 1) * (1.0 - self.quantile)  # ascending rank, as np.percentile
-        lo = math.floor(pos)
-        frac = pos - lo
-        a = desc[:, n - 1 - lo]
-        b = desc[:, n - 2 - lo] if lo + 1 <= n - 1 else a
-        return a + (b - a) * frac
-
-
-class HistogramQuantile:
-    """Approximate streaming per-unit quantile: adaptive-range histograms (module docstring)."""
-
-    def __init__(self, units: int, quantile: float, bins: int = SKETCH_BINS, device: torch.device | str = "cpu"):
-        if bins < 2 or bins % 2:
-            raise ValueError("bins must be even and >= 2")
-        self.units, self.quantile, self.bins = units, quantile, bins
-        self.device = torch.device(device)
-        self.hist = torch.zeros(units, bins, dtype=torch.int64, device=self.device)
-        self.lo: torch.Tensor | None = None
-        self.width: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.to(self.device, torch.float64)
-        if x.shape[1] == 0:
-            return
-        xmin, xmax = x.min(1).values, x.max(1).values
-        if self.lo is None:
-            span = xmax - xmin
-            tiny = torch.clamp(xmax.abs(), min=1.0) * 1e-9
-            self.lo = xmin.clone()
-            self.width = torch.maximum(span * (1 + 1e-9) / self.bins, tiny / self.bins)
-        lo, width, hist, nb = self.lo, self.width, self.hist, self.bins
-        while True:
-            down = xmin < lo
-            up = xmax >= lo + width * nb
-            need = up | down
-            if not bool(need.any()):
-                break
-            merged = hist.view(self.units, nb // 2, 2).sum(-1)
-            zeros = torch.zeros_like(merged)
-            hist = torch.where(
-                down[:, None], torch.cat([zeros, merged], 1), torch.where(up[:, None], torch.cat([merged, zeros], 1), hist)
-            )
-            lo = torch.where(down, lo - width * nb, lo)
-            width = torch.where(need, width * 2, width)
-        idx = ((x - lo[:, None]) / width[:, None]).floor_().clamp_(0, nb - 1).long()
-        idx += torch.arange(self.units, device=self.device)[:, None] * nb
-        hist = hist + torch.bincount(idx.reshape(-1), minlength=self.units * nb).view(self.units, nb)
-        self.lo, self.width, self.hist = lo, width, hist
-
-    def _order_stat(self, hist: torch.Tensor, cum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Estimated value of ascending order statistic ``k`` (0-based) of each unit: its bin,
-        with the bin's values taken as evenly spread."""
-        j = torch.searchsorted(cum, k[:, None], right=True).clamp_(max=self.bins - 1)[:, 0]
-        before = torch.where(j > 0, cum.gather(1, (j - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(k))
-        count = hist.gather(1, j[:, None])[:, 0].clamp(min=1)
-        frac = ((k - before + 0.5) / count).clamp(0, 1)
-        return self.lo + self.width * (j.double() + frac)
-
-    def result(self) -> np.ndarray:
-        if self.lo is None:
-            raise RuntimeError("no values added")
-        hist = self.hist.double()
-        cum = hist.cumsum(1)
-        n = cum[:, -1]
-        rank = (n - 1) * (1.0 - self.quantile)  # as np.percentile: interpolate two order statistics
-        k0 = rank.floor()
-        k1 = torch.minimum(k0 + 1, n - 1)
-        a, b = self._order_stat(hist, cum, k0), self._order_stat(hist, cum, k1)
-        return (a + (b - a) * (rank - k0)).cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,55 +280,34 @@ class DissectResult:
 # Model plumbing
 
 
-class _Stop(Exception):
-    pass
-
-
-class _LayerReader:
-    """Runs ``model`` until ``module`` has produced its output, and returns that output."""
-
-    def __init__(self, model: nn.Module, path: str):
-        self.model, self.path = model, path
-        self.module = model.get_submodule(path)
-        self.out: Any = None
-
-    def _hook(self, module, inputs, output) -> None:
-        self.out = output
-        raise _Stop
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = None
-        handle = self.module.register_forward_hook(self._hook)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        except (RuntimeError, ValueError, TypeError) as exc:
-            if isinstance(exc, torch.OutOfMemoryError):
-                raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise ConfigError(
-                f"the model fails on inputs of shape {tuple(x.shape)} ({first}): check its input size "
-                "(--input-size) and channels"
-            ) from None
-        finally:
-            handle.remove()
-        out = self.out
-        self.out = None
-        if out is None:
-            raise ConfigError(f"layer {self.path!r} is not reached by the model's forward pass: pick another layer")
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            out = out[0]
-        if not isinstance(out, torch.Tensor):
-            raise ConfigError(f"layer {self.path!r} outputs a {type(out).__name__}, not a tensor: pick another layer")
-        if out.ndim == 2:
-            out = out[:, :, None, None]  # vectors: one value per image, covering the whole image
-        if out.ndim != 4:
-            raise ConfigError(
-                f"layer {self.path!r} outputs tensors of shape {tuple(out.shape)}: dissection needs (B, C, H, W) "
-                "maps or (B, C) vectors"
-            )
-        return out.detach().float()
+def _read_layer(model: nn.Module, path: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on ``x`` until ``module`` (``path`` inside it) has produced its output, and
+    return that output as float (B, C, H, W) maps (a (B, C) output gives (B, C, 1, 1))."""
+    try:
+        outputs = capture_outputs(model, x, {path: module})
+    except (RuntimeError, ValueError, TypeError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ConfigError(
+            f"the model fails on inputs of shape {tuple(x.shape)} ({first}): check its input size "
+            "(--input-size) and channels"
+        ) from None
+    out = outputs.get(path)
+    if out is None:
+        raise ConfigError(f"layer {path!r} is not reached by the model's forward pass: pick another layer")
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"layer {path!r} outputs a {type(out).__name__}, not a tensor: pick another layer")
+    if out.ndim == 2:
+        out = out[:, :, None, None]  # vectors: one value per image, covering the whole image
+    if out.ndim != 4:
+        raise ConfigError(
+            f"layer {path!r} outputs tensors of shape {tuple(out.shape)}: dissection needs (B, C, H, W) "
+            "maps or (B, C) vectors"
+        )
+    return out.detach().float()
 
 
 class _Prepare:
@@ -486,11 +338,11 @@ class _Prepare:
         return (x - self.mean) / self.std
 
 
-def _image_batches(ds: BrodenDataset, batch_size: int, pool: ThreadPoolExecutor | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    n = len(ds)
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        imgs = list(pool.map(ds.load_image, idx)) if pool else [ds.load_image(i) for i in idx]
+def _image_batches(probe: BrodenDataset, batch_size: int, pool: ThreadPoolExecutor | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    n_images = len(probe)
+    for start in range(0, n_images, batch_size):
+        idx = list(range(start, min(n_images, start + batch_size)))
+        imgs = list(pool.map(probe.load_image, idx)) if pool else [probe.load_image(i) for i in idx]
         yield np.asarray(idx, dtype=np.int64), np.stack(imgs)
 
 
@@ -535,19 +387,6 @@ def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda") from None
-
-
 # --------------------------------------------------------------------------------------------
 # Concept tables
 
@@ -555,17 +394,17 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 class _Concepts:
     """Label columns of the probe, and the label tensors of a batch that pass 2 counts with."""
 
-    def __init__(self, ds: BrodenDataset):
-        cats = tuple(ds.categories)
+    def __init__(self, probe: BrodenDataset):
+        cats = tuple(probe.categories)
         members: dict[int, list[str]] = {}
-        for num, lab in ds.labels.items():
-            in_cats = [c for c in cats if c in lab.categories or num in ds.categories[c].labels]
+        for num, lab in probe.labels.items():
+            in_cats = [c for c in cats if c in lab.categories or num in probe.categories[c].labels]
             if in_cats:
                 members[num] = in_cats
         self.numbers = np.array(sorted(members), dtype=np.int64)
-        self.names = [ds.labels[int(n)].name for n in self.numbers]
+        self.names = [probe.labels[int(n)].name for n in self.numbers]
         self.cats = [tuple(members[int(n)]) for n in self.numbers]
-        self.primary = [ds.labels[int(n)].category or members[int(n)][0] for n in self.numbers]
+        self.primary = [probe.labels[int(n)].category or members[int(n)][0] for n in self.numbers]
         top = int(self.numbers.max()) if len(self.numbers) else 0
         self.lut = np.zeros(top + 1, dtype=np.int32)
         self.lut[self.numbers] = np.arange(1, len(self.numbers) + 1)  # column + 1; 0 = no concept
@@ -589,16 +428,16 @@ class _Concepts:
             return np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], 0).astype(np.int32)
         return self.lut[raw]
 
-    def batch(self, batch, P: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Pixel columns B x K x P, image columns B x J (each concept once per pixel / image) and
-        the categories annotated in each image (B x C bool)."""
-        B = len(batch)
-        annotated = np.zeros((B, len(self.categories)), dtype=bool)
+    def batch(self, batch, mask_pixels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Pixel columns (images, K, mask_pixels), image columns (images, J) (each concept once per
+        pixel / image) and the categories annotated in each image ((images, categories) bool)."""
+        batch_len = len(batch)
+        annotated = np.zeros((batch_len, len(self.categories)), dtype=bool)
         pix_parts, pix_cats, img_parts, img_cats = [], [], [], []
         for c, m in batch.masks.items():
             if m.shape[1]:
-                cols = self.columns(m.reshape(B, m.shape[1], P))
-                annotated[:, self.index[c]] = (m != 0).reshape(B, -1).any(1)
+                cols = self.columns(m.reshape(batch_len, m.shape[1], mask_pixels))
+                annotated[:, self.index[c]] = (m != 0).reshape(batch_len, -1).any(1)
                 pix_parts.append(cols)
                 pix_cats += [c] * m.shape[1]
         for c, lab in batch.labels.items():
@@ -606,8 +445,8 @@ class _Concepts:
                 annotated[:, self.index[c]] = (lab != 0).any(1)
                 img_parts.append(self.columns(lab))
                 img_cats += [c] * lab.shape[1]
-        pix = np.concatenate(pix_parts, 1) if pix_parts else np.zeros((B, 0, P), np.int32)
-        img = np.concatenate(img_parts, 1) if img_parts else np.zeros((B, 0), np.int32)
+        pix = np.concatenate(pix_parts, 1) if pix_parts else np.zeros((batch_len, 0, mask_pixels), np.int32)
+        img = np.concatenate(img_parts, 1) if img_parts else np.zeros((batch_len, 0), np.int32)
         for j in range(1, img.shape[1]):
             img[:, j] = np.where((img[:, j : j + 1] == img[:, :j]).any(1), 0, img[:, j])
         for j, cj in enumerate(img_cats):  # a concept given for the whole image covers its pixels
@@ -630,12 +469,12 @@ class _Concepts:
 # The algorithm
 
 
-def _check_uniform(ds: BrodenDataset) -> tuple[tuple[int, int], tuple[int, int]]:
-    img = {ds.image_size(i) for i in range(len(ds))}
-    msk = {ds.mask_size(i) for i in range(len(ds))}
+def _check_uniform(probe: BrodenDataset) -> tuple[tuple[int, int], tuple[int, int]]:
+    img = {probe.image_size(i) for i in range(len(probe))}
+    msk = {probe.mask_size(i) for i in range(len(probe))}
     if len(img) > 1 or len(msk) > 1:
         raise DataError(
-            f"the images of {ds.root} differ in size ({len(img)} image sizes, {len(msk)} mask sizes): dissection "
+            f"the images of {probe.root} differ in size ({len(img)} image sizes, {len(msk)} mask sizes): dissection "
             "needs one image size and one mask size; resample the probe"
         )
     return img.pop(), msk.pop()
@@ -716,255 +555,254 @@ def dissect(
         raise ConfigError(f"input_size must be >= 1, got {input_size}")
     if top_images < 1:
         raise ConfigError(f"top_images must be >= 1, got {top_images}")
-    ds = concepts if isinstance(concepts, BrodenDataset) else BrodenDataset(concepts)
-    n = len(ds)
-    if n == 0:
-        raise DataError(f"the probe {ds.root} has no images: its index.csv lists none")
-    (ih, iw), (sh, sw) = _check_uniform(ds)
+    probe = concepts if isinstance(concepts, BrodenDataset) else BrodenDataset(concepts)
+    n_images = len(probe)
+    if n_images == 0:
+        raise DataError(f"the probe {probe.root} has no images: its index.csv lists none")
+    (image_h, image_w), mask_shape = _check_uniform(probe)
     path = resolve_layer(model, layer)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model.eval()
     model.to(dev)
     prepare = _Prepare(dev, grey, input_size, mean, std)
-    reader = _LayerReader(model, path)
-    table = _Concepts(ds)
+    read = functools.partial(_read_layer, model, path, model.get_submodule(path))
+    table = _Concepts(probe)
     if not table.categories:
-        raise DataError(f"the probe {ds.root} has no categories: its category.csv lists none")
-    L = len(table.numbers)
-    P = sh * sw
-    T = min(top_images, n)
-    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        raise DataError(f"the probe {probe.root} has no categories: its category.csv lists none")
 
-    try:
-        # ---- pass 1: thresholds, top images (and the activations, when they fit the cache)
-        t0 = time.perf_counter()
-        quant: TopKQuantile | HistogramQuantile | None = None
-        chosen = method
-        top_val = top_idx = None
-        cache: torch.Tensor | None = None
-        U = h = w = 0
-        input_shape: tuple[int, ...] = ()
-        with torch.inference_mode(), progress_bar("dissect: thresholds", n, enabled=show_progress) as advance:
-            for idx, images in _prefetch(_image_batches(ds, batch_size, pool)):
-                x = prepare(images)
-                feats = reader(x)
-                if quant is None:
-                    input_shape = tuple(x.shape[1:])
-                    U, h, w = feats.shape[1:]
-                    total = n * h * w
-                    if chosen == "auto":
-                        fits = TopKQuantile.nbytes(U, total, quantile) <= memory_budget_mb * 2**20
-                        chosen = "exact" if fits else "sketch"
-                    quant = TopKQuantile(U, total, quantile, dev) if chosen == "exact" else HistogramQuantile(U, quantile, device=dev)
-                    top_val = torch.full((U, 0), -math.inf, device=dev)
-                    top_idx = torch.zeros((U, 0), dtype=torch.int64, device=dev)
-                    if 4 * total * U <= feature_cache_mb * 2**20:
-                        cache = torch.empty((n, U, h, w), dtype=torch.float32)
-                elif tuple(feats.shape[1:]) != (U, h, w):
-                    raise DataError(f"layer {layer!r} output changed shape between batches ({tuple(feats.shape[1:])} vs {(U, h, w)})")
-                if cache is not None:
-                    cache[int(idx[0]) : int(idx[-1]) + 1] = feats.cpu()
-                quant.add(feats.transpose(0, 1).reshape(U, -1))
-                mx = feats.amax((2, 3)).T  # U x B
-                vals = torch.cat([top_val, mx], 1)
-                ids = torch.cat([top_idx, torch.from_numpy(idx).to(dev).expand(U, -1)], 1)
-                top_val, pos = vals.topk(min(T, vals.shape[1]), dim=1)
-                top_idx = ids.gather(1, pos)
-                advance(len(idx))
-        assert quant is not None and top_val is not None and top_idx is not None
-        thresholds = torch.from_numpy(quant.result()).float().to(dev)
-        t1 = time.perf_counter()
-
-        # ---- pass 2: intersections and unions
-        inter = torch.zeros(U * (L + 1), dtype=torch.float64, device=dev)
-        truth = torch.zeros(L + 1, dtype=torch.float64, device=dev)
-        act_set = torch.zeros(len(table.sets), U, dtype=torch.float64, device=dev)
-        unit_pixels = torch.zeros(U, dtype=torch.float64, device=dev)
-        top_masks = np.zeros((U, T, sh, (sw + 7) // 8), dtype=np.uint8)
-        set_members = torch.from_numpy(table.set_members).to(dev)
-        offsets = torch.arange(U, device=dev) * (L + 1)
-        step = max(1, _PAIR_CHUNK // P)
-        with torch.inference_mode(), progress_bar("dissect: IoU", n, enabled=show_progress) as advance:
-            for batch in _prefetch(ds.batches(batch_size, num_workers=num_workers)):
-                B = len(batch)
-                if cache is not None:
-                    feats = cache[int(batch.indices[0]) : int(batch.indices[-1]) + 1].to(dev)
-                else:
-                    feats = reader(prepare(batch.images))
-                pix, img, annotated = table.batch(batch, P, dev)
-                truth += torch.bincount(pix.reshape(-1), minlength=L + 1).double()
-                truth += torch.bincount(img.reshape(-1), minlength=L + 1).double() * P
-                ann_set = (torch.from_numpy(annotated).to(dev)[:, None, :] & set_members[None]).any(2).double()  # B x S
-                batch_idx = torch.from_numpy(batch.indices).to(dev)
-
-                # only (image, unit) pairs whose map exceeds the threshold somewhere can fire
-                pb, pu = (feats.amax((2, 3)) > thresholds[None]).nonzero(as_tuple=True)
-                for s in range(0, len(pb), step):
-                    b, u = pb[s : s + step], pu[s : s + step]
-                    maps = feats[b, u][:, None]
-                    if (h, w) != (sh, sw):
-                        maps = F.interpolate(maps, size=(sh, sw), mode="bilinear", align_corners=False)
-                    act = maps[:, 0] > thresholds[u][:, None, None]  # m x sh x sw
-                    i, yy, xx = act.nonzero(as_tuple=True)
-                    cnt = torch.bincount(i, minlength=len(b)).double()  # activated pixels per pair
-                    unit_pixels.index_add_(0, u, cnt)
-                    act_set.index_add_(1, u, (ann_set[b] * cnt[:, None]).T.contiguous())
-                    if len(i) and pix.shape[1]:
-                        lab = pix[b[i], :, yy * sw + xx]  # n x K
-                        keys = (offsets[u[i]][:, None] + lab).reshape(-1)
-                        inter += torch.bincount(keys, minlength=U * (L + 1)).double()
-                    for j in range(img.shape[1]):
-                        keys = offsets[u] + img[b, j]
-                        inter += torch.bincount(keys, weights=cnt, minlength=U * (L + 1))
-                    # the units' regions on their top images, for the page
-                    hit = top_idx[u] == batch_idx[b][:, None]  # m x T
-                    rows = hit.any(1).nonzero(as_tuple=True)[0]
-                    if len(rows):
-                        slots = hit[rows].float().argmax(1)
-                        packed = np.packbits(act[rows].cpu().numpy(), axis=-1)
-                        top_masks[u[rows].cpu().numpy(), slots.cpu().numpy()] = packed
-                advance(B)
-        t2 = time.perf_counter()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    inter_m = inter.view(U, L + 1)[:, 1:].cpu().numpy()
-    truth_v = truth[1:].cpu().numpy()
-    act_m = act_set.T.cpu().numpy()[:, table.set_of] if L else np.zeros((U, 0))
-    union = act_m + truth_v[None] - inter_m
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter_m / union, 0.0).astype(np.float32)
-    top_val_np = top_val.cpu().numpy()
-    top_idx_np = top_idx.cpu().numpy()
-    if top_idx_np.shape[1] < T:  # fewer images than slots (cannot happen with T <= n; kept safe)
-        T = top_idx_np.shape[1]
-        top_masks = top_masks[:, :T]
+    t0 = time.perf_counter()
+    first = _threshold_pass(
+        probe, read, prepare, layer=layer, quantile=quantile, method=method, n_top=min(top_images, n_images),
+        batch_size=batch_size, num_workers=num_workers, memory_budget_mb=memory_budget_mb,
+        feature_cache_mb=feature_cache_mb, device=dev, show_progress=show_progress,
+    )
+    t1 = time.perf_counter()
+    second = _iou_pass(
+        probe, table, read, prepare, first, mask_shape=mask_shape, batch_size=batch_size, num_workers=num_workers,
+        device=dev, show_progress=show_progress,
+    )
+    t2 = time.perf_counter()
     return DissectResult(
         model=model_name or type(model).__name__,
         layer=layer,
         module=path,
         quantile=float(quantile),
         iou_threshold=float(iou_threshold),
-        method=chosen,
-        concepts_root=str(ds.root),
-        n_images=n,
+        method=first.method,
+        concepts_root=str(probe.root),
+        n_images=n_images,
         categories=tuple(table.categories),
         label_numbers=table.numbers,
         label_names=table.names,
         label_primary=table.primary,
         label_categories=table.cats,
-        thresholds=thresholds.cpu().numpy().astype(np.float32),
-        intersect=inter_m,
-        activation=act_m,
-        truth=truth_v,
-        iou=iou,
-        unit_pixels=unit_pixels.cpu().numpy(),
-        top_images=top_idx_np,
-        top_values=top_val_np,
-        top_masks=top_masks,
-        feature_shape=(int(h), int(w)),
-        mask_shape=(sh, sw),
-        image_shape=(ih, iw),
-        input_shape=input_shape,
+        thresholds=first.thresholds.cpu().numpy().astype(np.float32),
+        intersect=second.intersect,
+        activation=second.activation,
+        truth=second.truth,
+        iou=second.iou,
+        unit_pixels=second.unit_pixels,
+        top_images=first.top_images.cpu().numpy(),
+        top_values=first.top_values.cpu().numpy(),
+        top_masks=second.top_masks,
+        feature_shape=first.feature_shape,
+        mask_shape=mask_shape,
+        image_shape=(image_h, image_w),
+        input_shape=first.input_shape,
         preprocess={"input_size": input_size, "grey": bool(grey), "mean": [float(m) for m in mean],
                     "std": [float(s) for s in std]},
         timings={"thresholds": t1 - t0, "iou": t2 - t1, "total": time.perf_counter() - t_start},
         device=str(dev),
-        cached_features=cache is not None,
+        cached_features=first.features is not None,
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Files
+@dataclass
+class _ThresholdPass:
+    """What pass 1 found (tensors on the dissection's device unless said otherwise)."""
+
+    #: ``exact`` or ``sketch`` (``auto`` resolved).
+    method: str
+    #: (units,) float32: each unit's activation threshold.
+    thresholds: torch.Tensor
+    #: (units, n_top): each unit's largest map maxima, best first, and the images they come from.
+    top_values: torch.Tensor
+    top_images: torch.Tensor
+    #: (images, units, feat_h, feat_w) float32 on the CPU: the layer's activations, when cached.
+    features: torch.Tensor | None
+    units: int
+    feature_shape: tuple[int, int]
+    #: Shape of one model input, (channels, height, width).
+    input_shape: tuple[int, ...]
 
 
-def _fmt(x: float) -> str:
-    if float(x).is_integer():
-        return str(int(x))
-    return f"{x:.6g}"
-
-
-def write_tally(result: DissectResult, path: str | Path) -> Path:
-    """NetDissect-Lite's tally.csv (units 1-based, best score first)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, tally_fields(result.categories), lineterminator="\n")
-    writer.writeheader()
-    for row in result.tally_rows():
-        cells = {}
-        for k, v in row.items():
-            if isinstance(v, float):
-                v = f"{v:.6f}" if k == "score" or k.endswith("-iou") else _fmt(v)
-            cells[k] = v
-        writer.writerow(cells)
-    dio.write_text(path, buf.getvalue())
-    return Path(path)
-
-
-def write_dissection(
-    result: DissectResult, out: str | Path, *, max_units: int = 64, show_progress: bool = True
-) -> dict[str, Path]:
-    """Write ``tally.csv``, ``summary.json``, ``thresholds.npy``, ``iou.npy``, ``concepts.csv``
-    (the IoU columns) and ``dissect.html`` (with ``units/unit_NNNN.png`` strips) into ``out``."""
-    from deepcluster.interpret.dissect_report import write_dissect_html
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"tally": write_tally(result, out / "tally.csv")}
-    dio.save_npy(out / "thresholds.npy", result.thresholds.astype(np.float32))
-    dio.save_npy(out / "iou.npy", result.iou.astype(np.float32))
-    paths["thresholds"] = out / "thresholds.npy"
-    paths["iou"] = out / "iou.npy"
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["column", "number", "name", "category", "categories", "truth"])
-    for j, (num, name) in enumerate(zip(result.label_numbers, result.label_names)):
-        w.writerow([j, int(num), name, result.label_primary[j], ";".join(result.label_categories[j]), _fmt(float(result.truth[j]))])
-    dio.write_text(out / "concepts.csv", buf.getvalue())
-    paths["concepts"] = out / "concepts.csv"
-    t = time.perf_counter()
-    paths["html"] = write_dissect_html(result, out, max_units=max_units, show_progress=show_progress)
-    summary = result.summary()
-    summary["timings_s"]["report"] = round(time.perf_counter() - t, 3)
-    dio.write_json(out / "summary.json", summary)
-    paths["summary"] = out / "summary.json"
-    return paths
-
-
-def read_tally(path: str | Path, *, min_score: float | None = None) -> list[dict[str, Any]]:
-    """Rows of a tally.csv written by :func:`write_dissection` or by NetDissect-Lite, file order.
-
-    ``unit`` is an int (1-based), ``score`` and the ``<cat>-truth/-activation/-intersect/-iou``
-    columns floats, ``category``, ``label`` and ``<cat>-label`` strings; other columns are kept
-    as strings. ``min_score`` keeps only the rows scoring at least that much (e.g. 0.04).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"tally file {path} does not exist: run `deepcluster dissect` (or NetDissect-Lite) first")
+def _threshold_pass(
+    probe: BrodenDataset,
+    read: Callable[[torch.Tensor], torch.Tensor],
+    prepare: _Prepare,
+    *,
+    layer: str,
+    quantile: float,
+    method: str,
+    n_top: int,
+    batch_size: int,
+    num_workers: int,
+    memory_budget_mb: float,
+    feature_cache_mb: float,
+    device: torch.device,
+    show_progress: bool,
+) -> _ThresholdPass:
+    """Pass 1: every unit's threshold, its ``n_top`` top images by maximum activation and, when
+    they fit ``feature_cache_mb``, the layer's activations (module docstring)."""
+    n_images = len(probe)
+    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+    quantiles: TopKQuantile | HistogramQuantile | None = None
+    top_values = top_images = None
+    cache: torch.Tensor | None = None
+    units = feat_h = feat_w = 0
+    input_shape: tuple[int, ...] = ()
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            raw = [{(k or "").strip(): (v or "") for k, v in row.items() if k is not None} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path} ({exc})") from None
-    missing = [c for c in TALLY_FIELDS if c not in fields]
-    if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: a tally.csv starts with unit,category,label,score")
-    numeric = {f"-{s}" for s in _CAT_FIELDS if s != "label"}
-    rows = []
-    for line, r in enumerate(raw, start=2):
-        row: dict[str, Any] = {}
-        for k, v in r.items():
-            try:
-                if k == "unit":
-                    row[k] = int(float(v))
-                elif k == "score" or any(k.endswith(s) for s in numeric):
-                    row[k] = float(v) if v.strip() else float("nan")
-                else:
-                    row[k] = v
-            except ValueError:
-                raise DataError(f"{path} line {line}: column {k} must be a number, got {v!r}") from None
-        if min_score is None or row["score"] >= min_score:
-            rows.append(row)
-    return rows
+        with torch.inference_mode(), progress_bar("dissect: thresholds", n_images, enabled=show_progress) as advance:
+            for indices, images in _prefetch(_image_batches(probe, batch_size, pool)):
+                inputs = prepare(images)
+                feats = read(inputs)
+                if quantiles is None:
+                    input_shape = tuple(inputs.shape[1:])
+                    units, feat_h, feat_w = feats.shape[1:]
+                    total = n_images * feat_h * feat_w
+                    if method == "auto":
+                        fits = TopKQuantile.nbytes(units, total, quantile) <= memory_budget_mb * 2**20
+                        method = "exact" if fits else "sketch"
+                    if method == "exact":
+                        quantiles = TopKQuantile(units, total, quantile, device)
+                    else:
+                        quantiles = HistogramQuantile(units, quantile, device=device)
+                    top_values = torch.full((units, 0), -math.inf, device=device)
+                    top_images = torch.zeros((units, 0), dtype=torch.int64, device=device)
+                    if 4 * total * units <= feature_cache_mb * 2**20:
+                        cache = torch.empty((n_images, units, feat_h, feat_w), dtype=torch.float32)
+                elif tuple(feats.shape[1:]) != (units, feat_h, feat_w):
+                    raise DataError(f"layer {layer!r} output changed shape between batches "
+                                    f"({tuple(feats.shape[1:])} vs {(units, feat_h, feat_w)})")
+                if cache is not None:
+                    cache[int(indices[0]) : int(indices[-1]) + 1] = feats.cpu()
+                quantiles.add(feats.transpose(0, 1).reshape(units, -1))
+                batch_max = feats.amax((2, 3)).T  # units x batch
+                candidate_values = torch.cat([top_values, batch_max], 1)
+                candidate_images = torch.cat([top_images, torch.from_numpy(indices).to(device).expand(units, -1)], 1)
+                top_values, slots = candidate_values.topk(min(n_top, candidate_values.shape[1]), dim=1)
+                top_images = candidate_images.gather(1, slots)
+                advance(len(indices))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    assert quantiles is not None and top_values is not None and top_images is not None
+    return _ThresholdPass(
+        method=method,
+        thresholds=torch.from_numpy(quantiles.result()).float().to(device),
+        top_values=top_values,
+        top_images=top_images,
+        features=cache,
+        units=units,
+        feature_shape=(int(feat_h), int(feat_w)),
+        input_shape=input_shape,
+    )
+
+
+@dataclass
+class _IouPass:
+    """What pass 2 counted (numpy arrays; columns are the concept columns of :class:`_Concepts`)."""
+
+    #: (units, concepts) float64: activated pixels carrying the concept.
+    intersect: np.ndarray
+    #: (units, concepts) float64: activated pixels on the images where the concept's categories are annotated.
+    activation: np.ndarray
+    #: (concepts,) float64: pixels carrying the concept.
+    truth: np.ndarray
+    #: (units, concepts) float32.
+    iou: np.ndarray
+    #: (units,) float64: activated pixels over the whole probe.
+    unit_pixels: np.ndarray
+    #: (units, n_top, mask_h, ceil(mask_w / 8)) packed bits: the units' regions on their top images.
+    top_masks: np.ndarray
+
+
+def _iou_pass(
+    probe: BrodenDataset,
+    table: _Concepts,
+    read: Callable[[torch.Tensor], torch.Tensor],
+    prepare: _Prepare,
+    first: _ThresholdPass,
+    *,
+    mask_shape: tuple[int, int],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    show_progress: bool,
+) -> _IouPass:
+    """Pass 2: intersections and unions of every unit's thresholded maps with the concepts, and
+    the units' regions on their top images (module docstring)."""
+    units, thresholds, top_images = first.units, first.thresholds, first.top_images
+    n_top = top_images.shape[1]
+    mask_h, mask_w = mask_shape
+    mask_pixels = mask_h * mask_w
+    n_concepts = len(table.numbers)
+    n_keys = units * (n_concepts + 1)  # per unit: column 0 (no concept), then the concepts
+    intersect = torch.zeros(n_keys, dtype=torch.float64, device=device)
+    truth = torch.zeros(n_concepts + 1, dtype=torch.float64, device=device)
+    set_activation = torch.zeros(len(table.sets), units, dtype=torch.float64, device=device)
+    unit_pixels = torch.zeros(units, dtype=torch.float64, device=device)
+    top_masks = np.zeros((units, n_top, mask_h, (mask_w + 7) // 8), dtype=np.uint8)
+    set_members = torch.from_numpy(table.set_members).to(device)
+    unit_offsets = torch.arange(units, device=device) * (n_concepts + 1)
+    pairs_per_chunk = max(1, _PAIR_CHUNK // mask_pixels)
+    with torch.inference_mode(), progress_bar("dissect: IoU", len(probe), enabled=show_progress) as advance:
+        for batch in _prefetch(probe.batches(batch_size, num_workers=num_workers)):
+            batch_len = len(batch)
+            if first.features is not None:
+                feats = first.features[int(batch.indices[0]) : int(batch.indices[-1]) + 1].to(device)
+            else:
+                feats = read(prepare(batch.images))
+            pix, img, annotated = table.batch(batch, mask_pixels, device)
+            truth += torch.bincount(pix.reshape(-1), minlength=n_concepts + 1).double()
+            truth += torch.bincount(img.reshape(-1), minlength=n_concepts + 1).double() * mask_pixels
+            # images x concept sets: whether one of the set's categories is annotated in the image
+            annotated_set = (torch.from_numpy(annotated).to(device)[:, None, :] & set_members[None]).any(2).double()
+            batch_images = torch.from_numpy(batch.indices).to(device)
+
+            # only (image, unit) pairs whose map exceeds the threshold somewhere can fire
+            pair_image, pair_unit = (feats.amax((2, 3)) > thresholds[None]).nonzero(as_tuple=True)
+            for start in range(0, len(pair_image), pairs_per_chunk):
+                image, unit = pair_image[start : start + pairs_per_chunk], pair_unit[start : start + pairs_per_chunk]
+                maps = feats[image, unit][:, None]
+                if first.feature_shape != (mask_h, mask_w):
+                    maps = F.interpolate(maps, size=(mask_h, mask_w), mode="bilinear", align_corners=False)
+                active = maps[:, 0] > thresholds[unit][:, None, None]  # pairs x mask_h x mask_w
+                pair, pix_y, pix_x = active.nonzero(as_tuple=True)
+                active_pixels = torch.bincount(pair, minlength=len(image)).double()  # per pair
+                unit_pixels.index_add_(0, unit, active_pixels)
+                set_activation.index_add_(1, unit, (annotated_set[image] * active_pixels[:, None]).T.contiguous())
+                if len(pair) and pix.shape[1]:
+                    labels = pix[image[pair], :, pix_y * mask_w + pix_x]  # active pixels x K
+                    keys = (unit_offsets[unit[pair]][:, None] + labels).reshape(-1)
+                    intersect += torch.bincount(keys, minlength=n_keys).double()
+                for channel in range(img.shape[1]):
+                    keys = unit_offsets[unit] + img[image, channel]
+                    intersect += torch.bincount(keys, weights=active_pixels, minlength=n_keys)
+                # the units' regions on their top images, for the page
+                hit = top_images[unit] == batch_images[image][:, None]  # pairs x n_top
+                rows = hit.any(1).nonzero(as_tuple=True)[0]
+                if len(rows):
+                    slots = hit[rows].float().argmax(1)
+                    packed = np.packbits(active[rows].cpu().numpy(), axis=-1)
+                    top_masks[unit[rows].cpu().numpy(), slots.cpu().numpy()] = packed
+            advance(batch_len)
+
+    intersect_np = intersect.view(units, n_concepts + 1)[:, 1:].cpu().numpy()
+    truth_np = truth[1:].cpu().numpy()
+    activation_np = set_activation.T.cpu().numpy()[:, table.set_of] if n_concepts else np.zeros((units, 0))
+    union = activation_np + truth_np[None] - intersect_np
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersect_np / union, 0.0).astype(np.float32)
+    return _IouPass(intersect=intersect_np, activation=activation_np, truth=truth_np, iou=iou,
+                    unit_pixels=unit_pixels.cpu().numpy(), top_masks=top_masks)

@@ -1,4 +1,5 @@
-"""``dissect.html``: an offline page of a dissection (:mod:`deepcluster.report.html`).
+"""The files of a dissection (:func:`write_dissection`), among them ``dissect.html``, an offline
+page (:mod:`deepcluster.report.html`).
 
 For each labelled unit (best IoU first, at most ``max_units``) a strip of its top-activating probe
 images: outside the unit's thresholded region the image is dimmed, the region is outlined in
@@ -9,26 +10,54 @@ Each strip is also written as ``units/unit_NNNN.png`` (NNNN: the 1-based unit of
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from deepcluster import io as dio
 from deepcluster.interpret.broden import BrodenDataset, BrodenSample
+from deepcluster.interpret.dissect import DissectResult
+from deepcluster.interpret.tally import format_count, write_tally
 from deepcluster.progress import progress_bar
 from deepcluster.report.html import Page
 
-if TYPE_CHECKING:
-    from deepcluster.interpret.dissect import DissectResult
+__all__ = ["render_unit_strip", "write_dissect_html", "write_dissection"]
 
-__all__ = ["render_unit_strip", "write_dissect_html"]
+#: Columns of concepts.csv: one row per IoU column of a dissection.
+CONCEPT_COLUMNS = ("column", "number", "name", "category", "categories", "truth")
 
 REGION = np.array([255, 214, 0], dtype=np.float32)
 CONCEPT = np.array([0, 200, 255], dtype=np.float32)
 TILE = 112
 GAP = 4
+
+
+def write_dissection(
+    result: DissectResult, out: str | Path, *, max_units: int = 64, show_progress: bool = True
+) -> dict[str, Path]:
+    """Write ``tally.csv``, ``summary.json``, ``thresholds.npy``, ``iou.npy``, ``concepts.csv``
+    (the IoU columns) and ``dissect.html`` (with ``units/unit_NNNN.png`` strips) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"tally": write_tally(result, out / "tally.csv")}
+    dio.save_npy(out / "thresholds.npy", result.thresholds.astype(np.float32))
+    dio.save_npy(out / "iou.npy", result.iou.astype(np.float32))
+    paths["thresholds"] = out / "thresholds.npy"
+    paths["iou"] = out / "iou.npy"
+    concepts = [
+        [j, int(num), name, result.label_primary[j], ";".join(result.label_categories[j]), format_count(float(result.truth[j]))]
+        for j, (num, name) in enumerate(zip(result.label_numbers, result.label_names))
+    ]
+    paths["concepts"] = dio.write_csv(out / "concepts.csv", concepts, CONCEPT_COLUMNS)
+    t = time.perf_counter()
+    paths["html"] = write_dissect_html(result, out, max_units=max_units, show_progress=show_progress)
+    summary = result.summary()
+    summary["timings_s"]["report"] = round(time.perf_counter() - t, 3)
+    dio.write_json(out / "summary.json", summary)
+    paths["summary"] = out / "summary.json"
+    return paths
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

@@ -22,7 +22,6 @@ is the IoU of the unit's best concept). Only the first four columns are read.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,8 @@ from typing import Any, Literal
 import numpy as np
 
 from deepcluster.errors import ConfigError, DataError
-from deepcluster.io import write_json, write_text
+from deepcluster.interpret.tally import read_tally
+from deepcluster.io import csv_text, write_json, write_text
 
 #: IoU a unit's best concept must reach for the unit to count as labelled (NetDissect, thesis).
 DEFAULT_IOU_THRESHOLD = 0.04
@@ -53,7 +53,7 @@ __all__ = [
     "profile_matrix",
     "read_lce_groups",
     "read_performance",
-    "read_tally",
+    "read_tally_units",
     "write_lce_outputs",
 ]
 
@@ -62,8 +62,10 @@ __all__ = [
 # Reading tallies
 
 
-def read_tally(path: str | Path, *, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> list[dict[str, Any]]:
-    """Read a NetDissect-Lite ``tally.csv``: one dict per unit.
+def read_tally_units(path: str | Path, *, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> list[dict[str, Any]]:
+    """The units of a NetDissect-Lite ``tally.csv``, each with whether it is labelled.
+
+    The file is parsed by :func:`deepcluster.interpret.tally.read_tally`.
 
     Parameters
     ----------
@@ -85,15 +87,11 @@ def read_tally(path: str | Path, *, iou_threshold: float = DEFAULT_IOU_THRESHOLD
     DataError
         Missing file, missing columns, a non-numeric unit or score, or a unit listed twice.
     """
-    from deepcluster.interpret.dissect import (
-        read_tally as read_tally_rows,  # one parser for both
-    )
-
     if not 0.0 <= iou_threshold <= 1.0:
         raise ConfigError(f"the IoU threshold must lie in [0, 1], got {iou_threshold}")
     rows: list[dict[str, Any]] = []
     seen: set[int] = set()
-    for line, rec in enumerate(read_tally_rows(path), start=2):
+    for line, rec in enumerate(read_tally(path), start=2):
         unit, score = rec["unit"], rec["score"]
         if unit in seen:
             raise DataError(f"{path}, line {line}: unit {unit} is listed twice; a tally has one row per unit")
@@ -189,7 +187,7 @@ class DissectProfile:
 
     @classmethod
     def from_tally(cls, name: str, path: str | Path, *, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> DissectProfile:
-        rows = read_tally(path, iou_threshold=iou_threshold)
+        rows = read_tally_units(path, iou_threshold=iou_threshold)
         counts: dict[tuple[str, str], int] = {}
         for r in rows:
             if r["labelled"]:
@@ -318,7 +316,7 @@ def build_profiles(
     tallies : Mapping[str, str or Path]
         Model name → its ``tally.csv`` (or a folder holding exactly one).
     iou_threshold : float
-        See :func:`read_tally`.
+        See :func:`read_tally_units`.
     normalize : {"superset", "none"}
         See :func:`profile_matrix`.
     """
@@ -596,16 +594,6 @@ def learned_concepts_embedding(
 # Writers
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow(["" if isinstance(v, float) and not math.isfinite(v) else (f"{v:.6g}" if isinstance(v, float) else v)
-                    for v in r])
-    return buf.getvalue()
-
-
 def read_lce_groups(path: str | Path) -> dict[str, str]:
     """Model → group of an ``lce.csv`` written by :func:`write_lce_outputs`.
 
@@ -646,21 +634,22 @@ def write_lce_outputs(result: LCEResult, out: str | Path, *, figures: bool = Tru
     p = result.profiles
     paths: dict[str, Path] = {}
 
-    def put(name: str, text: str) -> None:
-        write_text(out / name, text)
+    def put(name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        # floats as .6g, non-finite ones (a correlation without variance) as empty cells
+        write_text(out / name, csv_text(rows, columns, float_format=".6g"))
         paths[name] = out / name
 
-    put("profiles.csv", _csv_text(["model", *p.concept_names], [[m, *map(float, row)] for m, row in zip(p.models, p.values)]))
-    put("profile_counts.csv", _csv_text(["model", "n_units", *p.concept_names],
-                                        [[m, p.n_units.get(m, 0), *map(int, row)] for m, row in zip(p.models, p.counts)]))
-    put("abstracted_profile.csv", _csv_text(["model", *p.abstracted_columns],
-                                            [[m, *map(int, row)] for m, row in zip(p.models, p.abstracted)]))
-    put("lce.csv", _csv_text(["model", *result.axes, "group"],
-                             [[m, *map(float, c), g] for m, c, g in zip(p.models, result.coords, result.groups)]))
-    put("components.csv", _csv_text(["category", "concept", *result.axes],
-                                    [[c, lab, *map(float, result.components[:, j])] for j, (c, lab) in enumerate(p.concepts)]))
+    put("profiles.csv", ["model", *p.concept_names], [[m, *map(float, row)] for m, row in zip(p.models, p.values)])
+    put("profile_counts.csv", ["model", "n_units", *p.concept_names],
+        [[m, p.n_units.get(m, 0), *map(int, row)] for m, row in zip(p.models, p.counts)])
+    put("abstracted_profile.csv", ["model", *p.abstracted_columns],
+        [[m, *map(int, row)] for m, row in zip(p.models, p.abstracted)])
+    put("lce.csv", ["model", *result.axes, "group"],
+        [[m, *map(float, c), g] for m, c, g in zip(p.models, result.coords, result.groups)])
+    put("components.csv", ["category", "concept", *result.axes],
+        [[c, lab, *map(float, result.components[:, j])] for j, (c, lab) in enumerate(p.concepts)])
     cols = ["axis", "source", "variable", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"]
-    put("correlations.csv", _csv_text(cols, [[r[c] for c in cols] for r in result.correlations]))
+    put("correlations.csv", cols, [[r[c] for c in cols] for r in result.correlations])
     summary = {
         "models": p.models,
         "n_concepts": len(p.concepts),
