@@ -62,7 +62,7 @@ def worker(spec: Path, out: Path, *extra: str) -> subprocess.Popen:
     if any(c.name == "study" for c in app.registered_commands):
         cmd = [sys.executable, "-m", "deepcluster", *args]
     else:
-        code = ("import sys, typer\nfrom deepcluster.cli_study import register\napp = typer.Typer()\n"
+        code = ("import sys, typer\nfrom deepcluster.cli.study import register\napp = typer.Typer()\n"
                 "app.callback()(lambda: None)\nregister(app)\napp(sys.argv[1:], prog_name='deepcluster')")
         cmd = [sys.executable, "-c", code, *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -128,7 +128,7 @@ def test_rerun_of_a_finished_study_trains_nothing(tiny_study):
 
 
 def test_summarize_only_from_the_cli(tiny_study):
-    from deepcluster.cli_study import register
+    from deepcluster.cli.study import register
 
     app = typer.Typer()
     app.callback()(lambda: None)
@@ -235,7 +235,7 @@ def test_typo_in_a_grid_key_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="setting k=1.*k:"):
         run_study(spec, tmp_path / "out", show_progress=False, log=quiet)
 
-    from deepcluster.cli_study import register
+    from deepcluster.cli.study import register
 
     app = typer.Typer()
     app.callback()(lambda: None)

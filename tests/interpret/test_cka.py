@@ -11,7 +11,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from deepcluster import cli_compare
+from deepcluster.cli import compare as cli_compare
 from deepcluster.errors import DataError
 from deepcluster.interpret.cka import cka_matrix, linear_cka
 

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from deepcluster import cli_compare
+from deepcluster.cli import compare as cli_compare
 from deepcluster.errors import DataError
 from deepcluster.evaluate.linear_probe import linear_probe
 from deepcluster.interpret.ensemble import (

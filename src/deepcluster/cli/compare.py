@@ -4,7 +4,7 @@
 * ``ensemble``: weighted soft-voting ensembles of every pair of runs' linear probes.
 * ``similarity``: debiased linear CKA between the layers of several runs.
 
-No ``from __future__ import annotations``: typer reads the annotations (see cli_study.py).
+No ``from __future__ import annotations``: typer reads the annotations (see cli/study.py).
 """
 
 import math
@@ -15,6 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from deepcluster.cli._common import QuietOption, csv_option, err_console, out_console, user_errors
+
 
 def _num(v: float, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
@@ -22,13 +24,6 @@ def _num(v: float, digits: int = 3) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the ``lce``, ``ensemble`` and ``similarity`` commands to ``app``."""
-    from deepcluster.cli import (
-        QuietOption,
-        _csv_option,
-        err_console,
-        out_console,
-        user_errors,
-    )
 
     def say(msg: str) -> None:
         out_console.print(msg, highlight=False, soft_wrap=True, markup=False)
@@ -189,7 +184,7 @@ def register(app: typer.Typer) -> None:
             write_similarity_outputs,
         )
 
-        res = similarity_for_runs(runs, names=name, layers=_csv_option(layers), sample=sample, checkpoint=checkpoint,
+        res = similarity_for_runs(runs, names=name, layers=csv_option(layers), sample=sample, checkpoint=checkpoint,
                                   debiased=not biased, pool_budget=pool_budget, device=device,
                                   show_progress=not quiet, log=say)
         paths = write_similarity_outputs(res, out)

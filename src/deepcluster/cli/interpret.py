@@ -1,6 +1,6 @@
 """``deepcluster dissect`` (network dissection) and ``deepcluster concepts make`` (the probe).
 
-No ``from __future__ import annotations``: typer reads the annotations (see cli_study.py).
+No ``from __future__ import annotations``: typer reads the annotations (see cli/study.py).
 """
 
 import re
@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+
+from deepcluster.cli._common import QuietOption, out_console, user_errors
 
 
 def summary_table(summary: dict) -> Table:
@@ -41,7 +43,6 @@ def _slug(text: str) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the ``dissect`` command and the ``concepts`` group to ``app``."""
-    from deepcluster.cli import QuietOption, out_console, user_errors
 
     @app.command("dissect", epilog=(
         "Examples: deepcluster dissect runs/demo --layer conv5;  "
@@ -72,11 +73,8 @@ def register(app: typer.Typer) -> None:
         thresholds.npy, iou.npy, concepts.csv and dissect.html."""
         from deepcluster.errors import ConfigError, DataError
         from deepcluster.interpret.broden import BrodenDataset
-        from deepcluster.interpret.dissect import (
-            default_concepts,
-            dissect,
-            write_dissection,
-        )
+        from deepcluster.interpret.dissect import default_concepts, dissect
+        from deepcluster.interpret.dissect_report import write_dissection
         from deepcluster.interpret.model_source import load_model_source, resolve_layer
 
         start = time.perf_counter()

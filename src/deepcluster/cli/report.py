@@ -1,6 +1,6 @@
 """``deepcluster report``: one self-contained HTML page for one or more runs.
 
-No ``from __future__ import annotations``: typer reads the annotations (see cli_study.py).
+No ``from __future__ import annotations``: typer reads the annotations (see cli/study.py).
 """
 
 from pathlib import Path
@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
+from deepcluster.cli._common import QuietOption, out_console, user_errors
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``report`` command to ``app``."""
-    from deepcluster.cli import QuietOption, out_console, user_errors
 
     @app.command("report", epilog=(
         "Examples: deepcluster report runs/demo;  "

@@ -1,8 +1,7 @@
 """``deepcluster study``: run, resume, join or summarise a hyperparameter study.
 
-No ``from __future__ import annotations`` here: typer reads the command's annotations, and
-the option types are imported inside :func:`register` (``deepcluster.cli`` imports this module
-at its bottom, so importing it at the top would be circular).
+No ``from __future__ import annotations`` in the command modules that define their commands
+inside :func:`register`: typer reads the annotations of those nested functions at run time.
 """
 
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+
+from deepcluster.cli._common import QuietOption, err_console, out_console, user_errors
 
 if TYPE_CHECKING:
     from deepcluster.analysis.study_summary import StudySummary
@@ -43,7 +44,6 @@ def summary_table(summary: "StudySummary") -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add the ``study`` command to ``app`` (the ``deepcluster`` typer app)."""
-    from deepcluster.cli import QuietOption, err_console, out_console, user_errors
 
     @app.command("study", epilog=(
         "Examples: deepcluster study configs/studies/fmnist_k.yaml;  "

@@ -1,0 +1,96 @@
+"""``deepcluster train``: train (or resume) a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from deepcluster import __version__
+from deepcluster.cli._common import QuietOption, SetOption, fmt, out_console, user_errors
+
+EPILOG = (
+    "Examples: deepcluster train -c configs/fmnist_lenet.yaml -o runs/fm;  "
+    "deepcluster train -c configs/digits_tiny.yaml --set k=30 --set pca_dim=off -o runs/d;  "
+    "deepcluster train --resume runs/fm [--set cycles=30]"
+)
+
+
+def print_cycle(record: dict[str, Any], total: int) -> None:
+    """One console line per finished cycle."""
+    sizes = record.get("cluster_sizes", {})
+    secs = record.get("seconds", {})
+    parts = [
+        f"[bold]cycle {record['cycle']:>3}/{total}[/]",
+        f"loss {fmt(record.get('loss'))}",
+        f"acc {fmt(record.get('train_acc'))}",
+        f"NMI(prev) {fmt(record.get('nmi_prev'))}",
+    ]
+    if "init_ia" in record:
+        parts.insert(1, f"[cyan]init IA {fmt(record['init_ia'])} (init_ia.json)[/]")
+    if "nmi_labels" in record:
+        parts.append(f"NMI(labels) {fmt(record['nmi_labels'])}")
+    else:
+        parts.append("[dim]no labels: label metrics skipped[/]")
+    parts.append(f"k {record.get('k')} sizes {sizes.get('min')}/{fmt(sizes.get('median'), 0)}/{sizes.get('max')}")
+    if record.get("pca_dim_effective") is not None:
+        parts.append(f"pca {record['pca_dim_effective']}")
+    if record.get("n_resplit"):
+        parts.append(f"resplit {record['n_resplit']}")
+    if not record.get("clustered", True):
+        parts.append("[dim](supervised: the labels)[/]" if record.get("supervised") else "[dim](clustering halted)[/]")
+    parts.append("[dim]" + " ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "[/]")
+    out_console.print("  ".join(parts), highlight=False, soft_wrap=True)
+
+
+@user_errors
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/fmnist_lenet.yaml.")] = None,
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
+    from deepcluster.analysis.alignment import resolve_init
+    from deepcluster.config import TrainConfig, build_config, parse_overrides
+    from deepcluster.errors import ConfigError
+    from deepcluster.runs import RunFolder
+    from deepcluster.train import train as run_training
+    from deepcluster.train.runner import check_resumable
+
+    if resume is not None:
+        if config is not None or out is not None:
+            raise ConfigError("--resume takes the config from the run folder: drop --config/--out")
+        run = RunFolder(resume)
+        cfg = check_resumable(run)
+        extra = parse_overrides(set_)
+        if set(extra) - {"cycles"}:
+            raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
+        if "cycles" in extra:
+            cfg = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
+            run.save_config(cfg)
+        target = run.path
+    else:
+        if out is None:
+            raise ConfigError("say where the run goes: --out runs/NAME")
+        cfg = build_config(TrainConfig, config, set_)
+        if RunFolder(out).exists():
+            raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+        target = out
+    out_console.print(
+        f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
+        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}) → {target}", highlight=False,
+    )
+    init_ia = None
+    if resume is None:
+        cfg, init_ia = resolve_init(cfg, show_progress=not quiet)
+    run_training(cfg, target, resume=resume is not None, init_ia=init_ia, show_progress=not quiet,
+                 on_cycle=lambda r: print_cycle(r, cfg.cycles))
+    out_console.print(f"done: {target} (evaluate with `deepcluster evaluate {target}`)", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to ``app``."""
+    app.command(epilog=EPILOG)(train)
