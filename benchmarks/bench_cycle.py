@@ -10,13 +10,17 @@ import os
 import time
 
 import torch
+from sklearn.cluster import KMeans
+from torchvision.transforms import v2
 
 from deepcluster.cluster import Preprocessor, kmeans
 from deepcluster.config import TrainConfig, build_config
 from deepcluster.data import dataset_stats, load_dataset
-from deepcluster.train.augment import normalize, random_resized_crop_flip
+from deepcluster.data.transforms import normalize
+from deepcluster.features import extract_features
+from deepcluster.runs import build_network
+from deepcluster.train.augment import random_resized_crop_flip
 from deepcluster.train.cycle import cluster_step, make_optimizer, make_top_optimizer, train_epoch
-from deepcluster.train.run_folder import build_network
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")
 cfg = build_config(TrainConfig, "configs/fmnist_lenet.yaml", [f"data.root={ROOT}"])
@@ -38,8 +42,6 @@ phases = {**step.seconds, "training": t2 - t1}
 print("cycle phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()) + f"; total {t2 - t:.2f}")
 
 # augmentation: batched vs per-image torchvision
-from torchvision.transforms import v2
-
 batch = images[:4096]
 t = time.perf_counter()
 for s in range(0, len(batch), 128):
@@ -55,8 +57,6 @@ print(f"augmentation of 4096 images: batched {ours:.3f}s, torchvision per-image 
       f"speed-up x{theirs / ours:.1f}")
 
 # k-means: faiss vs scikit-learn on the whitened features of this cycle
-from deepcluster.train.features import extract_features
-from sklearn.cluster import KMeans
 
 x = extract_features(model, images, *stats, show_progress=False)["embed"]
 x = Preprocessor(pca_dim=cfg.pca_dim, on_degenerate="truncate").fit_transform(x)

@@ -15,7 +15,7 @@ import torch
 
 from deepcluster.analysis.alignment import initial_alignment
 from deepcluster.config import TrainConfig, build_config
-from deepcluster.train.runner import load_train_data
+from deepcluster.data.splits import load_train_data
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")
 N = int(os.environ.get("IA_SAMPLES", "100"))

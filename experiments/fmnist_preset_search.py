@@ -21,7 +21,8 @@ from deepcluster.config import TrainConfig, build_config
 from deepcluster.data import dataset_stats, load_dataset
 from deepcluster.evaluate.run_eval import evaluate_model
 from deepcluster.io import append_jsonl, read_jsonl
-from deepcluster.train import RunFolder, train
+from deepcluster.runs import RunFolder
+from deepcluster.train import train
 
 LAYERS = ["conv2", "fc2"]
 

@@ -8,15 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepcluster.data.transforms import normalize
 from deepcluster.progress import progress_bar
-from deepcluster.train.augment import normalize
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["extract_features"]
 
 
 @torch.no_grad()

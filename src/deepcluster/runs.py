@@ -25,6 +25,8 @@ from deepcluster.errors import TrainingError
 from deepcluster.io import read_jsonl, write_text
 from deepcluster.models import DeepClusterNet, build_model
 
+__all__ = ["RunFolder", "build_network"]
+
 
 @dataclass
 class RunFolder:

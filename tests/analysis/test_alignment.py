@@ -13,19 +13,20 @@ from deepcluster.analysis.alignment import (
     initial_alignment,
     labels_for_ia,
     recommend,
+    resolve_init,
 )
 from deepcluster.analysis.ia_report import write_ia_outputs
 from deepcluster.analysis.stacked import can_stack, stacked_embed
 from deepcluster.cluster import Preprocessor, kmeans, nmi
 from deepcluster.config import TrainConfig, build_config
+from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.errors import ConfigError, DataError
+from deepcluster.features import extract_features
 from deepcluster.models import build_model
 from deepcluster.models.base import DeepClusterNet
+from deepcluster.runs import build_network
 from deepcluster.train import train
 from deepcluster.train.cycle import cycle_seed
-from deepcluster.train.features import extract_features
-from deepcluster.train.run_folder import build_network
-from deepcluster.train.runner import load_train_data, normalization
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,11 @@ def test_bad_setting_is_a_config_error(cfg):
 
 def test_train_from_the_best_ia_initialisation(cfg, tmp_path):
     run_cfg = apply_setting(cfg, {"init": "best_ia:3", "cycles": 1})
-    train(run_cfg, tmp_path / "run", show_progress=False)
+    with pytest.raises(ValueError, match="resolve_init"):  # training never calls up into analysis
+        train(run_cfg, tmp_path / "unresolved", show_progress=False)
+    assert not (tmp_path / "unresolved").exists()
+    run_cfg, init_ia = resolve_init(run_cfg, show_progress=False)
+    train(run_cfg, tmp_path / "run", init_ia=init_ia, show_progress=False)
     rec = json.loads((tmp_path / "run" / "init_ia.json").read_text())
     best = max(rec["candidates"], key=rec["candidates"].get)
     assert rec["chosen_seed"] == int(best) and rec["ia"] == rec["candidates"][best]

@@ -5,8 +5,8 @@ import torch
 from deepcluster.errors import ConfigError
 from deepcluster.evaluate import extract_pooled_features, pool_to_budget, pooled_side
 from deepcluster.evaluate.pooling import pixel_features, pooled_dim
+from deepcluster.features import extract_features
 from deepcluster.models import build_model
-from deepcluster.train.features import extract_features
 
 
 @pytest.mark.parametrize(("shape", "side", "dim"), [

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deepcluster.data.transforms import normalize
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.models import build_model
 from deepcluster.report.activations import (
@@ -22,7 +23,6 @@ from deepcluster.report.gradient_ascent import (
     plot_channel_visualizations,
     visualize_channels,
 )
-from deepcluster.train.augment import normalize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GREY = ((0.5,), (0.25,))

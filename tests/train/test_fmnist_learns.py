@@ -11,8 +11,9 @@ import pytest
 
 from deepcluster.config import TrainConfig, build_config
 from deepcluster.data import dataset_stats
+from deepcluster.data.splits import load_train_data
 from deepcluster.evaluate.run_eval import clustering_quality
-from deepcluster.train import load_train_data, train
+from deepcluster.train import train
 
 CONFIG = Path(__file__).parents[2] / "configs" / "fmnist_lenet.yaml"
 

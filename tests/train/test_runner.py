@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from deepcluster.config import TrainConfig, build_config
-from deepcluster.train import RunFolder, train
-from deepcluster.train.runner import load_split
+from deepcluster.data.splits import load_split
+from deepcluster.runs import RunFolder
+from deepcluster.train import train
 
 CONFIG = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"
 

@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from deepcluster.train.augment import normalize, random_resized_crop_flip
+from deepcluster.data.transforms import normalize
+from deepcluster.train.augment import random_resized_crop_flip
 from deepcluster.train.sampler import UniformClusterSampler
 
 

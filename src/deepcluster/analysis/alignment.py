@@ -12,7 +12,7 @@ dimensions or initialisation (§4.3, appendix B).
 Here sample ``s`` is exactly what cycle 1 of a training run with ``seed = s`` clusters: the
 network built from seed ``s`` and k-means seeded with ``cycle_seed(s, 1)``. Networks are
 evaluated many at a time (:mod:`deepcluster.analysis.stacked`); clustering goes through the
-training code (:func:`deepcluster.train.cycle.preprocess_and_cluster`).
+training code (:func:`deepcluster.cluster.preprocess_and_cluster`).
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
-from deepcluster.cluster import nmi
-from deepcluster.config import TrainConfig, _format_validation_error, deep_merge
+from deepcluster.cluster import nmi, preprocess_and_cluster
+from deepcluster.config import TrainConfig, apply_overrides
 from deepcluster.data import ImageDataset
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.data.splits import load_train_data, normalization
+from deepcluster.device import resolve_device
+from deepcluster.errors import ClusteringError, ConfigError, DataError
+from deepcluster.features import extract_features
 from deepcluster.progress import progress_bar
-from deepcluster.train.cycle import cycle_seed, preprocess_and_cluster
-from deepcluster.train.features import extract_features, resolve_device
-from deepcluster.train.run_folder import build_network
-from deepcluster.train.runner import load_train_data, normalization
+from deepcluster.runs import build_network
+from deepcluster.train.cycle import cycle_seed
 
 __all__ = [
     "IAResult",
@@ -44,6 +44,7 @@ __all__ = [
     "initial_alignment",
     "labels_for_ia",
     "recommend",
+    "resolve_init",
     "setting_name",
 ]
 
@@ -96,17 +97,7 @@ def setting_name(setting: Mapping[str, Any]) -> str:
 
 def apply_setting(cfg: TrainConfig, setting: Mapping[str, Any]) -> TrainConfig:
     """``cfg`` with dotted-key overrides (``{"k": 20, "model.arch": "tiny_cnn"}``) applied and validated."""
-    update: dict[str, Any] = {}
-    for key, value in setting.items():
-        node = update
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    try:
-        return TrainConfig.model_validate(deep_merge(cfg.model_dump(mode="json"), update))
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, f"setting {setting_name(setting)}")) from None
+    return apply_overrides(TrainConfig, cfg, setting, source=f"setting {setting_name(setting)}")
 
 
 def labels_for_ia(
@@ -294,6 +285,30 @@ def initial_alignment(
         seconds=time.perf_counter() - t0, method="stacked" if stack else "loop",
         phases={k: round(v, 3) for k, v in phases.items()},
     )
+
+
+def resolve_init(cfg: TrainConfig, *, data: ImageDataset | None = None,
+                 show_progress: bool = True) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Resolve ``init=best_ia:N`` before training: the init seed with the highest Initial
+    Alignment among ``seed .. seed+N-1``.
+
+    Returns ``cfg`` with ``init_seed`` set and the record of the choice (what ``train`` writes to
+    ``init_ia.json``); ``cfg`` and ``None`` when there is nothing to resolve (``init=random``, or
+    ``init_seed`` already given).
+    """
+    n = cfg.best_ia_candidates()
+    if n is None or cfg.init_seed is not None:
+        return cfg, None
+    data = data if data is not None else load_train_data(cfg)
+    if data.labels is None:
+        raise ClusteringError("init=best_ia:N ranks initialisations by their alignment with labels, and this dataset "
+                              "has none: use init=random, or compute IA with `deepcluster ia --labels FILE` and "
+                              "set init_seed")
+    res = initial_alignment(cfg, range(cfg.seed, cfg.seed + n), data=data, show_progress=show_progress)
+    best, value = res.ranked()[0]
+    record = {"init": cfg.init, "chosen_seed": best, "ia": value, "k": cfg.k,
+              "candidates": {str(s): float(v) for s, v in zip(res.seeds, res.values)}, "seconds": round(res.seconds, 2)}
+    return cfg.model_copy(update={"init_seed": best}), record
 
 
 def _cost(value: Any) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from deepcluster.analysis.alignment import IAResult, recommend
-from deepcluster.io import atomic_path, write_json, write_text
+from deepcluster.io import atomic_path, write_csv, write_json, write_text
 
 __all__ = ["plot_ia_distributions", "summary_rows", "write_ia_outputs"]
 
@@ -26,15 +24,6 @@ def summary_rows(results: Sequence[IAResult]) -> list[dict[str, Any]]:
         rows.append({"setting": r.name, **{k: s[k] for k in SUMMARY_COLUMNS[1:8]},
                      "best_seed": r.best_seed, "seconds": round(r.seconds, 2)})
     return rows
-
-
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({c: (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c]) for c in columns})
-    return buf.getvalue()
 
 
 def _markdown(rows: list[dict[str, Any]], recommended: str) -> str:
@@ -99,16 +88,16 @@ def write_ia_outputs(results: Sequence[IAResult], out: str | Path, *, tie: float
            "rule": "highest median IA; within `tie` of it, the cheapest setting (smaller k / dims / iterations)",
            "best_seed": best.best_seed, "best_seed_ia": best.ranked()[0][1]}
     samples = [{"setting": r.name, "seed": int(s), "ia": float(v)} for r in results for s, v in zip(r.seeds, r.values)]
-    write_text(out / "samples.csv", _csv(samples, ["setting", "seed", "ia"]))
+    write_csv(out / "samples.csv", samples, ["setting", "seed", "ia"], float_format=".6f")
     write_json(out / "samples.json", {"settings": [
         {"setting": r.setting, "name": r.name, "k": r.k, "n_images": r.n_images, "n_labelled": r.n_labelled,
          "method": r.method, "seconds": round(r.seconds, 3), "seeds": r.seeds.tolist(), "ia": r.values.tolist()}
         for r in results]})
-    write_text(out / "summary.csv", _csv(rows, SUMMARY_COLUMNS))
+    write_csv(out / "summary.csv", rows, SUMMARY_COLUMNS, float_format=".6f")
     write_text(out / "summary.md", _markdown(rows, best.name))
     ranking = [{"setting": r.name, "rank": i + 1, "seed": s, "ia": v}
                for r in results for i, (s, v) in enumerate(r.ranked())]
-    write_text(out / "seed_ranking.csv", _csv(ranking, ["setting", "rank", "seed", "ia"]))
+    write_csv(out / "seed_ranking.csv", ranking, ["setting", "rank", "seed", "ia"], float_format=".6f")
     write_json(out / "recommendation.json", rec)
     if command_config is not None:
         write_json(out / "ia_config.json", command_config)

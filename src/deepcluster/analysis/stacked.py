@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster.data.transforms import normalize
 from deepcluster.models.base import DeepClusterNet
 from deepcluster.progress import progress_bar
-from deepcluster.train.augment import normalize
 
 __all__ = ["NotStackable", "StackedNet", "can_stack", "stacked_embed"]
 

@@ -238,8 +238,8 @@ class _Worker:
         return self.dir / "trials" / slug
 
     def _metric_layer(self, cfg: TrainConfig) -> str:
-        from deepcluster.train.run_folder import build_network
-        from deepcluster.train.runner import load_split
+        from deepcluster.data.splits import load_split
+        from deepcluster.runs import build_network
 
         # One image is enough to know the input shape, hence the probe layers.
         sample = load_split(cfg, cfg.data.split, limit=2).images_tensor()
@@ -612,9 +612,10 @@ def _run_one(study, trial, worker: _Worker, entries: dict[str, Any], choices: di
 
 def _execute(worker: _Worker, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Train (or resume), evaluate and measure one trial; returns its record and whether it was reused."""
+    from deepcluster.analysis.alignment import resolve_init
     from deepcluster.evaluate import evaluate_run
+    from deepcluster.runs import RunFolder
     from deepcluster.train import train
-    from deepcluster.train.run_folder import RunFolder
 
     spec, slug = worker.spec, entry["slug"]
     tdir = worker.trial_dir(slug)
@@ -640,8 +641,11 @@ def _execute(worker: _Worker, entry: dict[str, Any]) -> tuple[dict[str, Any], bo
                                     "host": worker.host, "time": time.time()})
             # A resumed run continues from its own config.yaml: it holds what training decided
             # (e.g. the init seed that init=best_ia:N picked).
-            train(run.load_config() if done_cycle else cfg, tdir, resume=done_cycle > 0,
-                  show_progress=worker.show_progress)
+            if done_cycle:
+                train(run.load_config(), tdir, resume=True, show_progress=worker.show_progress)
+            else:
+                cfg, init_ia = resolve_init(cfg, show_progress=worker.show_progress)
+                train(cfg, tdir, init_ia=init_ia, show_progress=worker.show_progress)
             append_jsonl(log_path, {"event": "trained", "seconds": round(time.perf_counter() - t0, 2)})
         ia = _trial_ia(worker, run.load_config(), tdir)  # of the initialisation the run really used
         eval_path = tdir / "eval" / "evaluation_last.json"

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from deepcluster.io import atomic_path
-
-if TYPE_CHECKING:
-    from deepcluster.analysis.study_summary import StudySummary
 
 DPI = 100
 
@@ -144,35 +140,3 @@ def plot_median_ia_vs_accuracy(settings: list[dict[str, Any]], path: Path, metri
     ax.set_title("median IA vs median accuracy per setting", fontsize=10)
     ax.grid(alpha=0.3)
     return _save(fig, path)
-
-
-def draw_figures(summary: StudySummary, desc: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Every figure that the study's data supports; returns name → path."""
-    files: dict[str, Path] = {}
-    grid = desc["fingerprint"].get("grid", {})
-    for key in summary.grid_keys:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-        p = plot_metric_by_value(summary.trials, key, grid[key], out / f"accuracy_vs_{safe}.png", summary.metric)
-        if p is not None:
-            files[f"accuracy_vs_{safe}"] = p
-    if "halt_clustering_after" in summary.grid_keys:
-        # "never halts" (off) sits at the last cycle, where halting changes nothing.
-        trials = [{**t, "halt_position": t["halt_clustering_after"] or t["cycles"]} for t in summary.trials]
-        positions = sorted({t["halt_position"] for t in trials})
-        p = plot_metric_by_value(trials, "halt_position", positions, out / "halting_vs_accuracy.png", summary.metric,
-                                 x_label="clustering halted after cycle (last cycle: never halted)",
-                                 title="accuracy vs halting position (median, IQR)")
-        if p is not None:
-            files["halting_vs_accuracy"] = p
-    if not summary.grid_keys and len({t["seed"] for t in summary.trials}) > 1:
-        p = plot_metric_by_value(summary.trials, "seed", sorted({t["seed"] for t in summary.trials}),
-                                 out / "accuracy_vs_seed.png", summary.metric)
-        if p is not None:
-            files["accuracy_vs_seed"] = p
-    p = plot_ia_vs_accuracy(summary.trials, out / "ia_vs_accuracy.png", summary.metric, summary.spearman)
-    if p is not None:
-        files["ia_vs_accuracy"] = p
-    p = plot_median_ia_vs_accuracy(summary.settings, out / "median_ia_vs_accuracy.png", summary.metric)
-    if p is not None:
-        files["median_ia_vs_accuracy"] = p
-    return files

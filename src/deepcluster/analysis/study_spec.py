@@ -23,7 +23,7 @@ from deepcluster.config import (
     EvalConfig,
     StrictModel,
     TrainConfig,
-    build_config,
+    apply_overrides,
     deep_merge,
     parse_overrides,
     read_yaml,
@@ -253,17 +253,11 @@ def _check_key(key: str, where: str) -> None:
             model = annotation
 
 
-def _override_strings(values: dict[str, Any]) -> list[str]:
-    # JSON is YAML, so parse_overrides reads every value back with its exact type.
-    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
-
-
 def setting_config(spec: StudySpec, base: Path, setting: Setting, seed: int) -> TrainConfig:
     """The full TrainConfig of one trial: base file + ``overrides`` + the setting + the seed."""
     overrides = {**spec.overrides, **setting.as_dict(), "seed": seed}
-    parse_overrides(_override_strings(overrides))  # malformed dotted keys fail here, named
     try:
-        return build_config(TrainConfig, base, _override_strings(overrides))
+        return apply_overrides(TrainConfig, read_yaml(base), overrides, source=str(base))
     except ConfigError as e:
         raise ConfigError(f"study {spec.name}, setting {setting.slug}: {e}; fix the grid/overrides in the spec") from None
 
@@ -273,13 +267,11 @@ def eval_config(spec: StudySpec, cfg: TrainConfig, layer: str) -> EvalConfig:
 
     The raw-pixel baseline is the same for every trial, so it is off unless the spec asks.
     """
-    update = deep_merge({"pixel_baseline": False, "layers": [layer]}, parse_overrides(_override_strings(spec.eval)))
+    update = deep_merge({"pixel_baseline": False, "layers": [layer]}, parse_overrides(spec.eval))
     try:
-        ecfg = EvalConfig.model_validate(deep_merge(cfg.eval.model_dump(), update))
-    except ValidationError as e:
-        bad = "; ".join(f"eval.{'.'.join(map(str, x['loc']))}: {'unknown key' if x['type'] == 'extra_forbidden' else x['msg']}"
-                        for x in e.errors())
-        raise ConfigError(f"study {spec.name}: {bad}; see the eval keys in docs/configuration.md") from None
+        ecfg = apply_overrides(EvalConfig, cfg.eval, update, source=f"study {spec.name}, eval")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; see the eval keys in docs/configuration.md") from None
     if ecfg.layers is not None and layer not in ecfg.layers:
         raise ConfigError(f"study {spec.name}: metric.layer {layer} is not in eval.layers {ecfg.layers}; add it")
     return ecfg

@@ -6,9 +6,8 @@ the optuna storage, so a copied or archived study folder can be summarised on it
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from deepcluster.analysis.study_plots import (
+    plot_ia_vs_accuracy,
+    plot_median_ia_vs_accuracy,
+    plot_metric_by_value,
+)
 from deepcluster.errors import ConfigError
-from deepcluster.io import write_text
+from deepcluster.io import write_csv, write_text
 
 TRIAL_COLUMNS = ["slug", "setting", "seed", "accuracy", "linear", "knn", "nmi", "ari", "kmeans_acc",
                  "nmi_labels_final", "ia", "cycles", "seconds", "train_starts"]
@@ -71,15 +75,6 @@ def _stats(values: list[float | None]) -> dict[str, float | None]:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
-    return buf.getvalue()
 
 
 def _show(value: Any, digits: int = 3) -> str:
@@ -167,18 +162,16 @@ def summarize_study(study_dir: str | Path, *, figures: bool = True, log: Callabl
         summary.prescreen = pre
 
     trial_cols = TRIAL_COLUMNS[:2] + grid_keys + TRIAL_COLUMNS[2:]
-    write_text(study_dir / "trials.csv", _csv(summary.trials, trial_cols))
+    write_csv(study_dir / "trials.csv", summary.trials, trial_cols)
     summary.files["trials_csv"] = study_dir / "trials.csv"
     stat_cols = [f"{m}_{s}" for m in ("accuracy", "nmi", "nmi_labels_final", "ia")
                  for s in ("median", "q1", "q3", "iqr")] + ["seconds_median"]
     setting_cols = ["setting", *grid_keys, "status", "n", "n_planned", "failed", *stat_cols,
                     "ia_dist_median", "ia_dist_q1", "ia_dist_q3", "ia_dist_n"]
-    write_text(study_dir / "summary.csv", _csv(summary.settings, setting_cols))
+    write_csv(study_dir / "summary.csv", summary.settings, setting_cols)
     summary.files["summary_csv"] = study_dir / "summary.csv"
 
     if figures:
-        from deepcluster.analysis.study_plots import draw_figures
-
         summary.files.update(draw_figures(summary, desc, study_dir / "figures"))
     write_text(study_dir / "summary.md", _markdown(summary))
     summary.files["summary_md"] = study_dir / "summary.md"
@@ -235,3 +228,35 @@ def _markdown(s: StudySummary) -> str:
     if figs:
         lines += ["## Figures", ""] + [f"![{k}](figures/{v.name})" for k, v in figs] + [""]
     return "\n".join(lines)
+
+
+def draw_figures(summary: StudySummary, desc: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Every figure that the study's data supports; returns name → path."""
+    files: dict[str, Path] = {}
+    grid = desc["fingerprint"].get("grid", {})
+    for key in summary.grid_keys:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+        p = plot_metric_by_value(summary.trials, key, grid[key], out / f"accuracy_vs_{safe}.png", summary.metric)
+        if p is not None:
+            files[f"accuracy_vs_{safe}"] = p
+    if "halt_clustering_after" in summary.grid_keys:
+        # "never halts" (off) sits at the last cycle, where halting changes nothing.
+        trials = [{**t, "halt_position": t["halt_clustering_after"] or t["cycles"]} for t in summary.trials]
+        positions = sorted({t["halt_position"] for t in trials})
+        p = plot_metric_by_value(trials, "halt_position", positions, out / "halting_vs_accuracy.png", summary.metric,
+                                 x_label="clustering halted after cycle (last cycle: never halted)",
+                                 title="accuracy vs halting position (median, IQR)")
+        if p is not None:
+            files["halting_vs_accuracy"] = p
+    if not summary.grid_keys and len({t["seed"] for t in summary.trials}) > 1:
+        p = plot_metric_by_value(summary.trials, "seed", sorted({t["seed"] for t in summary.trials}),
+                                 out / "accuracy_vs_seed.png", summary.metric)
+        if p is not None:
+            files["accuracy_vs_seed"] = p
+    p = plot_ia_vs_accuracy(summary.trials, out / "ia_vs_accuracy.png", summary.metric, summary.spearman)
+    if p is not None:
+        files["ia_vs_accuracy"] = p
+    p = plot_median_ia_vs_accuracy(summary.settings, out / "median_ia_vs_accuracy.png", summary.metric)
+    if p is not None:
+        files["median_ia_vs_accuracy"] = p
+    return files

@@ -10,12 +10,14 @@ from deepcluster.cluster.empty import resplit_empty
 from deepcluster.cluster.faiss_kmeans import kmeans
 from deepcluster.cluster.metrics import ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.cluster.pic_graph import pic
+from deepcluster.cluster.pipeline import ClusterStep, preprocess_and_cluster
 from deepcluster.cluster.preprocess import Preprocessor, preprocess_features
 from deepcluster.cluster.result import ClusterResult
 
 __all__ = [
     "METHODS",
     "ClusterResult",
+    "ClusterStep",
     "Preprocessor",
     "ari",
     "cluster_features",
@@ -24,6 +26,7 @@ __all__ = [
     "kmeans",
     "nmi",
     "pic",
+    "preprocess_and_cluster",
     "preprocess_features",
     "resplit_empty",
 ]

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import numpy as np
 
 from deepcluster.cluster import ari, clustering_accuracy, nmi
+from deepcluster.data.splits import load_split
 from deepcluster.errors import DataError
-from deepcluster.train.run_folder import RunFolder
-from deepcluster.train.runner import load_split
+from deepcluster.runs import RunFolder
 
 
 def run_train_labels(run_dir: str | Path) -> np.ndarray | None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepcluster.io import save_npy, write_json, write_text
-from deepcluster.train.features import extract_features, resolve_device
-from deepcluster.train.run_folder import RunFolder
-from deepcluster.train.runner import load_split, normalization
+from deepcluster.data.splits import load_split, normalization
+from deepcluster.device import resolve_device
+from deepcluster.features import extract_features
+from deepcluster.io import save_npy, write_csv, write_json
+from deepcluster.runs import RunFolder
 
 
 def export_run(
@@ -44,13 +43,9 @@ def export_run(
     save_npy(out_dir / "features.npy", x)
 
     assignments = run.load_assignments()
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     key = "path" if data.paths is not None else "index"
-    writer.writerow([key, "cluster"])
-    for i, c in enumerate(assignments.tolist()):
-        writer.writerow([data.paths[i] if data.paths is not None else i, c])
-    write_text(out_dir / "assignments.csv", buf.getvalue())
+    names = data.paths if data.paths is not None else range(len(assignments))
+    write_csv(out_dir / "assignments.csv", zip(names, assignments.tolist()), [key, "cluster"])
     summary = {"run": str(run.path), "checkpoint": checkpoint, "layer": layer or "embed",
                "features": str(out_dir / "features.npy"), "shape": list(x.shape),
                "assignments": str(out_dir / "assignments.csv"), "n_clusters": int(np.unique(assignments).size),

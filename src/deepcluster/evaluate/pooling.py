@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster.data.transforms import normalize
 from deepcluster.errors import ConfigError
 from deepcluster.progress import progress_bar
-from deepcluster.train.augment import normalize
 
 #: Default budget: the dimension of the official AlexNet linear probes.
 DEFAULT_POOL_BUDGET = 9600

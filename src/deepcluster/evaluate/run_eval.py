@@ -11,14 +11,15 @@ import torch
 
 from deepcluster.cluster import Preprocessor, ari, cluster_features, clustering_accuracy, nmi
 from deepcluster.config import EvalConfig, TrainConfig
+from deepcluster.data.splits import load_split, normalization
+from deepcluster.device import resolve_device
 from deepcluster.errors import DataError
 from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.evaluate.linear_probe import linear_probe
+from deepcluster.features import extract_features
 from deepcluster.io import write_json
 from deepcluster.progress import console
-from deepcluster.train.features import extract_features, resolve_device
-from deepcluster.train.run_folder import RunFolder
-from deepcluster.train.runner import load_split, normalization
+from deepcluster.runs import RunFolder
 
 
 def _cluster_metrics(labels: np.ndarray, assignments: np.ndarray) -> dict[str, float]:

@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.config import EvalConfig, TrainConfig, deep_merge
+from deepcluster.config import EvalConfig, TrainConfig, apply_overrides
+from deepcluster.data.splits import load_split, normalization
+from deepcluster.data.transforms import normalize
+from deepcluster.device import resolve_device
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.evaluate.cache import EvalCache, checkpoint_file, file_fingerprint
 from deepcluster.evaluate.cycles import cycle_metrics
@@ -43,10 +46,7 @@ from deepcluster.evaluate.tables import (
 )
 from deepcluster.io import write_json
 from deepcluster.models import DeepClusterNet
-from deepcluster.train.augment import normalize
-from deepcluster.train.features import resolve_device
-from deepcluster.train.run_folder import RunFolder, build_network
-from deepcluster.train.runner import load_split, normalization
+from deepcluster.runs import RunFolder, build_network
 
 Log = Callable[[str], None]
 
@@ -88,10 +88,7 @@ def run_eval_config(cfg: TrainConfig, eval_cfg: EvalConfig | dict[str, Any] | No
         return cfg.eval
     if isinstance(eval_cfg, EvalConfig):
         return eval_cfg
-    try:
-        return EvalConfig.model_validate(deep_merge(cfg.eval.model_dump(), dict(eval_cfg)))
-    except ValueError as e:
-        raise ConfigError(f"invalid eval settings: {e}") from None
+    return apply_overrides(EvalConfig, cfg.eval, eval_cfg, source="eval settings")
 
 
 def data_identity(cfg: TrainConfig, ecfg: EvalConfig) -> dict[str, Any]:

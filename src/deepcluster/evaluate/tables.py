@@ -7,14 +7,12 @@ brackets, the kNN accuracies of every k and the low-shot mean ± std of every n.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepcluster.io import write_text
+from deepcluster.io import write_csv, write_text
 
 #: Column order of ``probe_table.csv``.
 CSV_FIELDS: tuple[str, ...] = ("run_name", "checkpoint", "label", "cycle", "layer", "dim", "protocol", "metric",
@@ -145,18 +143,9 @@ def write_table_markdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return Path(path)
 
 
-def _csv_text(records: list[dict[str, Any]], fields: Iterable[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        writer.writerow({k: "" if r.get(k) is None else r[k] for k in writer.fieldnames})
-    return buf.getvalue()
-
-
 def write_table_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the tidy rows as CSV (columns :data:`CSV_FIELDS`), atomically."""
-    write_text(path, _csv_text(rows, CSV_FIELDS))
+    write_csv(path, rows, CSV_FIELDS)
     return Path(path)
 
 
@@ -164,5 +153,5 @@ def write_cycle_csv(cycles: dict[str, list[dict[str, Any]]], path: str | Path) -
     """Write per-run cycle metrics as one CSV with a ``run_name`` column, atomically."""
     records = [{"run_name": name, **r} for name, rs in cycles.items() for r in rs]
     fields = _ordered(k for r in records for k in r) or ["run_name", "cycle"]
-    write_text(path, _csv_text(records, fields))
+    write_csv(path, records, fields)
     return Path(path)

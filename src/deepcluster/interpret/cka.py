@@ -21,8 +21,6 @@ are built only when a layer is wider than the number of samples.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from deepcluster.errors import ConfigError, DataError
-from deepcluster.io import write_json, write_text
+from deepcluster.io import write_csv, write_json
 
 Method = Literal["auto", "features", "gram"]
 
@@ -360,9 +358,9 @@ def similarity_for_runs(
     pool_budget : conv-map dimension budget (default: the first run's ``eval.pool_budget``)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
     """
+    from deepcluster.data.splits import load_split, normalization
+    from deepcluster.device import resolve_device
     from deepcluster.interpret.ensemble import load_runs
-    from deepcluster.train.features import resolve_device
-    from deepcluster.train.runner import load_split, normalization
 
     loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False)
     cfg = loaded[0].cfg
@@ -390,13 +388,7 @@ def write_similarity_outputs(result: SimilarityResult, out: str | Path, *, figur
     ``cka.json``, ``cka.png`` (all model-layers) and ``cka_<a>__<b>.png`` per pair of models."""
     out = Path(out)
     paths: dict[str, Path] = {}
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model_a", "layer_a", "model_b", "layer_b", "cka"])
-    for r in result.rows():
-        w.writerow([r["model_a"], r["layer_a"], r["model_b"], r["layer_b"],
-                    "" if not np.isfinite(r["cka"]) else f"{r['cka']:.6f}"])
-    write_text(out / "cka.csv", buf.getvalue())
+    write_csv(out / "cka.csv", result.rows(), ["model_a", "layer_a", "model_b", "layer_b", "cka"], float_format=".6f")
     paths["cka.csv"] = out / "cka.csv"
     write_json(out / "cka.json", {
         "debiased": result.debiased, "n_samples": result.n_samples,

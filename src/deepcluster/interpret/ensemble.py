@@ -18,8 +18,6 @@ give the weaker model a negative weight; weights are clipped to [0, 1] (the bett
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,7 +251,7 @@ def load_runs(runs: Sequence[str | Path], *, names: Sequence[str] | None = None,
         ``names`` of the wrong length.
     """
     from deepcluster.interpret.lce import default_model_names
-    from deepcluster.train.run_folder import RunFolder
+    from deepcluster.runs import RunFolder
 
     if len(runs) < 2:
         raise DataError(f"compare at least 2 runs, got {len(runs)}")
@@ -341,10 +339,10 @@ def ensembles_for_runs(
     train_limit, test_limit : images of each split (default: the first run's eval settings)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
     """
+    from deepcluster.data.splits import load_split, normalization
+    from deepcluster.device import resolve_device
     from deepcluster.evaluate.pooling import extract_pooled_features
     from deepcluster.interpret.lce import read_lce_groups
-    from deepcluster.train.features import resolve_device
-    from deepcluster.train.runner import load_split, normalization
 
     log = log or (lambda m: None)
     loaded = load_runs(runs, names=names, checkpoint=checkpoint)
@@ -402,20 +400,11 @@ def ensembles_for_runs(
 # Writers
 
 
-def _csv(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow([f"{r[c]:.6f}" if isinstance(r[c], float) else r[c] for c in header])
-    return buf.getvalue()
-
-
 def write_ensemble_outputs(result: EnsembleResult, out: str | Path, *, figures: bool = True) -> dict[str, Path]:
     """Write ``ensemble.csv`` (one row per pair), ``ensemble_groups.csv`` (with groups),
     ``ensemble.json`` and the heatmaps ``ensemble_gain.png`` (model × model) and
     ``ensemble_groups.png`` (group × group, the thesis' Figure 3.8)."""
-    from deepcluster.io import write_json, write_text
+    from deepcluster.io import write_csv, write_json
 
     out = Path(out)
     paths: dict[str, Path] = {}
@@ -426,11 +415,11 @@ def write_ensemble_outputs(result: EnsembleResult, out: str | Path, *, figures: 
             "best_single", "gain"]
     if result.groups:
         cols += ["group_a", "group_b"]
-    write_text(out / "ensemble.csv", _csv(cols, rows))
+    write_csv(out / "ensemble.csv", rows, cols, float_format=".6f")
     paths["ensemble.csv"] = out / "ensemble.csv"
     if result.group_rows:
         gcols = ["group_a", "group_b", "n_pairs", "mean_gain", "min_gain", "max_gain", "mean_ensemble_acc"]
-        write_text(out / "ensemble_groups.csv", _csv(gcols, result.group_rows))
+        write_csv(out / "ensemble_groups.csv", result.group_rows, gcols, float_format=".6f")
         paths["ensemble_groups.csv"] = out / "ensemble_groups.csv"
     write_json(out / "ensemble.json", {
         **result.info, "rule": "(0.5 + |a-b|) * better + (0.5 - |a-b|) * other, weights clipped to [0, 1]",

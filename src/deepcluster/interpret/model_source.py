@@ -163,8 +163,8 @@ def _load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def _from_run(path: Path, spec: str, checkpoint: str) -> tuple[nn.Module, ModelInfo]:
-    from deepcluster.train.run_folder import RunFolder, build_network
-    from deepcluster.train.runner import normalization
+    from deepcluster.data.splits import normalization
+    from deepcluster.runs import RunFolder, build_network
 
     run = RunFolder(path).require()
     cfg = run.load_config()

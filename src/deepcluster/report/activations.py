@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepcluster.data.transforms import normalize
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.progress import progress_bar
 from deepcluster.report._plot import (
@@ -24,7 +25,6 @@ from deepcluster.report._plot import (
     new_figure,
     save_png,
 )
-from deepcluster.train.augment import normalize
 
 __all__ = ["check_layer", "model_device", "plot_top_activations", "top_activating", "unit_scores"]
 

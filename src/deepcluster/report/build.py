@@ -46,8 +46,8 @@ class _Run:
 
 
 def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device) -> _Run:
-    from deepcluster.train.run_folder import RunFolder
-    from deepcluster.train.runner import load_split, normalization
+    from deepcluster.data.splits import load_split, normalization
+    from deepcluster.runs import RunFolder
 
     run = RunFolder(path).require()
     cfg = run.load_config()
@@ -98,8 +98,8 @@ def build_report(
     rcfg : ReportConfig, optional
         What to draw; defaults to ``ReportConfig()``.
     """
+    from deepcluster.device import resolve_device
     from deepcluster.evaluate.suite import run_names
-    from deepcluster.train.features import resolve_device
 
     rcfg = rcfg or ReportConfig()
     log = log or (lambda msg: None)
@@ -241,7 +241,7 @@ def _numbers(ctx: _Context, runs: list[_Run]) -> None:
 def _features(ctx: _Context, r: _Run) -> dict[str, np.ndarray]:
     """Clustering features (what DeepCluster clusters) of the picture sample, per model; cached."""
     if r.features is None:
-        from deepcluster.train.features import extract_features
+        from deepcluster.features import extract_features
 
         r.features = {
             m: extract_features(model, r.images, *r.stats, batch_size=r.cfg.feature_batch_size, device=ctx.device,

@@ -1,19 +1,11 @@
-"""DeepCluster training: the cycle (:mod:`.cycle`), its runner and the run folder."""
+"""DeepCluster training: the cycle (:mod:`.cycle`), its runner, the sampler and augmentation.
+
+The run folder (:mod:`deepcluster.runs`), feature extraction (:mod:`deepcluster.features`) and
+the clustering of features (:mod:`deepcluster.cluster`) live below, shared with every pillar.
+"""
 
 from deepcluster.train.cycle import cluster_step, train_epoch
-from deepcluster.train.features import extract_features, resolve_device
-from deepcluster.train.run_folder import RunFolder, build_network
-from deepcluster.train.runner import load_train_data, train
+from deepcluster.train.runner import train
 from deepcluster.train.sampler import UniformClusterSampler
 
-__all__ = [
-    "RunFolder",
-    "UniformClusterSampler",
-    "build_network",
-    "cluster_step",
-    "extract_features",
-    "load_train_data",
-    "resolve_device",
-    "train",
-    "train_epoch",
-]
+__all__ = ["UniformClusterSampler", "cluster_step", "train", "train_epoch"]

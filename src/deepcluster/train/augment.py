@@ -9,18 +9,9 @@ and a single ``grid_sample`` call, equivalent to ``RandomResizedCrop`` + ``Rando
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 N×C×H×W → float32, scaled to [0, 1] then standardised per channel."""
-    x = images.to(torch.float32).div_(255.0)
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
 
 
 def random_resized_crop_flip(

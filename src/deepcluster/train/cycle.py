@@ -14,27 +14,20 @@ Everything around it (checkpoints, logging, resuming) lives in :mod:`deepcluster
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.cluster import ClusterResult, Preprocessor, cluster_features
+from deepcluster.cluster import ClusterStep, preprocess_and_cluster
 from deepcluster.config import TrainConfig
+from deepcluster.data.transforms import normalize
 from deepcluster.errors import TrainingError
+from deepcluster.features import extract_features
 from deepcluster.progress import progress_bar
-from deepcluster.train.augment import normalize, random_resized_crop_flip
-from deepcluster.train.features import extract_features
+from deepcluster.train.augment import random_resized_crop_flip
 from deepcluster.train.sampler import UniformClusterSampler
-
-
-@dataclass
-class ClusterStep:
-    result: ClusterResult
-    seconds: dict[str, float] = field(default_factory=dict)
-    pca_dim: int | None = None  # dimensions actually kept (fewer than asked when features are rank-deficient)
 
 
 def cluster_step(
@@ -60,25 +53,6 @@ def cluster_step(
     step = preprocess_and_cluster(x, cfg, seed=seed)
     step.seconds = {**times, **step.seconds}
     return step
-
-
-def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int | None = None) -> ClusterStep:
-    """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
-
-    Initial Alignment goes through here too, so it sees exactly what cycle 1 of training sees.
-    """
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
-    x = pre.fit_transform(x)
-    times["pca"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    result = cluster_features(
-        x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
-    )
-    times["clustering"] = time.perf_counter() - t
-    return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
 
 
 def train_epoch(

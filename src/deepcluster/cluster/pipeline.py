@@ -1,0 +1,60 @@
+"""Training's clustering of a feature matrix: PCA-whitening + L2, then k-means or PIC.
+
+Training (each cycle) and Initial Alignment (cycle 1 of many random networks) both call
+:func:`preprocess_and_cluster`, so IA sees exactly what the first cycle of a run clusters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deepcluster.cluster.dispatch import cluster_features
+from deepcluster.cluster.preprocess import Preprocessor
+from deepcluster.cluster.result import ClusterResult
+from deepcluster.config import TrainConfig
+
+__all__ = ["ClusterStep", "preprocess_and_cluster"]
+
+
+@dataclass
+class ClusterStep:
+    """Clusters of one cycle, the seconds of each phase, and the PCA dimensions kept."""
+
+    result: ClusterResult
+    seconds: dict[str, float] = field(default_factory=dict)
+    pca_dim: int | None = None  # dimensions actually kept (fewer than asked when features are rank-deficient)
+
+
+def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int | None = None) -> ClusterStep:
+    """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        Features, shape (N, d).
+    cfg : TrainConfig
+        ``pca_dim``, ``whiten``, ``clustering``, ``k``, ``kmeans_iters`` and ``fit_fraction``.
+    seed : int
+        Seed of the clustering (training uses the cycle's seed).
+    k : int, optional
+        Number of clusters instead of ``cfg.k``.
+
+    Returns
+    -------
+    ClusterStep
+    """
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
+    x = pre.fit_transform(x)
+    times["pca"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    result = cluster_features(
+        x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
+    )
+    times["clustering"] = time.perf_counter() - t
+    return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
