@@ -53,5 +53,5 @@ def test_singletons_are_never_donors():
 def test_resplit_errors():
     with pytest.raises(ClusteringError, match="k=5 is larger than the number of samples"):
         resplit_empty(np.zeros(3, dtype=int), np.zeros((3, 2)), 5, None, 0)
-    with pytest.raises(ClusteringError, match=r"\[0, 2\)"):
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
         resplit_empty(np.array([0, 2]), np.zeros((2, 2)), 2, None, 0)

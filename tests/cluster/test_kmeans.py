@@ -80,18 +80,18 @@ def test_k_equal_one():
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,error,match",
     [
-        (dict(k=700), r"k=700 is larger than the number of samples \(600\)"),
-        (dict(k=0), "at least 1"),
-        (dict(k=5, fit_fraction=0.0), r"fit_fraction=0.0 must be in \(0, 1\]"),
-        (dict(k=5, fit_fraction=1.5), r"fit_fraction=1.5"),
-        (dict(k=100, fit_fraction=0.1), r"keeps 60 of 600 .* fewer than k=100"),
+        (dict(k=700), ClusteringError, r"k=700 is larger than the number of samples \(600\)"),
+        (dict(k=0), ValueError, "at least 1"),  # parameters the config validates first: a caller's bug
+        (dict(k=5, fit_fraction=0.0), ValueError, r"fit_fraction=0.0 must be in \(0, 1\]"),
+        (dict(k=5, fit_fraction=1.5), ValueError, r"fit_fraction=1.5"),
+        (dict(k=100, fit_fraction=0.1), ClusteringError, r"keeps 60 of 600 .* fewer than k=100"),
     ],
 )
-def test_kmeans_argument_errors(kwargs, match):
+def test_kmeans_argument_errors(kwargs, error, match):
     x, _ = blobs()
-    with pytest.raises(ClusteringError, match=match):
+    with pytest.raises(error, match=match):
         kmeans(x, **kwargs)
 
 
@@ -107,7 +107,7 @@ def test_use_gpu_without_gpu_faiss_is_an_error():
 
     if faiss.get_num_gpus() > 0:
         pytest.skip("faiss sees a GPU here")
-    with pytest.raises(ClusteringError, match="use_gpu=True"):
+    with pytest.raises(ValueError, match="use_gpu=True"):
         kmeans(blobs()[0], 5, use_gpu=True)
 
 
@@ -117,5 +117,5 @@ def test_cluster_features_dispatches_and_drops_the_other_methods_options():
     assert r.k == 10
     r = cluster_features(x, "pic", 10, seed=0, niter=10, fit_fraction=0.5, n_neighbors=5)
     assert np.isnan(r.loss) and r.centroids is None
-    with pytest.raises(ClusteringError, match="unknown clustering method 'dbscan'"):
+    with pytest.raises(ValueError, match="unknown clustering method 'dbscan'"):
         cluster_features(x, "dbscan", 10)

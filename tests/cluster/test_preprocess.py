@@ -80,13 +80,13 @@ def test_nan_or_inf_features_are_an_error(bad):
 
 
 def test_bad_shapes_are_errors():
-    with pytest.raises(ClusteringError, match="2-D"):
+    with pytest.raises(ValueError, match="2-D"):
         preprocess_features(np.zeros(10), None)
     prep = Preprocessor(pca_dim=4)
-    with pytest.raises(ClusteringError, match="before fit"):
+    with pytest.raises(ValueError, match="before fit"):
         prep.transform(_correlated())
     prep.fit(_correlated())
-    with pytest.raises(ClusteringError, match="fitted on 32"):
+    with pytest.raises(ValueError, match="fitted on 32"):
         prep.transform(np.ones((5, 7), dtype=np.float32))
 
 

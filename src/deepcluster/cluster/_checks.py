@@ -25,22 +25,24 @@ def as_features(x: object, name: str = "features") -> np.ndarray:
     Raises
     ------
     ClusteringError
-        If ``x`` is not a non-empty 2-D real matrix, or contains NaN/inf.
+        If ``x`` contains NaN/inf (a diverged network).
+    ValueError, TypeError
+        If ``x`` is not a non-empty 2-D real matrix (a caller's bug).
     """
     arr = np.asarray(x)
     if arr.ndim != 2:
-        raise ClusteringError(
+        raise ValueError(
             f"{name} must be a 2-D array (N samples, d dims), got shape {arr.shape}: "
             "flatten each sample's features into one row"
         )
     if arr.dtype == np.bool_ or not (
         np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
-        raise ClusteringError(
+        raise TypeError(
             f"{name} must be real numbers, got dtype {arr.dtype}: convert them to float32"
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ClusteringError(
+        raise ValueError(
             f"{name} are empty (shape {arr.shape}): the dataset or the feature extractor "
             "produced no samples or no dimensions"
         )
@@ -66,9 +68,12 @@ def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def check_int(value: object, name: str, minimum: int) -> int:
-    """Return ``value`` as an int, or raise ClusteringError if it is not an int >= minimum."""
+    """Return ``value`` as an int; TypeError if it is not an int, ValueError if it is below ``minimum``.
+
+    The parameters it checks are validated with the config first: failing here is a caller's bug.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ClusteringError(f"{name} must be an integer, got {value!r}")
+        raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ClusteringError(f"{name}={value} is too small: it must be at least {minimum}")
+        raise ValueError(f"{name}={value} is too small: it must be at least {minimum}")
     return int(value)

@@ -7,7 +7,6 @@ import numpy as np
 from deepcluster.cluster.faiss_kmeans import kmeans
 from deepcluster.cluster.pic_graph import pic
 from deepcluster.cluster.result import ClusterResult
-from deepcluster.errors import ClusteringError
 
 METHODS = ("kmeans", "pic")
 
@@ -41,6 +40,6 @@ def cluster_features(x: np.ndarray, method: str, k: int, **kw: object) -> Cluste
         return kmeans(x, k, **{key: v for key, v in kw.items() if key not in _PIC_ONLY})
     if method == "pic":
         return pic(x, **{key: v for key, v in kw.items() if key not in _KMEANS_ONLY})
-    raise ClusteringError(
+    raise ValueError(
         f"unknown clustering method {method!r}: use one of {', '.join(METHODS)}"
     )

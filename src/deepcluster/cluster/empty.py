@@ -57,7 +57,7 @@ def resplit_empty(
     x = np.asarray(x)
     n = a.shape[0]
     if x.ndim != 2 or x.shape[0] != n:
-        raise ClusteringError(
+        raise ValueError(
             f"resplit_empty got {n} assignments but features of shape {x.shape}: "
             "pass one assignment per feature row"
         )
@@ -66,7 +66,7 @@ def resplit_empty(
             f"k={k} is larger than the number of samples ({n}): lower k or use more data"
         )
     if n and (a.min() < 0 or a.max() >= k):
-        raise ClusteringError(
+        raise ValueError(
             f"assignments must lie in [0, {k}), got values in [{a.min()}, {a.max()}]"
         )
     if centroids is not None:

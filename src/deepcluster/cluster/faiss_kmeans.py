@@ -23,7 +23,7 @@ def _make_index(d: int, use_gpu: bool | None) -> tuple[faiss.Index, object]:
     if not use_gpu:
         return faiss.IndexFlatL2(d), None
     if not _gpu_available():
-        raise ClusteringError(
+        raise ValueError(
             "use_gpu=True but this faiss has no GPU support (or sees no GPU): "
             "install faiss-gpu, or set use_gpu to false/None"
         )
@@ -103,7 +103,7 @@ def kmeans(
     except (TypeError, ValueError):
         frac = float("nan")
     if not 0.0 < frac <= 1.0:
-        raise ClusteringError(
+        raise ValueError(
             f"fit_fraction={fit_fraction!r} must be in (0, 1]: use 1.0 to fit on all samples"
         )
     fit_fraction = frac

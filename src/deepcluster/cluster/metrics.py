@@ -6,18 +6,16 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from deepcluster.errors import ClusteringError
-
 
 def _labels_pair(a: object, b: object) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     if a.shape != b.shape:
-        raise ClusteringError(
+        raise ValueError(
             f"the two labellings have different lengths ({a.size} and {b.size}): "
             "compare labels of the same samples, in the same order"
         )
     if a.size == 0:
-        raise ClusteringError("the labellings are empty: there is nothing to compare")
+        raise ValueError("the labellings are empty: there is nothing to compare")
     return a, b
 
 

@@ -182,9 +182,9 @@ def pic(
             f"(n_neighbors={n_neighbors}): lower n_neighbors or use more data"
         )
     if not sigma > 0:
-        raise ClusteringError(f"sigma={sigma} must be > 0: the official value is 0.2")
+        raise ValueError(f"sigma={sigma} must be > 0: the official value is 0.2")
     if not 0 < alpha < 1:
-        raise ClusteringError(f"alpha={alpha} must be in (0, 1): the official value is 0.001")
+        raise ValueError(f"alpha={alpha} must be in (0, 1): the official value is 0.001")
 
     ids, sq_dists = make_graph(x, n_neighbors)
     w = make_adjacency(ids, sq_dists, sigma)

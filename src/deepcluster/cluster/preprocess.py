@@ -91,7 +91,7 @@ class Preprocessor:
         n, d = x.shape
         self._pca, self._scale, self._d_in, self._keep = None, None, None, None
         if self.on_degenerate not in ("raise", "truncate"):
-            raise ClusteringError(f"on_degenerate must be 'raise' or 'truncate', not {self.on_degenerate!r}")
+            raise ValueError(f"on_degenerate must be 'raise' or 'truncate', not {self.on_degenerate!r}")
         if self.pca_dim is None:
             self._d_in = d
             self.effective_dim = d
@@ -146,12 +146,12 @@ class Preprocessor:
             float32, C-contiguous, shape (M, pca_dim or d).
         """
         if not self.is_fitted:
-            raise ClusteringError(
+            raise ValueError(
                 "Preprocessor.transform was called before fit: call fit(x) or fit_transform(x)"
             )
         x = as_features(x)
         if x.shape[1] != self._d_in:
-            raise ClusteringError(
+            raise ValueError(
                 f"features have {x.shape[1]} dims but the Preprocessor was fitted on "
                 f"{self._d_in}: fit it again on features from the same network"
             )
