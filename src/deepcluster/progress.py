@@ -13,12 +13,6 @@ console = Console(stderr=True)
 _enabled = os.environ.get("DEEPCLUSTER_PROGRESS", "1") != "0"
 
 
-def set_progress(enabled: bool) -> None:
-    """Globally enable or disable progress bars."""
-    global _enabled
-    _enabled = enabled
-
-
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Context manager yielding ``advance(n)``; a transient bar when enabled and a terminal is attached."""

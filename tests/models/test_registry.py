@@ -45,11 +45,9 @@ def test_register_model_rejects_duplicates_and_tv_prefix():
         register_model("tv:mine")
 
 
-def test_build_config():
+def test_build_model_with_sobel_and_top_layer():
     model = build_model("tiny_cnn", in_channels=3, input_size=32, sobel=True, num_classes=9, seed=5)
-    assert model.build_config == {
-        "arch": "tiny_cnn", "in_channels": 3, "input_size": 32, "sobel": True, "num_classes": 9, "seed": 5,
-    }
+    assert model.arch == "tiny_cnn" and model.sobel is not None and model.top_layer.out_features == 9
 
 
 def test_tv_resnet18_grayscale():

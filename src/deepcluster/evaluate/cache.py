@@ -15,13 +15,12 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from deepcluster.errors import ConfigError, TrainingError
 from deepcluster.io import write_json
-from deepcluster.train.run_folder import RunFolder
+from deepcluster.runs import RunFolder
 
 #: Bumped when a protocol's implementation changes its numbers: every old entry becomes a miss.
 CACHE_FORMAT = 1
@@ -108,15 +107,3 @@ class EvalCache:
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return path
 
-    def get_or_compute(self, checkpoint: str, layer: str, protocol: str, params: dict[str, Any],
-                       compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-        """The cached entry, or ``compute()``'s result stored first; and whether it came from the cache."""
-        entry = self.get(checkpoint, layer, protocol, params)
-        if entry is not None:
-            return entry, True
-        t0 = time.perf_counter()
-        result = compute()
-        self.put(checkpoint, layer, protocol, params, result, seconds=time.perf_counter() - t0)
-        entry = self.get(checkpoint, layer, protocol, params)
-        assert entry is not None
-        return entry, False

@@ -38,8 +38,6 @@ only -- the reader parses them but relies on none of them.
 from __future__ import annotations
 
 import csv
-import io
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -552,14 +550,6 @@ def _label_hits(chans: Sequence[np.ndarray]) -> Iterator[tuple[int, Callable[[],
             yield int(lab), (lambda hit=hit: hit), int(hit.sum())
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def _fmt(x: float) -> str:
     return f"{x:.6f}"
 
@@ -759,25 +749,19 @@ class BrodenWriter:
                 [code, lab, self._names[lab - 1], self._freq[c].get(lab, 0), _fmt(self._cov[c].get(lab, 0.0))]
                 for code, lab in enumerate(members, start=1)
             ]
-            dio.write_text(self.root / f"c_{c}.csv", _csv_text(CODE_COLUMNS, rows))
+            dio.write_text(self.root / f"c_{c}.csv", dio.csv_text(rows, CODE_COLUMNS))
         cat_rows = []
         for c in self.categories:
             members = [lab for lab in range(1, n + 1) if c in self._label_cats[lab - 1]]
             cat_rows.append([c, min(members, default=0), max(members, default=0), len(members), self._cat_images[c]])
-        dio.write_text(self.root / CATEGORY_FILE, _csv_text(CATEGORY_COLUMNS, cat_rows))
+        dio.write_text(self.root / CATEGORY_FILE, dio.csv_text(cat_rows, CATEGORY_COLUMNS))
         label_rows = []
         for lab in range(1, n + 1):
             cats = ";".join(f"{c}({self._freq[c].get(lab, 0)})" for c in self._label_cats[lab - 1])
             label_rows.append(
                 [lab, self._names[lab - 1], cats, self._lfreq.get(lab, 0), _fmt(self._lcov.get(lab, 0.0)), ";".join(self._syns[lab - 1])]
             )
-        dio.write_text(self.root / LABEL_FILE, _csv_text(LABEL_COLUMNS, label_rows))
-        dio.write_text(self.root / INDEX_FILE, _csv_text(INDEX_META + self.categories, self._rows))
+        dio.write_text(self.root / LABEL_FILE, dio.csv_text(label_rows, LABEL_COLUMNS))
+        dio.write_text(self.root / INDEX_FILE, dio.csv_text(self._rows, INDEX_META + self.categories))
         self._closed = True
         return self.root
-
-
-def is_broden_folder(root: str | Path) -> bool:
-    """True when ``root`` holds index.csv, label.csv and category.csv."""
-    root = Path(root)
-    return all(os.path.isfile(root / f) for f in (INDEX_FILE, LABEL_FILE, CATEGORY_FILE))

@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-
 from torch import nn
 
 from deepcluster.errors import ConfigError
@@ -120,7 +119,7 @@ def _construct(builder: ModelBuilder, in_channels: int, input_size: int) -> Deep
             model = builder(in_channels, input_size)
     except ConfigError:
         raise
-    except Exception:  # some op lacks a meta kernel: build normally below
+    except Exception:  # noqa: BLE001 - some op lacks a meta kernel: build normally below
         model = None
     if model is not None and _fully_initialised_by_init_weights(model):
         return model.to_empty(device="cpu")
@@ -170,7 +169,7 @@ def build_model(
     Returns
     -------
     DeepClusterNet
-        On CPU, in training mode. ``model.build_config`` holds these arguments.
+        On CPU, in training mode.
 
     Raises
     ------
@@ -210,12 +209,4 @@ def build_model(
         init_weights(model, generator)
         if num_classes is not None:
             model.reset_top_layer(num_classes, generator)
-    model.build_config = {
-        "arch": arch,
-        "in_channels": in_channels,
-        "input_size": input_size,
-        "sobel": sobel,
-        "num_classes": num_classes,
-        "seed": seed,
-    }
     return model

@@ -14,7 +14,6 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -232,11 +231,6 @@ def label_colors(n: int) -> np.ndarray:
         hsv[1::2, :3] *= 0.65
         return hsv
     return np.array(base[:n], dtype=np.float64).reshape(n, 4)
-
-
-def rgba(colour: Colour) -> tuple[float, float, float, float]:
-    """Any matplotlib colour as an RGBA tuple."""
-    return to_rgba(colour)
 
 
 def as_labels(labels: Any, n: int, what: str = "images") -> np.ndarray | None:
