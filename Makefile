@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 DEMO   ?= runs/demo
 
-.PHONY: help install data browser test test-fast demo report bench clean
+.PHONY: help install data browser lint test test-fast demo report bench clean
 
 help:
 	@echo "make demo   - install, train DeepCluster on real Fashion-MNIST, evaluate vs random init"
 	@echo "make report - make demo, then the HTML report of the demo run (runs/demo/report/report.html)"
 	@echo "make test   - install and run the whole test suite"
+	@echo "make lint   - ruff check (the configuration is in pyproject.toml)"
 	@echo "make bench  - run the benchmarks"
 
 $(BIN)/activate:
@@ -45,6 +46,9 @@ browser:
 	else \
 	  echo "chromium is missing: 'sudo apt-get install chromium' (the report's browser test is skipped without it)"; \
 	fi
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks experiments
 
 test: install data browser
 	$(BIN)/python -m pytest -q

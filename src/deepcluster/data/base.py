@@ -226,7 +226,7 @@ def read_image(path: str | Path, size: int) -> torch.Tensor:
             img = img.convert("RGB")
     # PIL signals broken files with many types (OSError, SyntaxError, struct.error, ValueError...),
     # and this block only decodes one file, so any failure here means "this file is bad".
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - see above
         raise DataError(
             f"cannot read image {path} ({exc.__class__.__name__}: {exc}): "
             "delete or replace this file, or re-export it as PNG/JPEG"

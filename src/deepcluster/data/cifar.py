@@ -84,7 +84,7 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"cannot read {path} ({exc.strerror or exc}): check its permissions or {_HINT}") from None
     # Truncated or garbled pickles raise anything from EOFError to UnpicklingError, ValueError,
     # KeyError or MemoryError, so everything is translated into one message.
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - see above
         raise DataError(
             f"{path.name} in {path.parent} is corrupt or truncated ({exc.__class__.__name__}: {exc}): {_HINT}"
         ) from None

@@ -32,7 +32,7 @@ def load_svhn(root: Path, split: str) -> TensorImageDataset:
             "save it again with `save(..., '-v7')` or " + _HINT
         ) from None
     # loadmat reports truncated or foreign files as ValueError, MatReadError, OSError, TypeError...
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - see above
         raise DataError(
             f"{path.name} in {root} is not a readable .mat file ({exc.__class__.__name__}: {exc}): {_HINT}"
         ) from None

@@ -38,7 +38,7 @@ def _drop_head(net: nn.Module, arch: str) -> int:
 
 def _adapt_first_conv(net: nn.Module, in_channels: int, arch: str) -> None:
     """Replace the first Conv2d by one of the same config taking ``in_channels`` channels."""
-    for path, conv in net.named_modules():
+    for path, conv in net.named_modules():  # noqa: B007 - path is used after the loop
         if isinstance(conv, nn.Conv2d):
             break
     else:
