@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 DEMO   ?= runs/demo
 
-.PHONY: help install data browser lint test test-fast demo report bench clean
+.PHONY: help install data browser postgres lint test test-fast demo report bench clean
 
 help:
 	@echo "make demo   - install, train DeepCluster on real Fashion-MNIST, evaluate vs random init"
@@ -50,7 +50,18 @@ browser:
 lint: install
 	$(BIN)/ruff check src tests benchmarks experiments
 
-test: install data browser
+# The PostgreSQL server of the studies' storage test (Debian package `postgresql`; the test starts
+# its own server on 127.0.0.1 in a temporary folder, and skips with the reason when it cannot).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	  echo "postgresql found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "postgresql is missing: 'sudo apt-get install postgresql' (the PostgreSQL study test is skipped without it)"; \
+	fi
+
+test: install data browser postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: install

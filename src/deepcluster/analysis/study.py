@@ -167,6 +167,18 @@ def _heartbeat(storage: Any, trial_id: int, interval: int) -> Iterator[None]:
         thread.join()
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, and
+    our ``postgres`` extra installs psycopg2."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def _open_storage(url: str, spec: StudySpec, heartbeat_interval: int | None, grace_period: int | None):
     import optuna
     import sqlalchemy.exc
@@ -177,6 +189,7 @@ def _open_storage(url: str, spec: StudySpec, heartbeat_interval: int | None, gra
     if grace <= interval:
         raise ConfigError(f"grace period ({grace} s) must be longer than the heartbeat interval ({interval} s)")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    url = _with_driver(url)
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
@@ -187,7 +200,7 @@ def _open_storage(url: str, spec: StudySpec, heartbeat_interval: int | None, gra
                 )
         except ImportError as e:
             raise ConfigError(f"storage {_mask(url)}: its database driver is missing ({e}); "
-                              "pip install it (e.g. psycopg2-binary for PostgreSQL)") from None
+                              "pip install it (for PostgreSQL: pip install 'deepcluster[postgres]')") from None
         except (ValueError, sqlalchemy.exc.ArgumentError) as e:
             raise ConfigError(f"storage URL {_mask(url)} is not valid ({e}); "
                               "use e.g. sqlite:///path/study.db or postgresql://user:pw@host/db") from None
