@@ -24,3 +24,15 @@ class ClusteringError(DeepClusterError):
 
 class TrainingError(DeepClusterError):
     """Training diverged (NaN loss) or a run folder is unusable."""
+
+
+class DiskFullError(DeepClusterError):
+    """A write failed because the disk (or the user's quota) is full; what was written before is intact."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"the disk is full at {path}: free space and resume")
+        self.path = path
+
+
+class DeepClusterWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints one line)."""

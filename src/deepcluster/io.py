@@ -10,32 +10,54 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
 import secrets
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deepcluster.errors import DataError, DeepClusterWarning, DiskFullError
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
+
+    A full disk (``ENOSPC``/``EDQUOT``) at any step raises :class:`DiskFullError` naming ``path``;
+    the old content of ``path`` is kept and the temporary file removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path)
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | Path) -> Iterator[None]:
+    """Turn ``ENOSPC``/``EDQUOT`` raised inside the block into a one-line :class:`DiskFullError`."""
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise DiskFullError(path) from None
+        raise
 
 
 def _create_temp(path: Path) -> Path:
@@ -72,30 +94,86 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 def torch_save(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as raw:
+        sink = _Sink(raw)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            # torch reports a failed write as "enforce fail at inline_container.cc"; the sink saw why
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+class _Sink(io.RawIOBase):
+    """A file object for ``torch.save`` that keeps the ``OSError`` of a failed write (torch hides it)."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        super().__init__()
+        self.raw, self.error = raw, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as e:
+            self.error = e
+            raise
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line (a single ``write`` of the whole line, then ``fsync``)."""
+    """Append one JSON line (a single ``write`` of the whole line, then ``fsync``).
+
+    On a full disk the file is cut back to its old size (no torn line) and :class:`DiskFullError` raised.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, *, torn_tail: str = "error") -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``[]`` when it does not exist).
+
+    A line that is not JSON raises :class:`DataError` naming the file and line, except a last line
+    without its newline (a write that was interrupted, or a copy made while the file was written):
+    with ``torn_tail="warn"`` it is dropped with a :class:`DeepClusterWarning`.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) and torn_tail == "warn":  # the last piece, with no newline after it
+                warnings.warn(f"{path}: its last line is incomplete (an interrupted write, or a copy made while "
+                              "it was written); it is dropped, and resuming redoes that cycle",
+                              DeepClusterWarning, stacklevel=2)
+                break
+            raise DataError(f"{path}, line {number}, is not valid JSON: the file is damaged; restore it from a "
+                            "copy, or delete the line and everything after it, then resume") from None
+    return records
 
 
 def csv_text(rows: Iterable[Mapping[str, Any] | Sequence[Any]], columns: Sequence[str], *,

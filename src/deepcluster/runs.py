@@ -8,10 +8,22 @@
       assignments/cycle_NNN.npy
       metrics.jsonl            one record per finished cycle
       tensorboard/             the same curves for TensorBoard
+      .lock                    held (fcntl) while a process trains in the folder; names its pid
+
+Reading a folder never runs code from it: checkpoints are loaded with ``weights_only=True``
+(tensors, numbers, strings, lists and dicts only), ``.npy`` files without pickles, YAML with
+``safe_load``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import pickle
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +33,11 @@ import torch
 import yaml
 
 from deepcluster.config import TrainConfig, build_config, config_to_dict
-from deepcluster.errors import TrainingError
+from deepcluster.errors import ConfigError, TrainingError
 from deepcluster.io import read_jsonl, write_text
 from deepcluster.models import DeepClusterNet, build_model
 
-__all__ = ["RunFolder", "build_network"]
+__all__ = ["RunFolder", "build_network", "check_output_folder", "load_weights_file"]
 
 
 @dataclass
@@ -80,7 +92,8 @@ class RunFolder:
         write_text(self.config_path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_path)
+        """The records of ``metrics.jsonl``; a torn last line (an interrupted write) is dropped with a warning."""
+        return read_jsonl(self.metrics_path, torn_tail="warn")
 
     def assignment_cycles(self) -> list[int]:
         return sorted(int(p.stem.split("_")[1]) for p in (self.path / "assignments").glob("cycle_*.npy"))
@@ -93,31 +106,129 @@ class RunFolder:
         path = self.assignments_path(cycle)
         if not path.is_file():
             raise TrainingError(f"{path} not found: available cycles are {cycles}")
-        return np.load(path)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise TrainingError(f"assignments file {path} is unreadable or holds pickled objects ({_first_line(e)}): "
+                                "it is not loaded; delete it or copy the folder again") from None
 
-    def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
-        """``which``: ``last``, ``init`` or a cycle number."""
+    def checkpoint_file(self, which: str = "last") -> Path:
+        """The file of checkpoint ``which``: ``last``, ``init`` or a cycle number with a kept checkpoint.
+
+        Raises
+        ------
+        ConfigError
+            If ``which`` is not ``last``, ``init`` or a number.
+        TrainingError
+            If the file does not exist (the message lists the kept checkpoints).
+        """
+        which = str(which).strip()
         if which == "last":
             path = self.checkpoint_path
         elif which == "init":
             path = self.init_path
-        else:
+        elif which.isdigit():
             path = self.cycle_checkpoint_path(int(which))
+        else:
+            raise ConfigError(f"checkpoint {which!r}: use last, init or a cycle number (e.g. 5)")
         if not path.is_file():
-            raise TrainingError(f"checkpoint {path} not found: train the run first (or resume it)")
+            kept = sorted(p.stem.split("_")[1].lstrip("0") or "0" for p in (self.path / "checkpoints").glob("cycle_*.pt"))
+            raise TrainingError(f"checkpoint {path} not found: available are last, init"
+                                + (", " + ", ".join(kept) if kept else "") + " (cycles kept every checkpoint_every)")
+        return path
+
+    def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
+        """``which``: ``last``, ``init`` or a cycle number. Loaded with ``weights_only=True``."""
+        path = self.checkpoint_file(which)
+        ckpt = load_weights_file(path, hint=". deepcluster before 0.2 kept numpy arrays in checkpoints: retrain, "
+                                            "or re-save the file with tensors only if you trust it")
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise TrainingError(f"checkpoint {path} is not a deepcluster checkpoint (no model weights): "
+                                "delete it and resume from the previous one")
+        if "assignments" in ckpt:
+            ckpt["assignments"] = np.asarray(ckpt["assignments"], dtype=np.int64)
+        return ckpt
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``.lock`` (fcntl) while training in the folder; a second trainer gets a one-line error.
+
+        The operating system releases the lock when its holder dies, so a lock left by a killed
+        process is simply taken over. The folder is created if needed (and removed again when it
+        was created here and nothing but the lock was written in it).
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise TrainingError(f"checkpoint {path} is unreadable ({e.__class__.__name__}): delete it and resume from the previous one") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                raise TrainingError(f"{self.path} is in use: {holder} is training in it; wait for it to finish "
+                                    "(or stop it), then resume") from None
+            info = f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+            try:
+                yield
+            except BaseException:
+                if created and {p.name for p in self.path.iterdir()} == {".lock"}:
+                    os.unlink(path)
+                    self.path.rmdir()
+                raise
+        finally:
+            os.close(fd)
 
     def build_model(self, which: str = "last", cfg: TrainConfig | None = None) -> DeepClusterNet:
         """Rebuild the network from the folder alone, with the weights of ``which``."""
         cfg = cfg or self.load_config()
         ckpt = self.load_checkpoint(which)
         model = build_network(cfg, ckpt["in_channels"], ckpt["input_size"])
-        model.load_state_dict(ckpt["model"], strict=True)
+        try:
+            model.load_state_dict(ckpt["model"], strict=True)
+        except RuntimeError as e:
+            raise TrainingError(f"checkpoint {self.checkpoint_file(which)} does not fit the run's {cfg.model.arch} "
+                                f"({_first_line(e)}): it was written by another configuration") from None
         model.eval()
         return model
+
+
+def load_weights_file(path: str | Path, *, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: what a file holds beyond tensors, numbers,
+    strings, lists and dicts is refused (never run), with one error line naming the file (and ``hint``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise TrainingError(
+            f"{path} holds objects other than tensors, numbers, strings, lists and dicts ({_first_line(e)}), "
+            f"so it is not loaded: loading it could run code{hint}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch reports truncated or foreign files with many types
+        raise TrainingError(f"{path} is unreadable ({e.__class__.__name__}: {_first_line(e)}): "
+                            "delete it (resume from the previous checkpoint) or copy the folder again") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else e.__class__.__name__
+
+
+def check_output_folder(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be created: a parent that is a file, or
+    a folder this process cannot write in."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{option} {path}: {probe} is a file, not a folder; choose another {option}")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {probe} (permission denied); choose another {option}")
+    return path
 
 
 def build_network(cfg: TrainConfig, in_channels: int, input_size: int, seed: int | None = None) -> DeepClusterNet:

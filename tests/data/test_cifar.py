@@ -74,16 +74,20 @@ def test_cifar_garbage_pickle(tmp_path):
 
 
 class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (os.mkdir, (self.marker,))
 
 
 def test_cifar_refuses_foreign_objects(tmp_path):
     folder, _ = make_cifar_dataset(tmp_path)
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": _Evil(), b"labels": []}, f)
+        pickle.dump({b"data": _Evil(tmp_path / "pwned"), b"labels": []}, f)
     with pytest.raises(DataError, match="test_batch .*unexpected object"):
         load_dataset("cifar10", tmp_path, split="test")
+    assert not (tmp_path / "pwned").exists()  # its code never ran
 
 
 def test_cifar_bad_contents(tmp_path):

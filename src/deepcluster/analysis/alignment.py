@@ -146,7 +146,7 @@ def _read_label_file(path: Path, data: ImageDataset) -> np.ndarray:
         raise DataError(f"label file {path} does not exist")
     if path.suffix == ".npy":
         try:
-            labels = np.load(path).astype(np.int64).reshape(-1)
+            labels = np.load(path, allow_pickle=False).astype(np.int64).reshape(-1)
         except (OSError, ValueError) as e:
             raise DataError(f"label file {path} is not a readable .npy array ({e})") from None
         if labels.size != n:

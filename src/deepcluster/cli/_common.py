@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import warnings
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from deepcluster.errors import DeepClusterError
+from deepcluster.errors import DeepClusterError, DeepClusterWarning, DiskFullError
 
 __all__ = ["QuietOption", "SetOption", "csv_option", "err_console", "fmt", "out_console", "user_errors"]
 
@@ -23,20 +26,42 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 
 
 def user_errors(fn):
-    """Print user errors as one line and exit 2; Ctrl-C exits 130 with a hint."""
+    """Print user errors (and a full disk) as one line and exit 2; warnings as one line each;
+    Ctrl-C exits 130 with a hint."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("default", DeepClusterWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except DeepClusterError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _error(str(e))
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _error(str(DiskFullError(e.filename or "a file this command writes")))
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished cycles are saved; continue with `deepcluster train --resume RUN`")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, DeepClusterWarning):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 def fmt(value: Any, digits: int = 3) -> str:

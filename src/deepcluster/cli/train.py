@@ -56,7 +56,7 @@ def train(
     from deepcluster.analysis.alignment import resolve_init
     from deepcluster.config import TrainConfig, build_config, parse_overrides
     from deepcluster.errors import ConfigError
-    from deepcluster.runs import RunFolder
+    from deepcluster.runs import RunFolder, check_output_folder
     from deepcluster.train import train as run_training
     from deepcluster.train.runner import check_resumable
 
@@ -68,14 +68,14 @@ def train(
         extra = parse_overrides(set_)
         if set(extra) - {"cycles"}:
             raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
-        if "cycles" in extra:
+        if "cycles" in extra:  # saved by the trainer, once the folder is checked and locked
             cfg = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
-            run.save_config(cfg)
         target = run.path
     else:
         if out is None:
             raise ConfigError("say where the run goes: --out runs/NAME")
         cfg = build_config(TrainConfig, config, set_)
+        check_output_folder(out)
         if RunFolder(out).exists():
             raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
         target = out

@@ -18,38 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepcluster.errors import ConfigError, TrainingError
 from deepcluster.io import write_json
-from deepcluster.runs import RunFolder
 
 #: Bumped when a protocol's implementation changes its numbers: every old entry becomes a miss.
 CACHE_FORMAT = 1
-
-
-def checkpoint_file(run: RunFolder, which: str) -> Path:
-    """File of checkpoint ``which`` (``last``, ``init`` or a cycle number) of ``run``.
-
-    Raises
-    ------
-    ConfigError
-        If ``which`` is not ``last``, ``init`` or a number.
-    TrainingError
-        If the file does not exist (the message lists the kept checkpoints).
-    """
-    which = str(which).strip()
-    if which == "last":
-        path = run.checkpoint_path
-    elif which == "init":
-        path = run.init_path
-    elif which.isdigit():
-        path = run.cycle_checkpoint_path(int(which))
-    else:
-        raise ConfigError(f"checkpoint {which!r}: use last, init or a cycle number (e.g. 5)")
-    if not path.is_file():
-        kept = sorted(p.stem.split("_")[1].lstrip("0") or "0" for p in (run.path / "checkpoints").glob("cycle_*.pt"))
-        raise TrainingError(f"checkpoint {path} not found: available are last, init"
-                            + (", " + ", ".join(kept) if kept else "") + " (cycles kept every checkpoint_every)")
-    return path
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:

@@ -31,9 +31,10 @@ def export_run(
     run = RunFolder(Path(run_dir)).require()
     cfg = run.load_config()
     out_dir = Path(out) if out is not None else run.path / "export"
+    model = run.build_model(checkpoint, cfg)  # bad checkpoints and assignments fail before any work
+    assignments = run.load_assignments()
     data = load_split(cfg)
     images = data.images_tensor()
-    model = run.build_model(checkpoint, cfg)
     device = resolve_device(cfg.device)
     model.to(device)
     feats = extract_features(model, images, *normalization(cfg, int(images.shape[1])),
@@ -41,8 +42,6 @@ def export_run(
                              device=device, description="export features", show_progress=show_progress)
     x = next(iter(feats.values()))
     save_npy(out_dir / "features.npy", x)
-
-    assignments = run.load_assignments()
     key = "path" if data.paths is not None else "index"
     names = data.paths if data.paths is not None else range(len(assignments))
     write_csv(out_dir / "assignments.csv", zip(names, assignments.tolist()), [key, "cluster"])

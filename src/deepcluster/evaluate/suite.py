@@ -24,7 +24,7 @@ from deepcluster.data.splits import load_split, normalization
 from deepcluster.data.transforms import normalize
 from deepcluster.device import resolve_device
 from deepcluster.errors import ConfigError, DataError
-from deepcluster.evaluate.cache import EvalCache, checkpoint_file, file_fingerprint
+from deepcluster.evaluate.cache import EvalCache, file_fingerprint
 from deepcluster.evaluate.cycles import cycle_metrics
 from deepcluster.evaluate.plots import write_bar_charts
 from deepcluster.evaluate.pooling import (
@@ -114,10 +114,7 @@ def _load_data(cfg: TrainConfig, ecfg: EvalConfig) -> _RunData:
 
 
 def _load_model(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[DeepClusterNet, int]:
-    ckpt = run.load_checkpoint(checkpoint)
-    model = build_network(cfg, ckpt["in_channels"], ckpt["input_size"])
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model.eval(), int(ckpt.get("cycle", 0))
+    return run.build_model(checkpoint, cfg), int(run.load_checkpoint(checkpoint).get("cycle", 0))
 
 
 def _probe_layers(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> list[str]:
@@ -216,10 +213,15 @@ def evaluate_suite(
     if not checkpoints:
         raise ConfigError("no checkpoint chosen: pass e.g. init,last")
     names = run_names(runs)
+    folders = [RunFolder(Path(run_dir)).require() for run_dir in runs]
+    for run in folders:  # every config and checkpoint is read (and checked) before any computation
+        cfg = run.load_config()
+        for checkpoint in checkpoints:
+            run.build_model(checkpoint, cfg)
     rows: list[dict[str, Any]] = []
-    for run_dir, name in zip(runs, names):
-        rows += _evaluate_run(RunFolder(Path(run_dir)).require(), name, checkpoints, layers, protocols, eval_cfg,
-                              pixel_baseline, use_cache, show_progress, log)
+    for run, name in zip(folders, names):
+        rows += _evaluate_run(run, name, checkpoints, layers, protocols, eval_cfg, pixel_baseline, use_cache,
+                              show_progress, log)
     return rows
 
 
@@ -232,7 +234,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     cache = EvalCache.for_run(run.path)
-    files = {c: checkpoint_file(run, c) for c in checkpoints}  # fail early on a missing checkpoint
+    files = {c: run.checkpoint_file(c) for c in checkpoints}
     available = _probe_layers(run, cfg, checkpoints[0])
     wanted = list(layers) if layers is not None else (ecfg.layers or available)
     unknown = [lyr for lyr in wanted if lyr not in available]

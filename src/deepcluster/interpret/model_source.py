@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from deepcluster.errors import ConfigError, DataError
+from deepcluster.runs import load_weights_file
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "layer_names", "load_model_source", "resolve_layer"]
 
@@ -138,12 +139,7 @@ def _load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"weights file {path} does not exist: pass a state dict saved with torch.save(model.state_dict(), FILE)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataError(
-            f"cannot read weights file {path} ({exc.__class__.__name__}): it must be a state dict saved with torch.save"
-        ) from None
+    state = load_weights_file(path, hint="; pass a state dict saved with torch.save(model.state_dict(), FILE)")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

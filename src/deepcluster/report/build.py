@@ -51,14 +51,14 @@ def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device) -
 
     run = RunFolder(path).require()
     cfg = run.load_config()
+    models = {"trained": run.build_model(rcfg.checkpoint, cfg).to(device)}  # bad checkpoints fail first
+    if rcfg.compare_random:
+        models = {"random": run.build_model("init", cfg).to(device), **models}
     data = load_split(cfg)  # the images the run clustered, in the order of its assignments
     rng = np.random.default_rng(rcfg.seed)
     n = len(data)
     index = np.sort(rng.choice(n, size=min(rcfg.sample, n), replace=False))
     sub = data.subset(index)
-    models = {"trained": run.build_model(rcfg.checkpoint, cfg).to(device)}
-    if rcfg.compare_random:
-        models = {"random": run.build_model("init", cfg).to(device), **models}
     assignments = {c: run.load_assignments(c) for c in run.assignment_cycles()}
     for c, a in assignments.items():
         if len(a) != n:
@@ -100,6 +100,7 @@ def build_report(
     """
     from deepcluster.device import resolve_device
     from deepcluster.evaluate.suite import run_names
+    from deepcluster.runs import RunFolder
 
     rcfg = rcfg or ReportConfig()
     log = log or (lambda msg: None)
@@ -107,15 +108,20 @@ def build_report(
         raise ConfigError("no run folder given: pass one or more --out folders of `deepcluster train`")
     out = Path(out)
     fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     paths = [Path(r) for r in runs]
+    for p in paths:  # every run folder and checkpoint is checked before any images are read
+        run = RunFolder(p).require()
+        cfg = run.load_config()
+        for which in (rcfg.checkpoint, "init") if rcfg.compare_random else (rcfg.checkpoint,):
+            run.build_model(which, cfg)
     names = run_names(paths)  # the same names as the evaluation tables
     t0 = time.perf_counter()
     loaded = []
     for p, name in zip(paths, names):
         log(f"loading {p}")
         loaded.append(_load_run(p, name, rcfg, dev))
+    fig_dir.mkdir(parents=True, exist_ok=True)
 
     page = Page(
         title="DeepCluster report: " + ", ".join(names),

@@ -12,7 +12,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from deepcluster.device import resolve_device
 from deepcluster.errors import ClusteringError, DataError, TrainingError
 from deepcluster.io import append_jsonl, save_npy, torch_save, write_json, write_text
 from deepcluster.models import DeepClusterNet
-from deepcluster.runs import RunFolder, build_network
+from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
 
 __all__ = ["CycleTargets", "RunState", "check_resumable", "cycle_targets", "prepare_run", "train"]
@@ -53,6 +53,7 @@ class RunState:
     assignments: np.ndarray | None  # of the last finished cycle
     top_state: dict[str, torch.Tensor] | None  # its classifier (restored once clustering is halted)
     init_ia: dict[str, Any] | None  # how init=best_ia:N chose the initialisation
+    kept_metrics: list[dict[str, Any]]  # resumed: the metrics.jsonl records of the finished cycles
 
     @property
     def in_channels(self) -> int:
@@ -107,10 +108,22 @@ def train(
     -------
     RunFolder
     """
-    state = prepare_run(cfg, out, resume=resume, init_ia=init_ia)
+    run = RunFolder(check_output_folder(out))
+    with run.lock():  # one trainer per folder; everything below is validated before the first write
+        state = prepare_run(cfg, out, resume=resume, init_ia=init_ia)
+        if resume:
+            _restore(state)
+        else:
+            _create(state)
+        _train_cycles(state, show_progress=show_progress, on_cycle=on_cycle, stop_after=stop_after)
+    return run
+
+
+def _train_cycles(state: RunState, *, show_progress: bool, on_cycle: CycleCallback | None,
+                  stop_after: int | None) -> None:
     cfg, model = state.cfg, state.model
     cycles_done = 0
-    with _tensorboard(state.run, purge_step=state.start_cycle) as writer:
+    with contextlib.closing(_TensorBoard(state.run, purge_step=state.start_cycle)) as board:
         for cycle in range(state.start_cycle, cfg.cycles + 1):
             seed = cycle_seed(cfg.seed, cycle)
             generator = _seed_everything(seed)
@@ -129,22 +142,27 @@ def train(
             state.assignments = targets.assignments
             record = cycle_record(state, cycle, targets, previous, epoch_stats, seconds)
             _save_cycle(state, cycle, record)
-            _log_tensorboard(writer, record)
+            board.log(record)
             if on_cycle is not None:
                 on_cycle(record)
             cycles_done += 1
             if stop_after is not None and cycles_done >= stop_after:
                 break
-    return state.run
 
 
 def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
                 init_ia: dict[str, Any] | None = None) -> RunState:
-    """Load the data and build the network; a new run writes its folder, a resumed one is restored."""
+    """Everything the loop needs, new or resumed (the checkpoint and metrics of a resumed run are
+    read first), validated before anything is written: :func:`train` then writes the folder."""
     if cfg.best_ia_candidates() and cfg.init_seed is None and not resume:
         raise ValueError("init=best_ia:N must be resolved before training: "
                          "cfg, init_ia = deepcluster.analysis.alignment.resolve_init(cfg)")
     run = RunFolder(Path(out))
+    checkpoint, kept_metrics = None, []
+    if resume:
+        checkpoint = run.load_checkpoint("last") if run.checkpoint_path.exists() else None
+        done = checkpoint["cycle"] if checkpoint is not None else 0
+        kept_metrics = [r for r in run.metrics() if r.get("cycle", 0) <= done]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -165,11 +183,16 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     optimizer = make_optimizer(model, cfg)
     state = RunState(run=run, cfg=cfg, data=data, images=images, stats=normalization(cfg, in_channels),
                      device=device, model=model, optimizer=optimizer, start_cycle=1, assignments=None,
-                     top_state=None, init_ia=init_ia)
-    if resume:
-        _restore(state)
-    else:
-        _create(state)
+                     top_state=None, init_ia=init_ia, kept_metrics=kept_metrics)
+    if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
+        if len(checkpoint["assignments"]) != len(data):
+            raise TrainingError(f"{run.checkpoint_path} holds {len(checkpoint['assignments'])} assignments but the "
+                                f"run's data has {len(data)} images: resume with the data the run was trained on")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state.top_state = checkpoint.get("top_layer")
+        state.start_cycle = checkpoint["cycle"] + 1
+        state.assignments = checkpoint["assignments"]
     return state
 
 
@@ -185,17 +208,10 @@ def _create(state: RunState) -> None:
 
 
 def _restore(state: RunState) -> None:
-    run = state.run
-    if not run.checkpoint_path.exists():  # killed during cycle 1: start again from the (seeded, identical) init
-        _truncate_metrics(run, 0)
-        return
-    ckpt = run.load_checkpoint("last")
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.top_state = ckpt.get("top_layer")
-    state.start_cycle = ckpt["cycle"] + 1
-    state.assignments = ckpt["assignments"]
-    _truncate_metrics(run, ckpt["cycle"])
+    if state.cfg != state.run.load_config():  # extended: --resume --set cycles=N
+        state.run.save_config(state.cfg)
+    # Anything logged past the last checkpoint (a cycle that did not finish) is dropped: it is redone.
+    write_text(state.run.metrics_path, "".join(json.dumps(r) + "\n" for r in state.kept_metrics))
 
 
 def cycle_targets(state: RunState, cycle: int, generator: torch.Generator, *, show_progress: bool = True) -> CycleTargets:
@@ -274,7 +290,7 @@ def _save_cycle(state: RunState, cycle: int, record: dict[str, Any]) -> None:
         "top_layer": {k: v.detach().cpu() for k, v in model.top_layer.state_dict().items()},
         "optimizer": state.optimizer.state_dict(),
         "cycle": cycle,
-        "assignments": assignments,
+        "assignments": torch.from_numpy(np.ascontiguousarray(assignments, dtype=np.int64)),  # weights_only-safe
         "in_channels": state.in_channels,
         "input_size": state.input_size,
         "version": __version__,
@@ -284,33 +300,32 @@ def _save_cycle(state: RunState, cycle: int, record: dict[str, Any]) -> None:
         torch_save(run.cycle_checkpoint_path(cycle), {k: v for k, v in ckpt.items() if k != "optimizer"})
 
 
-def _truncate_metrics(run: RunFolder, last_cycle: int) -> None:
-    kept = [r for r in run.metrics() if r.get("cycle", 0) <= last_cycle]
-    write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+class _TensorBoard:
+    """The curves for TensorBoard; the event file is created at the first record, so a run that
+    fails before finishing a cycle leaves its folder as it was."""
 
+    def __init__(self, run: RunFolder, purge_step: int) -> None:
+        self.run, self.purge_step, self.writer = run, purge_step, None
 
-@contextlib.contextmanager
-def _tensorboard(run: RunFolder, purge_step: int) -> Iterator[Any]:
-    from torch.utils.tensorboard import SummaryWriter
+    def log(self, record: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=purge_step)
-    try:
-        yield writer
-    finally:
-        writer.close()
+        if self.writer is None:
+            self.writer = SummaryWriter(log_dir=str(self.run.tensorboard_dir), purge_step=self.purge_step)
+        step = record["cycle"]
+        for key in ("loss", "train_acc", "nmi_prev", "nmi_labels", "ari_labels", "acc_labels", "n_resplit", "k"):
+            value = record.get(key)
+            if value is not None:
+                self.writer.add_scalar(f"train/{key}", value, step)
+        for key, value in record.get("cluster_sizes", {}).items():
+            self.writer.add_scalar(f"clusters/{key}", value, step)
+        for key, value in record.get("seconds", {}).items():
+            self.writer.add_scalar(f"seconds/{key}", value, step)
+        self.writer.flush()
 
-
-def _log_tensorboard(writer: Any, record: dict[str, Any]) -> None:
-    step = record["cycle"]
-    for key in ("loss", "train_acc", "nmi_prev", "nmi_labels", "ari_labels", "acc_labels", "n_resplit", "k"):
-        value = record.get(key)
-        if value is not None:
-            writer.add_scalar(f"train/{key}", value, step)
-    for key, value in record.get("cluster_sizes", {}).items():
-        writer.add_scalar(f"clusters/{key}", value, step)
-    for key, value in record.get("seconds", {}).items():
-        writer.add_scalar(f"seconds/{key}", value, step)
-    writer.flush()
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def check_resumable(run: RunFolder) -> TrainConfig:
