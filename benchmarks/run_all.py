@@ -1,11 +1,16 @@
-"""Run every benchmark; each prints its figures and ratios measured side by side in one run."""
+"""Run every benchmark, each in its own process (a script's thread settings cannot leak into the
+next); each prints its figures and ratios measured side by side in one run."""
 
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 here = Path(__file__).parent
+failed = []
 for script in sorted(here.glob("bench_*.py")):
     print(f"\n=== {script.name} ===", flush=True)
-    runpy.run_path(str(script), run_name="__main__")
-sys.exit(0)
+    if subprocess.run([sys.executable, str(script)]).returncode:
+        failed.append(script.name)
+if failed:
+    print(f"\nfailed: {', '.join(failed)}", flush=True)
+sys.exit(1 if failed else 0)

@@ -133,6 +133,12 @@ class TrainConfig(StrictModel):
 
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
+    # Arithmetic of forward passes (deepcluster.precision): bf16 where the CPU has AMX/AVX-512
+    # BF16 or the GPU native bf16 ("auto"), fp32 elsewhere; weights and optimiser stay fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # NHWC layout for inference passes: "auto" = with bf16 (measured faster), not with fp32 (so
+    # that fp32 reproduces the NCHW numbers exactly); true/false to force it.
+    channels_last: Literal["auto"] | bool = "auto"
 
     _off = field_validator("pca_dim", "halt_clustering_after", mode="before")(
         classmethod(lambda cls, v: _off_to_none(v))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from deepcluster.data.transforms import normalize
+from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 
 __all__ = ["extract_features"]
@@ -26,21 +27,23 @@ def extract_features(
     device: torch.device | str = "cpu",
     description: str = "features",
     show_progress: bool = True,
+    precision: Precision = FP32,
 ) -> dict[str, np.ndarray]:
     """Run ``model`` over uint8 ``images`` (N×C×H×W) and return float32 features per layer.
 
     ``layers=None`` returns ``{"embed": ...}``: the trunk output before its last ReLU, which is
     what DeepCluster clusters. Otherwise the named probe layers of the model, flattened.
-    The model's train/eval mode is restored afterwards.
+    The forward runs in ``precision`` (features are float32 either way); the model's
+    train/eval mode (and memory format) is restored afterwards.
     """
     was_training = model.training
     model.eval()
     device = torch.device(device)
     outputs: dict[str, list[np.ndarray]] = {}
     try:
-        with progress_bar(description, total=len(images), enabled=show_progress) as advance:
+        with precision.inference(model), progress_bar(description, total=len(images), enabled=show_progress) as advance:
             for start in range(0, len(images), batch_size):
-                batch = normalize(images[start : start + batch_size].to(device), mean, std)
+                batch = precision.input(normalize(images[start : start + batch_size].to(device), mean, std))
                 if layers is None:
                     res = {"embed": model.embed(batch)}
                 else:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from deepcluster.config import TrainConfig, build_config, config_to_dict
+from deepcluster.config import TrainConfig, apply_overrides, config_to_dict, read_yaml
 from deepcluster.errors import ConfigError, TrainingError
 from deepcluster.io import read_jsonl, write_text
 from deepcluster.models import DeepClusterNet, build_model
@@ -86,7 +86,9 @@ class RunFolder:
         return self
 
     def load_config(self) -> TrainConfig:
-        return build_config(TrainConfig, self.require().config_path)
+        data = read_yaml(self.require().config_path)
+        data.setdefault("precision", "fp32")  # folders from before precision existed were trained in fp32
+        return apply_overrides(TrainConfig, data, source=str(self.config_path))
 
     def save_config(self, cfg: TrainConfig) -> None:
         write_text(self.config_path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

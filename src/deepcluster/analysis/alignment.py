@@ -27,13 +27,15 @@ import numpy as np
 import torch
 
 from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
-from deepcluster.cluster import nmi, preprocess_and_cluster
+from deepcluster.cluster import nmi
+from deepcluster.cluster.pipeline import preprocess_and_cluster_many
 from deepcluster.config import TrainConfig, apply_overrides
 from deepcluster.data import ImageDataset
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.device import resolve_device
 from deepcluster.errors import ClusteringError, ConfigError, DataError
 from deepcluster.features import extract_features
+from deepcluster.precision import run_precision
 from deepcluster.progress import progress_bar
 from deepcluster.runs import build_network
 from deepcluster.train.cycle import cycle_seed
@@ -66,6 +68,7 @@ class IAResult:
     seconds: float = 0.0
     method: str = "stacked"
     phases: dict[str, float] = field(default_factory=dict)  # seconds in features / pca / clustering
+    precision: str = "fp32"  # of the networks' forward passes
 
     @property
     def name(self) -> str:
@@ -245,6 +248,7 @@ def initial_alignment(
     stats = normalization(cfg, int(images.shape[1]))
     in_ch, size = int(images.shape[1]), int(images.shape[-1])
     device = resolve_device(cfg.device)
+    precision = run_precision(cfg, device)
 
     probe = build_network(cfg, in_ch, size, seed=seeds[0])
     stack = method != "loop" and cfg.cluster_layer is None
@@ -265,25 +269,30 @@ def initial_alignment(
             models = [build_network(cfg, in_ch, size, seed=s).to(device) for s in group]
             t = time.perf_counter()
             if stack:
-                feats = stacked_embed(models, images, *stats, device=device, show_progress=False)
+                feats = stacked_embed(models, images, *stats, device=device, show_progress=False, precision=precision)
             else:
                 layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
                 feats = [next(iter(extract_features(m, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
-                                                    device=device, show_progress=False).values())) for m in models]
+                                                    device=device, show_progress=False, precision=precision).values()))
+                         for m in models]
             del models
             phases["features"] += time.perf_counter() - t
-            for s, x in zip(group, feats):
-                step = preprocess_and_cluster(np.ascontiguousarray(x), cfg, seed=cycle_seed(s, 1))
-                for phase in ("pca", "clustering"):
-                    phases[phase] += step.seconds[phase]
+            t = time.perf_counter()
+            steps = preprocess_and_cluster_many([np.ascontiguousarray(x) for x in feats], cfg,
+                                                seeds=[cycle_seed(s, 1) for s in group], workers=torch.get_num_threads())
+            del feats
+            wall = time.perf_counter() - t  # the phases overlap across workers: split the wall time
+            cpu = {phase: sum(step.seconds[phase] for step in steps) for phase in ("pca", "clustering")}
+            for phase in cpu:
+                phases[phase] += wall * cpu[phase] / max(sum(cpu.values()), 1e-12)
+            for step in steps:
                 values.append(nmi(labels[mask], step.result.assignments[mask]))
                 advance(1)
-            del feats
     return IAResult(
         seeds=np.asarray(seeds, dtype=np.int64), values=np.asarray(values, dtype=np.float64), k=cfg.k,
         setting=dict(setting or {}), n_images=len(images), n_labelled=int(mask.sum()),
         seconds=time.perf_counter() - t0, method="stacked" if stack else "loop",
-        phases={k: round(v, 3) for k, v in phases.items()},
+        phases={k: round(v, 3) for k, v in phases.items()}, precision=precision.label,
     )
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from deepcluster.data.transforms import normalize
 from deepcluster.models.base import DeepClusterNet
+from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 
 __all__ = ["NotStackable", "StackedNet", "can_stack", "stacked_embed"]
@@ -104,11 +105,13 @@ class StackedNet:
         When the architecture has a layer the stacked forward does not implement.
     """
 
-    def __init__(self, models: Sequence[DeepClusterNet], device: torch.device | str = "cpu") -> None:
+    def __init__(self, models: Sequence[DeepClusterNet], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         if not models:
             raise ValueError("no models to stack")
         self.n_models = len(models)
         self.device = torch.device(device)
+        self.dtype = dtype
         # the Sobel front is fixed (not learned): identical in every network, applied once
         self.sobel = None if models[0].sobel is None else models[0].sobel.to(self.device)
         with torch.no_grad():
@@ -141,16 +144,24 @@ class StackedNet:
                     folded = [_fold_bn(wi, bi, bn) for wi, bi, bn in zip(w, b, layers[i + 1])]
                     w, b = [f[0] for f in folded], [f[1] for f in folded]
                     i += 1
-                weight = torch.cat(w).to(self.device).contiguous(memory_format=torch.channels_last)
-                bias = torch.cat(b).to(self.device)
-                groups = layer.groups * B if stacked else 1
-                ops.append(_conv(weight, bias, layer.stride, layer.padding, layer.dilation, groups))
+                weight = torch.cat(w).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+                bias = torch.cat(b).to(self.device, self.dtype)
+                after = [g[0] for g in layers[i + 1 : i + 3]]
+                if (not stacked and self.dtype == torch.bfloat16 and _gemm_friendly(layer) and len(after) == 2
+                        and isinstance(after[0], nn.ReLU) and isinstance(after[1], nn.MaxPool2d)
+                        and _is_pool2x2(after[1])):
+                    # bf16: the first conv + ReLU + 2×2 max-pool as one GEMM per pooling offset
+                    ops.append(_first_conv_relu_pool(weight, bias, layer.padding))
+                    i += 2
+                else:
+                    groups = layer.groups * B if stacked else 1
+                    ops.append(_conv(weight, bias, layer.stride, layer.padding, layer.dilation, groups))
                 stacked = True
             elif isinstance(layer, nn.BatchNorm2d):
                 if not stacked:
                     raise NotStackable("BatchNorm before the first convolution")
                 scale, shift = zip(*[_fold_bn(torch.ones(bn.num_features), None, bn) for bn in group])
-                ops.append(_affine(torch.cat(scale).to(self.device), torch.cat(shift).to(self.device)))
+                ops.append(_affine(torch.cat(scale).to(self.device, self.dtype), torch.cat(shift).to(self.device, self.dtype)))
             elif isinstance(layer, nn.ReLU):
                 if isinstance(nxt, nn.MaxPool2d):  # pool first: max and ReLU commute
                     ops.append(_maxpool(nxt))
@@ -185,13 +196,13 @@ class StackedNet:
                     folded = [_fold_bn(wi, bi, bn) for wi, bi, bn in zip(w, b, layers[i + 1])]
                     w, b = [f[0] for f in folded], [f[1] for f in folded]
                     i += 1
-                weight_t = torch.stack(w).transpose(1, 2).contiguous().to(self.device)  # B × in × out
-                bias = torch.stack(b).unsqueeze(1).to(self.device)  # B × 1 × out
+                weight_t = torch.stack(w).transpose(1, 2).contiguous().to(self.device, self.dtype)  # B × in × out
+                bias = torch.stack(b).unsqueeze(1).to(self.device, self.dtype)  # B × 1 × out
                 ops.append(lambda h, wt=weight_t, bb=bias: torch.baddbmm(bb, h, wt))
             elif isinstance(layer, nn.BatchNorm1d):
                 scale, shift = zip(*[_fold_bn(torch.ones(bn.num_features), None, bn) for bn in group])
-                s = torch.stack(scale).unsqueeze(1).to(self.device)
-                t = torch.stack(shift).unsqueeze(1).to(self.device)
+                s = torch.stack(scale).unsqueeze(1).to(self.device, self.dtype)
+                t = torch.stack(shift).unsqueeze(1).to(self.device, self.dtype)
                 ops.append(lambda h, s=s, t=t: torch.addcmul(t, h, s))
             elif isinstance(layer, nn.ReLU):
                 ops.append(_relu)
@@ -208,7 +219,7 @@ class StackedNet:
         """Flattened conv-body outputs of a batch ``x`` (n×C×H×W, normalised): B × n × F."""
         if self.sobel is not None:
             x = self.sobel(x)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         for op in self.conv_ops:
             x = op(x)
         n, bc, h, w = x.shape
@@ -233,6 +244,49 @@ def _conv(weight, bias, stride, padding, dilation, groups):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     return conv
+
+
+def _gemm_friendly(conv: nn.Conv2d) -> bool:
+    return (conv.groups == 1 and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and not isinstance(conv.padding, str))
+
+
+def _first_conv_relu_pool(weight: torch.Tensor, bias: torch.Tensor, padding: tuple[int, int]):
+    """``maxpool2x2(relu(conv(x)))`` of the (stacked) first convolution as four GEMMs on the image
+    patches, one per position in the pooling window, reduced by elementwise maxima. With few
+    input channels a direct convolution is memory-bound on its wide output; here that output is
+    only ever held a batch at a time and pooled at once. Falls back to conv + pool on odd sizes."""
+    out_ch, in_ch, kh, kw = weight.shape
+    ph, pw = padding
+    k = in_ch * kh * kw
+    k_pad = -(-k // 32) * 32  # the bf16 matrix units multiply blocks of 32 along K
+    wm = weight.new_zeros(k_pad, out_ch)
+    wm[:k] = weight.reshape(out_ch, k).t()  # rows in (c, i, j) order
+    conv = _conv(weight, bias, (1, 1), padding, (1, 1), 1)
+
+    def op(x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        if ho % 2 or wo % 2:
+            return _pool2x2_or_max(conv(x)).relu_()
+        rows = n * (ho // 2) * (wo // 2)
+        patches = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, 1).unfold(3, kw, 1)  # n, C, ho, wo, kh, kw
+        cols = x.new_empty(4, rows, k_pad)
+        cols[..., k:].zero_()
+        cols[..., :k].view(2, 2, n, ho // 2, wo // 2, in_ch, kh, kw).copy_(
+            patches.reshape(n, in_ch, ho // 2, 2, wo // 2, 2, kh, kw).permute(3, 5, 0, 2, 4, 1, 6, 7))
+        y = torch.mm(cols.view(4 * rows, k_pad), wm).view(4, rows, out_ch)  # one row block per pool offset
+        pooled = torch.maximum(y[0], y[1])
+        torch.maximum(pooled, y[2], out=pooled)
+        torch.maximum(pooled, y[3], out=pooled)
+        pooled.add_(bias).relu_()  # the bias after the max: the same for all four offsets
+        return pooled.view(n, ho // 2, wo // 2, out_ch).permute(0, 3, 1, 2)  # channels-last
+
+    return op
+
+
+def _pool2x2_or_max(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 2, 2)
 
 
 def _affine(scale, shift):
@@ -280,6 +334,7 @@ def stacked_embed(
     batch_size: int | None = None,
     show_progress: bool = True,
     description: str = "features",
+    precision: Precision = FP32,
 ) -> np.ndarray:
     """Clustering features (``embed``) of uint8 ``images`` for every model: B × N × d, float32.
 
@@ -298,10 +353,12 @@ def stacked_embed(
         Where to compute.
     batch_size : int or None
         Images per forward; ``None`` sizes it so one batch's activations take about 8 MB (cache-sized).
+    precision : Precision
+        bf16 runs the stacked network's weights and activations in bf16 (features come out float32).
     """
     device = torch.device(device)
     models = [m.eval() for m in models]
-    net = StackedNet(models, device)
+    net = StackedNet(models, device, dtype=precision.dtype)
     if batch_size is None:
         per_image = _largest_activation(models[0], int(images.shape[1]), int(images.shape[-1])) * len(models) * 4
         batch_size = int(max(8, min(1024, 8e6 // per_image)))

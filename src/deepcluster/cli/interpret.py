@@ -65,17 +65,21 @@ def register(app: typer.Typer) -> None:
         feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layer's activations between the two passes when they fit in this many MB (0: always run the model twice, nothing held).")] = 512,
         max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64,
         device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+        precision: Annotated[str | None, typer.Option(help="Forward passes in fp32, bf16 or auto (bf16 where the hardware has it); default: a run folder's own, else auto.")] = None,
         threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None,
         quiet: QuietOption = False,
     ) -> None:
         """Network dissection (NetDissect-Lite): label each unit of a layer with the concept of a
         Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
         thresholds.npy, iou.npy, concepts.csv and dissect.html."""
+        from deepcluster.device import resolve_device
         from deepcluster.errors import ConfigError, DataError
         from deepcluster.interpret.broden import BrodenDataset
         from deepcluster.interpret.dissect import default_concepts, dissect
         from deepcluster.interpret.dissect_report import write_dissection
         from deepcluster.interpret.model_source import load_model_source, resolve_layer
+        from deepcluster.precision import resolve_precision
+        from deepcluster.runs import RunFolder
 
         start = time.perf_counter()
         if threads:
@@ -85,6 +89,11 @@ def register(app: typer.Typer) -> None:
         if max_units < 0:
             raise ConfigError(f"--max-units must be >= 0, got {max_units}")
         net, info = load_model_source(model, weights=weights, checkpoint=checkpoint)
+        if precision is None and info.run_dir is not None:
+            run_cfg = RunFolder(info.run_dir).load_config()
+            chosen = resolve_precision(run_cfg.precision, resolve_device(device), run_cfg.channels_last)
+        else:
+            chosen = resolve_precision(precision or "auto", resolve_device(device))
         resolve_layer(net, layer)  # a bad layer fails before the probe is generated or read
         if concepts is None:
             root = default_concepts(show_progress=not quiet)
@@ -98,6 +107,7 @@ def register(app: typer.Typer) -> None:
         res = dissect(
             net, layer, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, input_size=size,
             mean=info.mean, std=info.std, grey=info.grey, method=method, device=device, show_progress=not quiet,
+            precision=chosen,
             model_name=info.spec, feature_cache_mb=feature_cache_mb,
         )
         if out is None:
@@ -108,7 +118,7 @@ def register(app: typer.Typer) -> None:
         t = res.timings
         out_console.print(
             f"dissected {res.units} units on {res.n_images} images in {time.perf_counter() - start:.1f} s "
-            f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {res.device})", highlight=False)
+            f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {res.device}, {res.precision})", highlight=False)
         out_console.print(f"wrote {out}: " + ", ".join(p.name for p in paths.values()) + ", units/", highlight=False,
                           soft_wrap=True)
 

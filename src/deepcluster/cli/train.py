@@ -55,7 +55,9 @@ def train(
     """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
     from deepcluster.analysis.alignment import resolve_init
     from deepcluster.config import TrainConfig, build_config, parse_overrides
+    from deepcluster.device import resolve_device
     from deepcluster.errors import ConfigError
+    from deepcluster.precision import run_precision
     from deepcluster.runs import RunFolder, check_output_folder
     from deepcluster.train import train as run_training
     from deepcluster.train.runner import check_resumable
@@ -79,9 +81,10 @@ def train(
         if RunFolder(out).exists():
             raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
         target = out
+    precision = run_precision(cfg, resolve_device(cfg.device))  # a bad device or precision fails here
     out_console.print(
         f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
-        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}) → {target}", highlight=False,
+        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}, {precision.label}) → {target}", highlight=False,
     )
     init_ia = None
     if resume is None:

@@ -6,9 +6,13 @@ Training (each cycle) and Initial Alignment (cycle 1 of many random networks) bo
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from deepcluster.cluster.dispatch import cluster_features
@@ -16,7 +20,7 @@ from deepcluster.cluster.preprocess import Preprocessor
 from deepcluster.cluster.result import ClusterResult
 from deepcluster.config import TrainConfig
 
-__all__ = ["ClusterStep", "preprocess_and_cluster"]
+__all__ = ["ClusterStep", "preprocess_and_cluster", "preprocess_and_cluster_many"]
 
 
 @dataclass
@@ -58,3 +62,30 @@ def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int
     )
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
+
+
+def preprocess_and_cluster_many(xs: Sequence[np.ndarray], cfg: TrainConfig, *, seeds: Sequence[int],
+                                workers: int = 1) -> list[ClusterStep]:
+    """:func:`preprocess_and_cluster` of several feature matrices, ``workers`` at a time.
+
+    Each worker runs faiss single-threaded: PCA and k-means of one matrix are too small to keep
+    several threads busy, and their results do not depend on the thread count (so each step is
+    exactly the one :func:`preprocess_and_cluster` returns alone).
+    """
+    if len(xs) != len(seeds):
+        raise ValueError(f"{len(xs)} feature matrices but {len(seeds)} seeds")
+    workers = max(1, min(workers, len(xs)))
+    if workers == 1:
+        return [preprocess_and_cluster(x, cfg, seed=s) for x, s in zip(xs, seeds)]
+    with _faiss_threads(1), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda item: preprocess_and_cluster(item[0], cfg, seed=item[1]), zip(xs, seeds)))
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int) -> Iterator[None]:
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)

@@ -87,7 +87,12 @@ class Preprocessor:
             On NaN/inf features, ``pca_dim > min(N, d)``, or a degenerate PCA (the features
             span fewer than ``pca_dim`` dimensions, so whitening would divide by ~0).
         """
-        x = as_features(x)
+        self._fit(as_features(x))
+        return self
+
+    def _fit(self, x: np.ndarray) -> np.ndarray | None:
+        """Fit on validated features; returns their PCA projection when it was computed on the way."""
+        projected = None
         n, d = x.shape
         self._pca, self._scale, self._d_in, self._keep = None, None, None, None
         if self.on_degenerate not in ("raise", "truncate"):
@@ -95,7 +100,7 @@ class Preprocessor:
         if self.pca_dim is None:
             self._d_in = d
             self.effective_dim = d
-            return self
+            return None
         pca_dim = check_int(self.pca_dim, "pca_dim", 1)
         if pca_dim > min(n, d):
             raise ClusteringError(
@@ -107,7 +112,8 @@ class Preprocessor:
         pca = faiss.PCAMatrix(d, pca_dim, 0.0)
         pca.train(x)
         if self.eigen_power != 0:
-            y = pca.apply_py(x).astype(np.float64)
+            projected = pca.apply_py(x)
+            y = projected.astype(np.float64)
             var = y.var(axis=0)
             top = float(var.max())
             if self.eigen_power < 0:
@@ -130,7 +136,7 @@ class Preprocessor:
         self._pca = pca
         self._d_in = d
         self.effective_dim = pca_dim if self._keep is None else len(self._keep)
-        return self
+        return projected
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Apply the fitted PCA/whitening, then L2-normalise rows.
@@ -155,8 +161,11 @@ class Preprocessor:
                 f"features have {x.shape[1]} dims but the Preprocessor was fitted on "
                 f"{self._d_in}: fit it again on features from the same network"
             )
+        return self._finish(self._pca.apply_py(x) if self._pca is not None else x)
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        """Whitening and L2 of features already projected by the PCA (or of the raw ones without PCA)."""
         if self._pca is not None:
-            x = self._pca.apply_py(x)
             if self._keep is not None:
                 x = x[:, self._keep]
             if self._scale is not None:
@@ -171,8 +180,12 @@ class Preprocessor:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
-        """Fit on ``x`` and return ``transform(x)``."""
-        return self.fit(x).transform(x)
+        """Fit on ``x`` and return ``transform(x)`` (the same numbers, the projection computed once)."""
+        x = as_features(x)
+        projected = self._fit(x)
+        if self._pca is not None and projected is None:
+            projected = self._pca.apply_py(x)
+        return self._finish(x if self._pca is None else projected)
 
 
 def preprocess_features(

@@ -11,6 +11,7 @@ from deepcluster.data.splits import load_split, normalization
 from deepcluster.device import resolve_device
 from deepcluster.features import extract_features
 from deepcluster.io import save_npy, write_csv, write_json
+from deepcluster.precision import run_precision
 from deepcluster.runs import RunFolder
 
 
@@ -39,7 +40,8 @@ def export_run(
     model.to(device)
     feats = extract_features(model, images, *normalization(cfg, int(images.shape[1])),
                              layers=None if layer is None else [layer], batch_size=cfg.feature_batch_size,
-                             device=device, description="export features", show_progress=show_progress)
+                             device=device, description="export features", show_progress=show_progress,
+                             precision=run_precision(cfg, device))
     x = next(iter(feats.values()))
     save_npy(out_dir / "features.npy", x)
     key = "path" if data.paths is not None else "index"

@@ -21,6 +21,7 @@ from torch import nn
 
 from deepcluster.data.transforms import normalize
 from deepcluster.errors import ConfigError
+from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 
 #: Default budget: the dimension of the official AlexNet linear probes.
@@ -116,6 +117,7 @@ def extract_pooled_features(
     device: torch.device | str = "cpu",
     description: str = "features",
     show_progress: bool = True,
+    precision: Precision = FP32,
 ) -> dict[str, np.ndarray]:
     """Run ``model`` over uint8 ``images`` and return each probe layer pooled to ``budget`` dims.
 
@@ -140,6 +142,8 @@ def extract_pooled_features(
         Label of the progress bar.
     show_progress : bool
         Show a progress bar.
+    precision : Precision
+        Arithmetic of the forward pass (pooling and the returned features are float32).
 
     Returns
     -------
@@ -152,9 +156,9 @@ def extract_pooled_features(
     names = list(dict.fromkeys(layers))
     outputs: dict[str, np.ndarray] = {}
     try:
-        with progress_bar(description, total=len(images), enabled=show_progress) as advance:
+        with precision.inference(model), progress_bar(description, total=len(images), enabled=show_progress) as advance:
             for start in range(0, len(images), batch_size):
-                batch = normalize(images[start : start + batch_size].to(device), mean, std)
+                batch = precision.input(normalize(images[start : start + batch_size].to(device), mean, std))
                 res = model.layer_outputs(batch, names, flatten=False)
                 for name, value in res.items():
                     chunk = pool_to_budget(value.float(), budget).cpu().numpy()

@@ -18,6 +18,7 @@ from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.evaluate.linear_probe import linear_probe
 from deepcluster.features import extract_features
 from deepcluster.io import write_json
+from deepcluster.precision import run_precision
 from deepcluster.progress import console
 from deepcluster.runs import RunFolder
 
@@ -116,12 +117,13 @@ def evaluate_model(
     log = log or (lambda msg: None)
     (xtr_img, ytr), (xte_img, yte) = train, test
     model.to(device)
+    precision = run_precision(cfg, device)
     t0 = time.perf_counter()
     layers = ecfg.layers or list(model.probe_layers())
     ftr = extract_features(model, xtr_img, *stats, layers=layers, batch_size=cfg.feature_batch_size, device=device,
-                           description=f"{name}: train features", show_progress=show_progress)
+                           description=f"{name}: train features", show_progress=show_progress, precision=precision)
     fte = extract_features(model, xte_img, *stats, layers=layers, batch_size=cfg.feature_batch_size, device=device,
-                           description=f"{name}: test features", show_progress=show_progress)
+                           description=f"{name}: test features", show_progress=show_progress, precision=precision)
     per_layer: dict[str, Any] = {}
     for layer in layers:
         probe = linear_probe(ftr[layer], ytr, fte[layer], yte, weight_decay=ecfg.probe_weight_decay,
@@ -164,8 +166,8 @@ def clustering_quality(
     drown the difference between two networks.
     """
     feats = extract_features(model, images, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
-                             batch_size=cfg.feature_batch_size, device=device,
-                             description="clustering features", show_progress=show_progress)
+                             batch_size=cfg.feature_batch_size, device=device, description="clustering features",
+                             show_progress=show_progress, precision=run_precision(cfg, device))
     x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0,
                      on_degenerate="truncate").fit_transform(next(iter(feats.values())))
     runs = [cluster_features(x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed + i)

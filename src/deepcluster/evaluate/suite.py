@@ -46,6 +46,7 @@ from deepcluster.evaluate.tables import (
 )
 from deepcluster.io import write_json
 from deepcluster.models import DeepClusterNet
+from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import RunFolder, build_network
 
 Log = Callable[[str], None]
@@ -233,6 +234,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    precision = run_precision(cfg, device)
     cache = EvalCache.for_run(run.path)
     files = {c: run.checkpoint_file(c) for c in checkpoints}
     available = _probe_layers(run, cfg, checkpoints[0])
@@ -259,7 +261,8 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
     for checkpoint, ck_layers, fingerprint in jobs:
         label = checkpoint_label(checkpoint)
         params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
-                             "data": data_id, "checkpoint": fingerprint}
+                             "data": data_id, "checkpoint": fingerprint,
+                             **({} if checkpoint == PIXELS else {"precision": precision.label})}
                   for lyr in ck_layers for p in protocols}
         entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         if use_cache:
@@ -272,7 +275,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
             + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
         if missing:
             entries.update(_compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache, device,
-                                    f"{name} {label}", show_progress, log))
+                                    precision, f"{name} {label}", show_progress, log))
         for (layer, protocol), (entry, source) in sorted(
                 entries.items(), key=lambda kv: (ck_layers.index(kv[0][0]), protocols.index(kv[0][1]))):
             result = entry["result"]
@@ -286,7 +289,8 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
 
 def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str, missing: list[tuple[str, str]],
              params: dict[tuple[str, str], dict[str, Any]], data: _RunData, cache: EvalCache, device: torch.device,
-             title: str, show_progress: bool, log: Log) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+             precision: Precision, title: str, show_progress: bool,
+             log: Log) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
     """Extract the features of the layers in ``missing`` (in memory-bounded passes) and run their protocols."""
     layers = list(dict.fromkeys(layer for layer, _ in missing))
     extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels)}
@@ -305,7 +309,7 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
             fte = {PIXELS: pixel_features(data.test.images, ecfg.pool_budget)}
         else:
             kw: dict[str, Any] = {"layers": group, "budget": ecfg.pool_budget, "batch_size": cfg.feature_batch_size,
-                                  "device": device, "show_progress": show_progress}
+                                  "device": device, "show_progress": show_progress, "precision": precision}
             ftr = extract_pooled_features(model, data.train.images, *data.stats, description=f"{title}: train features", **kw)
             fte = extract_pooled_features(model, data.test.images, *data.stats, description=f"{title}: test features", **kw)
         for layer in group:

@@ -32,6 +32,7 @@ import numpy as np
 
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.io import write_csv, write_json
+from deepcluster.precision import FP32, Precision, run_precision
 
 Method = Literal["auto", "features", "gram"]
 
@@ -271,6 +272,7 @@ def layer_similarity(
     batch_size: int = 256,
     device: Any = "cpu",
     show_progress: bool = False,
+    precision: Precision | Mapping[str, Precision] = FP32,
 ) -> SimilarityResult:
     """CKA between the layers of several networks on the same images.
 
@@ -290,6 +292,8 @@ def layer_similarity(
         (:func:`~deepcluster.evaluate.pooling.extract_pooled_features`); None keeps them whole.
     batch_size, device, show_progress
         Feature extraction settings.
+    precision : Precision or mapping of name to Precision
+        Arithmetic of each model's forward passes (its run's own, for run folders).
 
     Returns
     -------
@@ -319,7 +323,8 @@ def layer_similarity(
         feats = extract_pooled_features(model, images, mean, std, layers=wanted,
                                         budget=pool_budget if pool_budget is not None else sys.maxsize,
                                         batch_size=batch_size, device=device, description=f"{name}: features",
-                                        show_progress=show_progress)
+                                        show_progress=show_progress,
+                                        precision=precision[name] if isinstance(precision, Mapping) else precision)
         for layer in wanted:
             x = feats.pop(layer)
             dims[(name, layer)] = int(x.shape[1])
@@ -375,7 +380,7 @@ def similarity_for_runs(
     budget = pool_budget if pool_budget is not None else cfg.eval.pool_budget
     return layer_similarity({r.name: (r.model, stats) for r in loaded}, images, layers, debiased=debiased,
                             pool_budget=budget, batch_size=cfg.feature_batch_size, device=dev,
-                            show_progress=show_progress)
+                            show_progress=show_progress, precision={r.name: run_precision(r.cfg, dev) for r in loaded})
 
 
 def _safe(name: str) -> str:

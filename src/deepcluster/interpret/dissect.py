@@ -72,6 +72,7 @@ from deepcluster.interpret.broden import BrodenDataset
 from deepcluster.interpret.model_source import resolve_layer
 from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
 from deepcluster.models.hooks import capture_outputs
+from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 
 __all__ = [
@@ -163,6 +164,7 @@ class DissectResult:
     preprocess: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    precision: str = "fp32"
     #: True when pass 2 reused pass 1's activations instead of running the model again.
     cached_features: bool = False
 
@@ -270,6 +272,7 @@ class DissectResult:
             "input_shape": list(self.input_shape),
             "preprocess": self.preprocess,
             "device": self.device,
+            "precision": self.precision,
             "cached_features": self.cached_features,
             "units_numbering": "tally.csv units are 1-based (NetDissect-Lite); rows of thresholds.npy and iou.npy are unit - 1",
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -280,11 +283,13 @@ class DissectResult:
 # Model plumbing
 
 
-def _read_layer(model: nn.Module, path: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _read_layer(model: nn.Module, path: str, module: nn.Module, x: torch.Tensor,
+                precision: Precision = FP32) -> torch.Tensor:
     """Run ``model`` on ``x`` until ``module`` (``path`` inside it) has produced its output, and
     return that output as float (B, C, H, W) maps (a (B, C) output gives (B, C, 1, 1))."""
     try:
-        outputs = capture_outputs(model, x, {path: module})
+        with precision.autocast():
+            outputs = capture_outputs(model, precision.input(x), {path: module})
     except (RuntimeError, ValueError, TypeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise
@@ -500,6 +505,7 @@ def dissect(
     memory_budget_mb: float = 256,
     feature_cache_mb: float = 512,
     model_name: str = "",
+    precision: Precision = FP32,
 ) -> DissectResult:
     """Dissect ``layer`` of ``model`` on the Broden-format probe ``concepts`` (module docstring).
 
@@ -537,6 +543,8 @@ def dissect(
         them (on the CPU) and pass 2 skips its forward passes; ``0`` always recomputes them.
     model_name : str
         Name recorded in the result (default: the model's class name).
+    precision : Precision
+        Arithmetic of the forward passes (activations are compared in float32).
 
     Returns
     -------
@@ -565,22 +573,23 @@ def dissect(
     model.eval()
     model.to(dev)
     prepare = _Prepare(dev, grey, input_size, mean, std)
-    read = functools.partial(_read_layer, model, path, model.get_submodule(path))
+    read = functools.partial(_read_layer, model, path, model.get_submodule(path), precision=precision)
     table = _Concepts(probe)
     if not table.categories:
         raise DataError(f"the probe {probe.root} has no categories: its category.csv lists none")
 
     t0 = time.perf_counter()
-    first = _threshold_pass(
-        probe, read, prepare, layer=layer, quantile=quantile, method=method, n_top=min(top_images, n_images),
-        batch_size=batch_size, num_workers=num_workers, memory_budget_mb=memory_budget_mb,
-        feature_cache_mb=feature_cache_mb, device=dev, show_progress=show_progress,
-    )
-    t1 = time.perf_counter()
-    second = _iou_pass(
-        probe, table, read, prepare, first, mask_shape=mask_shape, batch_size=batch_size, num_workers=num_workers,
-        device=dev, show_progress=show_progress,
-    )
+    with precision.inference(model):
+        first = _threshold_pass(
+            probe, read, prepare, layer=layer, quantile=quantile, method=method, n_top=min(top_images, n_images),
+            batch_size=batch_size, num_workers=num_workers, memory_budget_mb=memory_budget_mb,
+            feature_cache_mb=feature_cache_mb, device=dev, show_progress=show_progress,
+        )
+        t1 = time.perf_counter()
+        second = _iou_pass(
+            probe, table, read, prepare, first, mask_shape=mask_shape, batch_size=batch_size,
+            num_workers=num_workers, device=dev, show_progress=show_progress,
+        )
     t2 = time.perf_counter()
     return DissectResult(
         model=model_name or type(model).__name__,
@@ -613,6 +622,7 @@ def dissect(
                     "std": [float(s) for s in std]},
         timings={"thresholds": t1 - t0, "iou": t2 - t1, "total": time.perf_counter() - t_start},
         device=str(dev),
+        precision=precision.label,
         cached_features=first.features is not None,
     )
 

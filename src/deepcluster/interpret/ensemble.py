@@ -343,6 +343,7 @@ def ensembles_for_runs(
     from deepcluster.device import resolve_device
     from deepcluster.evaluate.pooling import extract_pooled_features
     from deepcluster.interpret.lce import read_lce_groups
+    from deepcluster.precision import run_precision
 
     log = log or (lambda m: None)
     loaded = load_runs(runs, names=names, checkpoint=checkpoint)
@@ -376,7 +377,7 @@ def ensembles_for_runs(
         lay = layer or default_layer(r.model)
         r.model.to(dev)
         kw = {"layers": [lay], "budget": r.cfg.eval.pool_budget, "batch_size": r.cfg.feature_batch_size,
-              "device": dev, "show_progress": show_progress}
+              "device": dev, "show_progress": show_progress, "precision": run_precision(r.cfg, dev)}
         ftr = extract_pooled_features(r.model, xtr_img, *stats, description=f"{r.name}: train features", **kw)[lay]
         fte = extract_pooled_features(r.model, xte_img, *stats, description=f"{r.name}: test features", **kw)[lay]
         probes[r.name] = probe_probabilities(ftr, ytr, fte, yte, n_classes=n_classes,

@@ -17,6 +17,7 @@ from torch import nn
 
 from deepcluster.data.transforms import normalize
 from deepcluster.errors import ConfigError, DataError
+from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 from deepcluster.report._plot import (
     as_numpy,
@@ -86,6 +87,7 @@ def top_activating(
     n: int = 9,
     batch_size: int = 512,
     show_progress: bool = False,
+    precision: Precision = FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` images with the highest activation of each unit of a probe layer.
 
@@ -112,6 +114,8 @@ def top_activating(
         Images per forward pass.
     show_progress : bool
         Show a progress bar.
+    precision : Precision
+        Arithmetic of the forward pass (scores are compared in float32).
 
     Returns
     -------
@@ -142,9 +146,9 @@ def top_activating(
     top_idx: torch.Tensor | None = None
     chosen: torch.Tensor | None = None
     try:
-        with progress_bar(f"top images {layer}", total=total, enabled=show_progress) as advance:
+        with precision.inference(model), progress_bar(f"top images {layer}", total=total, enabled=show_progress) as advance:
             for start in range(0, total, batch_size):
-                batch = normalize(imgs[start : start + batch_size].to(device), mean, std)
+                batch = precision.input(normalize(imgs[start : start + batch_size].to(device), mean, std))
                 out = model.layer_outputs(batch, [layer], flatten=False)[layer]
                 scores = unit_scores(out).float()  # (B, width)
                 if chosen is None:

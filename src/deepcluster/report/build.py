@@ -21,6 +21,7 @@ from deepcluster import __version__
 from deepcluster.config import config_to_dict
 from deepcluster.errors import ConfigError
 from deepcluster.io import write_text
+from deepcluster.precision import run_precision
 from deepcluster.report.config import ReportConfig
 from deepcluster.report.html import Page, Section
 
@@ -251,6 +252,7 @@ def _features(ctx: _Context, r: _Run) -> dict[str, np.ndarray]:
 
         r.features = {
             m: extract_features(model, r.images, *r.stats, batch_size=r.cfg.feature_batch_size, device=ctx.device,
+                                precision=run_precision(r.cfg, ctx.device),
                                 description=f"{r.name} {m}: features", show_progress=ctx.show_progress)["embed"]
             for m, model in r.models.items()
         }
@@ -315,7 +317,7 @@ def _top_images(ctx: _Context, runs: list[_Run]) -> None:
         for m, model in r.models.items():
             layer = rc.activation_layer or _default_layer(model)
             idx, vals = top_activating(model, r.images, *r.stats, layer, units=list(range(min(rc.units, _layer_width(model, layer)))),
-                                       n=9, show_progress=ctx.show_progress)
+                                       n=9, show_progress=ctx.show_progress, precision=run_precision(r.cfg, ctx.device))
             title = f"{r.name}: {_label(m, rc)}, layer {layer}"
             path = plot_top_activations(r.images, idx, ctx.png(f"top9_{r.name}_{m}"), values=vals, title=title)
             ctx.figure(sec, path, title + ".")

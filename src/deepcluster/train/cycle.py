@@ -25,6 +25,7 @@ from deepcluster.config import TrainConfig
 from deepcluster.data.transforms import normalize
 from deepcluster.errors import TrainingError
 from deepcluster.features import extract_features
+from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 from deepcluster.train.augment import random_resized_crop_flip
 from deepcluster.train.sampler import UniformClusterSampler
@@ -39,6 +40,7 @@ def cluster_step(
     device: torch.device,
     seed: int,
     show_progress: bool = True,
+    precision: Precision = FP32,
 ) -> ClusterStep:
     """Features of the whole dataset → PCA-whitening + L2 → clusters."""
     times: dict[str, float] = {}
@@ -46,7 +48,7 @@ def cluster_step(
     layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
     feats = extract_features(
         model, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
-        device=device, description="features", show_progress=show_progress,
+        device=device, description="features", show_progress=show_progress, precision=precision,
     )
     x = next(iter(feats.values()))
     times["features"] = time.perf_counter() - t
@@ -68,8 +70,13 @@ def train_epoch(
     generator: torch.Generator,
     sampler_seed: int,
     show_progress: bool = True,
+    precision: Precision = FP32,
 ) -> dict[str, Any]:
-    """One epoch on the pseudo-labels, sampling uniformly over clusters; returns loss and accuracy."""
+    """One epoch on the pseudo-labels, sampling uniformly over clusters; returns loss and accuracy.
+
+    The forward (and the loss) run under ``precision.autocast()``; weights, gradients and the
+    optimisers' state stay fp32.
+    """
     model.train()
     targets = torch.from_numpy(np.asarray(pseudo_labels, dtype=np.int64))
     sampler = UniformClusterSampler(pseudo_labels, len(pseudo_labels), seed=sampler_seed)
@@ -84,8 +91,9 @@ def train_epoch(
                 generator=generator,
             )
             y = targets[idx].to(device)
-            logits = model(x)
-            loss = criterion(logits, y)
+            with precision.autocast():
+                logits = model(x)
+                loss = criterion(logits, y)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the training loss became {loss.item()} (non-finite): lower lr "

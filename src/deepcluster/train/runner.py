@@ -29,6 +29,7 @@ from deepcluster.device import resolve_device
 from deepcluster.errors import ClusteringError, DataError, TrainingError
 from deepcluster.io import append_jsonl, save_npy, torch_save, write_json, write_text
 from deepcluster.models import DeepClusterNet
+from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
 
@@ -47,6 +48,7 @@ class RunState:
     images: torch.Tensor  # uint8 N×C×H×W
     stats: tuple[tuple[float, ...], tuple[float, ...]]
     device: torch.device
+    precision: Precision
     model: DeepClusterNet
     optimizer: torch.optim.Optimizer
     start_cycle: int
@@ -136,6 +138,7 @@ def _train_cycles(state: RunState, *, show_progress: bool, on_cycle: CycleCallba
                 epoch_stats = train_epoch(
                     model, state.images, targets.assignments, state.optimizer, top_optimizer, cfg, state.stats,
                     device=state.device, generator=generator, sampler_seed=seed + epoch, show_progress=show_progress,
+                    precision=state.precision,
                 )
             seconds = {**(targets.seconds or {}), "training": time.perf_counter() - t}
 
@@ -166,6 +169,7 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    precision = run_precision(cfg, device)
 
     data = load_train_data(cfg)
     if cfg.k > len(data):
@@ -182,7 +186,7 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
     optimizer = make_optimizer(model, cfg)
     state = RunState(run=run, cfg=cfg, data=data, images=images, stats=normalization(cfg, in_channels),
-                     device=device, model=model, optimizer=optimizer, start_cycle=1, assignments=None,
+                     device=device, precision=precision, model=model, optimizer=optimizer, start_cycle=1, assignments=None,
                      top_state=None, init_ia=init_ia, kept_metrics=kept_metrics)
     if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
         if len(checkpoint["assignments"]) != len(data):
@@ -224,7 +228,7 @@ def cycle_targets(state: RunState, cycle: int, generator: torch.Generator, *, sh
     if halted and state.assignments is not None:
         return _keep_targets(state, state.assignments, generator)
     step = cluster_step(state.model, state.images, cfg, state.stats, device=state.device,
-                        seed=cycle_seed(cfg.seed, cycle), show_progress=show_progress)
+                        seed=cycle_seed(cfg.seed, cycle), show_progress=show_progress, precision=state.precision)
     state.model.reset_top_layer(step.result.k, generator=generator)
     state.model.top_layer.to(state.device)
     return CycleTargets(assignments=step.result.assignments, k=step.result.k, clustered=True, result=step.result,
@@ -265,6 +269,7 @@ def cycle_record(state: RunState, cycle: int, targets: CycleTargets, previous: n
     record["cluster_sizes"] = cluster_size_summary(np.bincount(assignments, minlength=targets.k))
     record["n_resplit"] = int(targets.result.n_resplit) if targets.result is not None else 0
     record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    record["precision"] = state.precision.label
     return record
 
 
