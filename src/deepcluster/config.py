@@ -57,6 +57,20 @@ class ModelConfig(StrictModel):
     sobel: bool = False
 
 
+class DistributedConfig(StrictModel):
+    """Several processes (``torchrun ... -m deepcluster train`` or ``deepcluster train --nproc N``).
+
+    ``batch_size`` stays the global batch: each step's batch is split across the ranks, so the
+    ranks together take exactly the steps of one process. ``sync_batchnorm`` normalises with the
+    whole batch's statistics (then a multi-process run is the one-process run up to float
+    reduction order); without it each rank normalises its own share.
+    """
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: NCCL with CUDA, gloo on CPUs
+    sync_batchnorm: bool = False
+    timeout: int = Field(600, ge=10)  # seconds a collective may wait for the other ranks
+
+
 class EvalConfig(StrictModel):
     """Evaluation protocols used by ``deepcluster evaluate`` (and at the end of ``make demo``).
 
@@ -98,6 +112,7 @@ class TrainConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     seed: int = 0
     # How the network is initialised: "random" (from init_seed) or "best_ia:N" (the highest

@@ -6,7 +6,7 @@ import torch
 
 from deepcluster.errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "to_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,3 +43,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 or auto")
     return dev
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``; from pinned memory, without blocking, when that is a GPU."""
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from deepcluster.data.transforms import normalize
+from deepcluster.device import to_device
 from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 
@@ -43,7 +44,7 @@ def extract_features(
     try:
         with precision.inference(model), progress_bar(description, total=len(images), enabled=show_progress) as advance:
             for start in range(0, len(images), batch_size):
-                batch = precision.input(normalize(images[start : start + batch_size].to(device), mean, std))
+                batch = precision.input(normalize(to_device(images[start : start + batch_size], device), mean, std))
                 if layers is None:
                     res = {"embed": model.embed(batch)}
                 else:

@@ -119,3 +119,18 @@ def test_cluster_features_dispatches_and_drops_the_other_methods_options():
     assert np.isnan(r.loss) and r.centroids is None
     with pytest.raises(ValueError, match="unknown clustering method 'dbscan'"):
         cluster_features(x, "dbscan", 10)
+
+
+def test_torch_kmeans_gives_faiss_assignments_when_no_cluster_empties():
+    """GPUs without faiss-gpu run faiss's algorithm in torch: checked here on the CPU."""
+    from deepcluster.cluster.faiss_kmeans import assign_nearest
+    from deepcluster.cluster.torch_kmeans import torch_kmeans
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((10, 16)) * 3
+    x = (centers[rng.integers(0, 10, 20000)] + rng.standard_normal((20000, 16))).astype(np.float32)
+    ref = kmeans(x, 10, niter=20, seed=3)
+    centroids, splits = torch_kmeans(x, 10, niter=20, seed=3, device="cpu")
+    assert splits == 0 and ref.n_resplit == 0
+    np.testing.assert_allclose(centroids, ref.centroids, atol=1e-5)
+    np.testing.assert_array_equal(assign_nearest(x, centroids, device="cpu"), ref.assignments)

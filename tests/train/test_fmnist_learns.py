@@ -3,6 +3,10 @@
 This is the preset as users run it (all 60,000 training images, 15 cycles, about two minutes):
 on a 10,000-image subset or after 5 cycles the trained network is not yet ahead; the clustering
 first gets worse before it gets better, as the Deep Dive paper also observes.
+
+In fp32, which is deterministic on the CPU: k-means with k = 10 of the trained LeNet moves by a
+few hundredths with the smallest perturbation (bf16 rounding: one bf16 run gave 0.61, another
+0.55 against the random network's 0.545, best of 20 restarts), so this checks the fp32 run.
 """
 
 from pathlib import Path
@@ -20,7 +24,7 @@ CONFIG = Path(__file__).parents[2] / "configs" / "fmnist_lenet.yaml"
 
 @pytest.mark.slow
 def test_training_raises_nmi_to_labels_above_the_random_network(fmnist_dir, tmp_path):
-    cfg = build_config(TrainConfig, CONFIG, [f"data.root={fmnist_dir}"])
+    cfg = build_config(TrainConfig, CONFIG, [f"data.root={fmnist_dir}", "precision=fp32"])
     run = train(cfg, tmp_path / "run", show_progress=False)
     data = load_train_data(cfg)
     images, stats = data.images_tensor(), dataset_stats("fashion-mnist")

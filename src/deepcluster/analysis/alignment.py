@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepcluster import distributed
 from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
 from deepcluster.cluster import nmi
 from deepcluster.cluster.pipeline import preprocess_and_cluster_many
@@ -263,9 +264,14 @@ def initial_alignment(
 
     values: list[float] = []
     phases = {"features": 0.0, "pca": 0.0, "clustering": 0.0}
-    with progress_bar(f"IA {setting_name(setting or {})}", total=len(seeds), enabled=show_progress) as advance:
-        for start in range(0, len(seeds), per_pass):
-            group = seeds[start : start + per_pass]
+    # Under torchrun each rank takes its share of the passes: a network is computed in the same
+    # pass (with the same neighbours) as in a single process, so every value is the same.
+    world = distributed.world()
+    groups = [seeds[start : start + per_pass] for start in range(0, len(seeds), per_pass)]
+    mine = groups[distributed.shard(len(groups), world)]
+    show_progress = show_progress and world.is_main
+    with progress_bar(f"IA {setting_name(setting or {})}", total=sum(map(len, mine)), enabled=show_progress) as advance:
+        for group in mine:
             models = [build_network(cfg, in_ch, size, seed=s).to(device) for s in group]
             t = time.perf_counter()
             if stack:
@@ -288,6 +294,10 @@ def initial_alignment(
             for step in steps:
                 values.append(nmi(labels[mask], step.result.assignments[mask]))
                 advance(1)
+    if world.distributed:
+        values = [v for part in distributed.all_gather_objects(values) for v in part]
+        every = distributed.all_gather_objects(phases)
+        phases = {k: sum(p[k] for p in every) for k in phases}  # summed over the ranks
     return IAResult(
         seeds=np.asarray(seeds, dtype=np.int64), values=np.asarray(values, dtype=np.float64), k=cfg.k,
         setting=dict(setting or {}), n_images=len(images), n_labelled=int(mask.sum()),

@@ -37,11 +37,16 @@ def user_errors(fn):
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except DeepClusterError as e:
-            _error(str(e))
+            _error(_on_rank(str(e)))
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            _error(str(DiskFullError(e.filename or "a file this command writes")))
+            _error(_on_rank(str(DiskFullError(e.filename or "a file this command writes"))))
+        except RuntimeError as e:
+            if not _peer_lost(e):
+                raise
+            # Another rank stopped and said why; torchrun stops this one too: nothing to add.
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished cycles are saved; continue with `deepcluster train --resume RUN`")
             raise typer.Exit(130) from None
@@ -49,9 +54,29 @@ def user_errors(fn):
     return wrapper
 
 
-def _error(message: str) -> None:
+def _error(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2) from None
+    raise typer.Exit(code) from None
+
+
+def _on_rank(message: str) -> str:
+    from deepcluster import distributed
+
+    w = distributed.world()
+    return f"rank {w.rank}: {message}" if w.distributed else message
+
+
+def _peer_lost(e: RuntimeError) -> bool:
+    """A collective failed because another process of the run went away."""
+    from deepcluster import distributed
+
+    if not distributed.world().distributed and not distributed.launched_by_torchrun():
+        return False
+    import torch.distributed as dist
+
+    text = str(e).lower()
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        w in text for w in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out"))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -63,6 +63,7 @@ def evaluate(
 
     Writes evaluation.json, probe_table.csv/.md, cycle_metrics.csv and probe_<protocol>.png.
     """
+    from deepcluster import distributed
     from deepcluster.config import EvalConfig, build_config
     from deepcluster.errors import ConfigError
     from deepcluster.evaluate import pivot_tables
@@ -72,10 +73,15 @@ def evaluate(
         raise ConfigError("--checkpoint X is short for --checkpoints init,X: give one of them")
     chosen = (["init", checkpoint] if checkpoint is not None else csv_option(checkpoints)) or ["init", "last"]
     overrides = build_config(EvalConfig, None, set_).model_dump(exclude_unset=True)  # validates the keys
+    world = distributed.init()  # under torchrun the ranks share the feature extraction; rank 0 reports
     res = evaluate_and_write(runs, out, checkpoints=chosen, layers=csv_option(layers),
                              protocols=csv_option(protocols) or [], eval_cfg=overrides, use_cache=not no_cache,
-                             show_progress=not quiet,
-                             log=lambda m: out_console.print(m, highlight=False, soft_wrap=True, markup=False))
+                             show_progress=not quiet and world.is_main,
+                             log=lambda m: world.is_main and out_console.print(m, highlight=False, soft_wrap=True,
+                                                                               markup=False))
+    if not world.is_main:
+        distributed.shutdown()
+        return
     for t in pivot_tables(res.rows):
         out_console.print(_pivot_table(t))
     cycles = _cycles_table(res.cycles)
@@ -87,6 +93,7 @@ def evaluate(
                       f"{res.seconds:.1f} s", highlight=False, soft_wrap=True)
     out_console.print(f"wrote {res.out}: " + ", ".join(p.name for p in res.paths.values()), highlight=False,
                       soft_wrap=True)
+    distributed.shutdown()
 
 
 @user_errors

@@ -33,6 +33,7 @@ def ia(
     """Initial Alignment: NMI(labels, k-means of a random network's features) over many initialisations."""
     import yaml
 
+    from deepcluster import distributed
     from deepcluster.analysis.ia_grid import ia_grid, split_grid
     from deepcluster.analysis.ia_report import summary_rows, write_ia_outputs
     from deepcluster.config import TrainConfig, build_config, config_to_dict
@@ -40,9 +41,12 @@ def ia(
 
     fixed, grid = split_grid(set_)
     base = build_config(TrainConfig, config, fixed)
+    world = distributed.init(base.distributed.backend, base.device, base.distributed.timeout)
     out = out or Path("runs") / "ia" / (config.stem if config else base.data.name)
 
     def show(res) -> None:
+        if not world.is_main:
+            return
         s = res.summary()
         out_console.print(
             f"{res.name:28s} median {s['median']:.3f}  [q1 {s['q1']:.3f}, q3 {s['q3']:.3f}]  "
@@ -52,6 +56,9 @@ def ia(
 
     results = ia_grid(base, grid, range(first_seed, first_seed + seeds), labelled=labelled, label_file=labels,
                       method=method, show_progress=not quiet, on_result=show)
+    if not world.is_main:  # under torchrun the seeds were shared out; rank 0 writes and prints
+        distributed.shutdown()
+        return
     write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(base), sort_keys=False))
     rec = write_ia_outputs(results, out, tie=tie, command_config={
         "config": str(config) if config else None, "set": list(set_ or []), "grid": grid, "seeds": seeds,
@@ -75,6 +82,7 @@ def ia(
                       + f"  → train from the best with --set init_seed={top[0][0]} or --set init=best_ia:N",
                       highlight=False)
     out_console.print(f"wrote {out}/summary.md, samples.csv, seed_ranking.csv, ia_distribution.png", highlight=False)
+    distributed.shutdown()
 
 
 def register(app: typer.Typer) -> None:

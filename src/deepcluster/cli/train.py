@@ -50,9 +50,11 @@ def train(
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine (torchrun --standalone --nproc_per_node N); the run is the same, batch_size stays the global batch.")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
+    from deepcluster import distributed
     from deepcluster.analysis.alignment import resolve_init
     from deepcluster.config import TrainConfig, build_config, parse_overrides
     from deepcluster.device import resolve_device
@@ -62,36 +64,74 @@ def train(
     from deepcluster.train import train as run_training
     from deepcluster.train.runner import check_resumable
 
+    if resume is not None and (config is not None or out is not None):
+        raise ConfigError("--resume takes the config from the run folder: drop --config/--out")
+    if resume is None and out is None:
+        raise ConfigError("say where the run goes: --out runs/NAME")
+    if nproc is not None and nproc > 1 and not distributed.launched_by_torchrun():
+        args = ["--resume", str(resume)] if resume is not None else ["--out", str(out)]
+        args += ["--config", str(config)] if config is not None else []
+        args += [a for item in set_ or [] for a in ("--set", item)] + (["--quiet"] if quiet else [])
+        return launch(nproc, ["train", *args])
+
     if resume is not None:
-        if config is not None or out is not None:
-            raise ConfigError("--resume takes the config from the run folder: drop --config/--out")
-        run = RunFolder(resume)
-        cfg = check_resumable(run)
-        extra = parse_overrides(set_)
-        if set(extra) - {"cycles"}:
-            raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
-        if "cycles" in extra:  # saved by the trainer, once the folder is checked and locked
-            cfg = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
-        target = run.path
+        world = distributed.init()
+        cfg = None
+        if world.is_main:  # only rank 0 reads (and later writes) the run folder
+            run = RunFolder(resume)
+            cfg = check_resumable(run)
+            extra = parse_overrides(set_)
+            if set(extra) - {"cycles"}:
+                raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
+            if "cycles" in extra:  # saved by the trainer, once the folder is checked and locked
+                cfg = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
+        cfg = distributed.broadcast_object(cfg)
+        target = Path(resume)
     else:
-        if out is None:
-            raise ConfigError("say where the run goes: --out runs/NAME")
         cfg = build_config(TrainConfig, config, set_)
-        check_output_folder(out)
-        if RunFolder(out).exists():
-            raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+        world = distributed.init(cfg.distributed.backend, cfg.device, cfg.distributed.timeout)
+        if world.is_main:
+            check_output_folder(out)
+            if RunFolder(out).exists():
+                raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
         target = out
     precision = run_precision(cfg, resolve_device(cfg.device))  # a bad device or precision fails here
-    out_console.print(
-        f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
-        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}, {precision.label}) → {target}", highlight=False,
-    )
+    say = out_console.print if world.is_main else (lambda *a, **k: None)
+    processes = f", {world.size} processes ({world.backend})" if world.distributed else ""
+    say(f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
+        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}, {precision.label}{processes}) → {target}",
+        highlight=False)
     init_ia = None
     if resume is None:
-        cfg, init_ia = resolve_init(cfg, show_progress=not quiet)
+        cfg, init_ia = resolve_init(cfg, show_progress=not quiet and world.is_main)
     run_training(cfg, target, resume=resume is not None, init_ia=init_ia, show_progress=not quiet,
                  on_cycle=lambda r: print_cycle(r, cfg.cycles))
-    out_console.print(f"done: {target} (evaluate with `deepcluster evaluate {target}`)", highlight=False)
+    say(f"done: {target} (evaluate with `deepcluster evaluate {target}`)", highlight=False)
+    distributed.shutdown()
+
+
+def launch(nproc: int, args: list[str]) -> None:
+    """Run ``deepcluster ARGS`` in ``nproc`` processes on this machine, through torchrun."""
+    import os
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from deepcluster.cli._common import err_console
+
+    # torchrun's default of 1 thread per process would leave cores idle on a machine with more
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    parsed = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "deepcluster", *args])
+    try:
+        run(parsed)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()  # the first to fail; torchrun then stopped the others
+        code = failure.exitcode
+        why = " (its error is above)" if code in (1, 2) else (f" (killed by signal {-code})" if code < 0 else "")
+        err_console.print(f"[bold red]error:[/] rank {rank} stopped with exit code {code}{why}; the other ranks "
+                          "were stopped. Finished cycles are saved: continue with `deepcluster train --resume RUN` "
+                          "(with any number of processes)", highlight=False, soft_wrap=True)
+        raise typer.Exit(2 if code == 2 else 1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 from deepcluster.errors import ClusteringError
 
 
-def as_features(x: object, name: str = "features") -> np.ndarray:
+def as_features(x: object, name: str = "features", *, allow_empty: bool = False) -> np.ndarray:
     """Validate a feature matrix and return it as C-contiguous float32.
 
     Parameters
@@ -16,6 +16,8 @@ def as_features(x: object, name: str = "features") -> np.ndarray:
         Feature matrix, shape (N, d), real-valued.
     name : str
         Name used in error messages.
+    allow_empty : bool
+        Accept zero rows (a process's share of a distributed run may be empty).
 
     Returns
     -------
@@ -41,7 +43,7 @@ def as_features(x: object, name: str = "features") -> np.ndarray:
         raise TypeError(
             f"{name} must be real numbers, got dtype {arr.dtype}: convert them to float32"
         )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
+    if (arr.shape[0] == 0 and not allow_empty) or arr.shape[1] == 0:
         raise ValueError(
             f"{name} are empty (shape {arr.shape}): the dataset or the feature extractor "
             "produced no samples or no dimensions"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepcluster import distributed
 from deepcluster.errors import ClusteringError
 
 
@@ -21,6 +22,8 @@ def resplit_empty(
     k: int,
     centroids: np.ndarray | None,
     rng: np.random.Generator | int | None,
+    *,
+    sharded: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Re-split non-empty clusters until none of the ``k`` clusters is empty.
 
@@ -37,6 +40,10 @@ def resplit_empty(
         halves. ``None`` to not track centroids.
     rng : np.random.Generator, int or None
         Randomness (or a seed) for choosing donors and split directions.
+    sharded : bool
+        ``assignments`` and ``x`` are this process's rows of a distributed run: cluster sizes are
+        all-reduced and a donor's points gathered, so that every rank takes the same decisions
+        (with the same ``rng``) and the result is the one of a single process holding all rows.
 
     Returns
     -------
@@ -50,29 +57,34 @@ def resplit_empty(
     Raises
     ------
     ClusteringError
-        If ``k`` exceeds the number of points, or assignments fall outside [0, k).
+        If ``k`` exceeds the number of points.
+    ValueError
+        If the assignments do not match the points or fall outside [0, k).
     """
     rng = np.random.default_rng(rng)
     a = np.asarray(assignments).astype(np.int64, copy=True).ravel()
     x = np.asarray(x)
-    n = a.shape[0]
-    if x.ndim != 2 or x.shape[0] != n:
+    n_local = a.shape[0]
+    if x.ndim != 2 or x.shape[0] != n_local:
         raise ValueError(
-            f"resplit_empty got {n} assignments but features of shape {x.shape}: "
+            f"resplit_empty got {n_local} assignments but features of shape {x.shape}: "
             "pass one assignment per feature row"
         )
+    sizes = np.bincount(a, minlength=k)
+    if n_local and (a.min() < 0 or a.max() >= k):
+        raise ValueError(
+            f"assignments must lie in [0, {k}), got values in [{a.min()}, {a.max()}]"
+        )
+    if sharded:
+        sizes = distributed.all_reduce_sum(sizes.astype(np.int64))
+    n = int(sizes.sum())
     if k > n:
         raise ClusteringError(
             f"k={k} is larger than the number of samples ({n}): lower k or use more data"
         )
-    if n and (a.min() < 0 or a.max() >= k):
-        raise ValueError(
-            f"assignments must lie in [0, {k}), got values in [{a.min()}, {a.max()}]"
-        )
     if centroids is not None:
         centroids = np.array(centroids, dtype=np.float32, copy=True)
 
-    sizes = np.bincount(a, minlength=k)
     n_resplit = 0
     for empty in np.flatnonzero(sizes == 0):
         # Drawing weights size-1: singletons cannot be halved. Some cluster has >= 2 points
@@ -80,17 +92,24 @@ def resplit_empty(
         weights = (sizes - 1).clip(min=0).astype(np.float64)
         donor = int(rng.choice(k, p=weights / weights.sum()))
         members = np.flatnonzero(a == donor)
-        pts = x[members].astype(np.float64)
+        # The donor's points of every rank, in row order (a single process: its own)
+        before = sum(int(c) for c in distributed.all_gather_objects(len(members))[: distributed.world().rank]) \
+            if sharded else 0
+        rows = distributed.all_gather_rows(x[members]) if sharded else x[members]
+        pts = rows.astype(np.float64)
         direction = rng.standard_normal(x.shape[1])
         proj = (pts - pts.mean(axis=0)) @ direction
         # Stable sort: ties (duplicated points) are still cut into two equal halves.
         order = np.argsort(proj, kind="stable")
-        moved = members[order[len(members) // 2 :]]
-        a[moved] = empty
+        moved = order[len(rows) // 2 :]  # positions among the donor's points
+        mine = moved[(moved >= before) & (moved < before + len(members))] - before
+        a[members[mine]] = empty
         sizes[donor] -= len(moved)
         sizes[empty] = len(moved)
         if centroids is not None:
-            centroids[donor] = x[a == donor].mean(axis=0)
-            centroids[empty] = x[moved].mean(axis=0)
+            stays = np.ones(len(rows), dtype=bool)
+            stays[moved] = False
+            centroids[donor] = rows[stays].mean(axis=0)
+            centroids[empty] = rows[moved].mean(axis=0)
         n_resplit += 1
     return a, centroids, n_resplit

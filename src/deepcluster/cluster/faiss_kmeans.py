@@ -5,6 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from deepcluster import distributed
 from deepcluster.cluster._checks import as_features, check_int
 from deepcluster.cluster.empty import resplit_empty
 from deepcluster.cluster.result import ClusterResult
@@ -54,13 +55,24 @@ def kmeans(
     fit_fraction: float = 1.0,
     use_gpu: bool | None = None,
     verbose: bool = False,
+    sharded: bool = False,
+    device: str | None = None,
 ) -> ClusterResult:
     """Cluster ``x`` into ``k`` non-empty clusters with faiss k-means.
+
+    With ``sharded``, ``x`` holds this process's rows of the features (contiguous, in rank order)
+    and the processes of the distributed run cluster them together without any of them holding
+    all the rows: the fit rows (all of them, or the ``fit_fraction`` sample, drawn from the global
+    row numbers) are gathered on rank 0, which fits faiss k-means; the centroids are broadcast;
+    every rank assigns its own rows; empty clusters are re-split with the same decisions on every
+    rank (:func:`resplit_empty`); the assignments are all-gathered. One process is the same
+    computation, and gives the same result.
 
     Parameters
     ----------
     x : np.ndarray
-        Features, shape (N, d), usually from :func:`preprocess_features`.
+        Features, shape (N, d), usually from :func:`preprocess_features` (this rank's rows when
+        ``sharded``).
     k : int
         Number of clusters, 1 <= k <= N.
     niter : int
@@ -76,24 +88,36 @@ def kmeans(
         faiss GPU index; ``None`` uses one if faiss sees a GPU.
     verbose : bool
         Let faiss print its progress.
+    sharded : bool
+        Cluster the rows of all processes together (see above).
+    device : str or None
+        ``cuda[:N]``: fit (and assign) on that GPU, with faiss's GPU index when faiss has one,
+        else with :func:`~deepcluster.cluster.torch_kmeans.torch_kmeans` (faiss's algorithm in
+        torch: the same assignments up to ties). ``None`` or ``cpu``: faiss on the CPU.
 
     Returns
     -------
     ClusterResult
-        Every one of the ``k`` clusters is non-empty (see :func:`resplit_empty`);
-        ``loss`` is the sum of squared distances of all N samples to their centroid.
+        ``assignments`` of all N samples (of every rank, when sharded); every one of the ``k``
+        clusters is non-empty (see :func:`resplit_empty`); ``loss`` is the sum of squared
+        distances of all N samples to their centroid.
 
     Raises
     ------
     ClusteringError
-        On NaN/inf features, ``k`` outside [1, N], ``fit_fraction`` outside (0, 1] or leaving
-        fewer fit samples than ``k``, or ``use_gpu=True`` without GPU faiss.
+        On NaN/inf features, ``k`` larger than N, or a ``fit_fraction`` leaving fewer fit
+        samples than ``k``.
+    ValueError
+        ``fit_fraction`` outside (0, 1], ``use_gpu=True`` without GPU faiss (a caller's bug).
     """
-    x = as_features(x)
-    n, d = x.shape
+    x = as_features(x, allow_empty=sharded)
+    n_local, d = x.shape
     k = check_int(k, "k", 1)
     niter = check_int(niter, "niter", 1)
     seed = check_int(seed, "seed", 0)
+    counts = [int(c) for c in distributed.all_gather_objects(n_local)] if sharded else [n_local]
+    me = distributed.world().rank if sharded else 0
+    n, offset = sum(counts), sum(counts[:me])
     if k > n:
         raise ClusteringError(
             f"k={k} is larger than the number of samples ({n}): lower k or use more data"
@@ -115,32 +139,48 @@ def kmeans(
                 f"fit_fraction={fit_fraction} keeps {n_fit} of {n} samples to fit, fewer "
                 f"than k={k}: raise fit_fraction or lower k"
             )
-        x_fit = np.ascontiguousarray(x[np.sort(rng.choice(n, n_fit, replace=False))])
+        chosen = np.sort(rng.choice(n, n_fit, replace=False))
+        mine = chosen[(chosen >= offset) & (chosen < offset + n_local)] - offset
+        x_fit = np.ascontiguousarray(x[mine])
     else:
         x_fit = x
+    if sharded:
+        x_fit = distributed.gather_rows(x_fit)  # on rank 0 only: the fit rows of every rank, in order
 
-    clus = faiss.Clustering(d, k)
-    # faiss takes a 32-bit seed; mask so any Python int is accepted deterministically.
-    clus.seed = seed & 0x7FFFFFFF
-    clus.niter = niter
-    # As official: never let faiss subsample the fit points silently (it would above
-    # 256 points per centroid), and do not warn about few points per centroid.
-    clus.max_points_per_centroid = 10**7
-    clus.min_points_per_centroid = 1
-    clus.verbose = bool(verbose)
-    index, _gpu_res = _make_index(d, use_gpu)  # _gpu_res: must outlive the index
-    clus.train(x_fit, index)
+    on_gpu = device is not None and str(device).startswith("cuda")
+    in_torch = on_gpu and not _gpu_available()
+    if on_gpu and not in_torch:
+        use_gpu = True
+    centroids, faiss_splits = None, 0
+    if x_fit is not None and in_torch:
+        from deepcluster.cluster.torch_kmeans import torch_kmeans
 
-    stats = clus.iteration_stats
-    faiss_splits = sum(int(stats.at(i).nsplit) for i in range(stats.size()))
-    centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+        centroids, faiss_splits = torch_kmeans(x_fit, k, niter=niter, seed=seed, device=device)
+    elif x_fit is not None:
+        clus = faiss.Clustering(d, k)
+        # faiss takes a 32-bit seed; mask so any Python int is accepted deterministically.
+        clus.seed = seed & 0x7FFFFFFF
+        clus.niter = niter
+        # As official: never let faiss subsample the fit points silently (it would above
+        # 256 points per centroid), and do not warn about few points per centroid.
+        clus.max_points_per_centroid = 10**7
+        clus.min_points_per_centroid = 1
+        clus.verbose = bool(verbose)
+        index, _gpu_res = _make_index(d, use_gpu)  # _gpu_res: must outlive the index
+        clus.train(x_fit, index)
+        stats = clus.iteration_stats
+        faiss_splits = sum(int(stats.at(i).nsplit) for i in range(stats.size()))
+        centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+    if sharded:
+        centroids = distributed.broadcast_array(centroids)
+        faiss_splits = int(distributed.broadcast_object(faiss_splits))
 
-    # The index holds the trained centroids: assign all N samples, fit subset or not.
-    _, nearest = index.search(x, 1)
-    assignments = nearest[:, 0].astype(np.int64)
-    assignments, centroids, ours = resplit_empty(assignments, x, k, centroids, rng)
-
-    loss = _sq_error(x, centroids.astype(np.float64), assignments)
+    # Every sample goes to its nearest centroid, fit subset or not; each rank assigns its own.
+    local = assign_nearest(x, centroids, use_gpu=use_gpu, device=device if in_torch else None)
+    local, centroids, ours = resplit_empty(local, x, k, centroids, rng, sharded=sharded)
+    loss = float(distributed.all_reduce_sum(np.array([_sq_error(x, centroids.astype(np.float64), local)]))[0]
+                 if sharded else _sq_error(x, centroids.astype(np.float64), local))
+    assignments = (distributed.all_gather_rows(local.astype(np.int32)).astype(np.int64) if sharded else local)
     return ClusterResult(
         assignments=assignments,
         k=k,
@@ -149,3 +189,28 @@ def kmeans(
         loss=loss,
         sizes=np.bincount(assignments, minlength=k).astype(np.int64),
     )
+
+
+# Rows per nearest-centroid search: below faiss's BLAS threshold, so that a row's assignment is
+# computed the same way whether a process searches 1,000 or 1,000,000 rows.
+_SEARCH_ROWS = 65536
+
+
+def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None,
+                   device: str | None = None) -> np.ndarray:
+    """The nearest centroid (L2) of every row of ``x``, int64; the same for a row whatever rows
+    are searched with it. ``device``: compute it in torch there (GPUs without faiss-gpu)."""
+    if device is not None:
+        import torch
+
+        from deepcluster.cluster.torch_kmeans import nearest_centroids
+
+        return nearest_centroids(torch.from_numpy(np.ascontiguousarray(x)).to(device),
+                                 torch.from_numpy(centroids).to(device)).cpu().numpy()
+    index, _gpu_res = _make_index(centroids.shape[1], use_gpu)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(x), dtype=np.int64)
+    for start in range(0, len(x), _SEARCH_ROWS):
+        _, nearest = index.search(np.ascontiguousarray(x[start : start + _SEARCH_ROWS]), 1)
+        out[start : start + len(nearest)] = nearest[:, 0]
+    return out

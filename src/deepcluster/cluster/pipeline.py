@@ -32,19 +32,24 @@ class ClusterStep:
     pca_dim: int | None = None  # dimensions actually kept (fewer than asked when features are rank-deficient)
 
 
-def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int | None = None) -> ClusterStep:
+def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int | None = None,
+                           sharded: bool = False) -> ClusterStep:
     """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
 
     Parameters
     ----------
     x : np.ndarray
-        Features, shape (N, d).
+        Features, shape (N, d): with ``sharded``, this process's rows (contiguous, rank order).
     cfg : TrainConfig
         ``pca_dim``, ``whiten``, ``clustering``, ``k``, ``kmeans_iters`` and ``fit_fraction``.
     seed : int
         Seed of the clustering (training uses the cycle's seed).
     k : int, optional
         Number of clusters instead of ``cfg.k``.
+    sharded : bool
+        Cluster the rows of all the processes of a distributed run together: the PCA from
+        all-reduced moments, k-means fitted on rank 0 from the gathered reduced rows (see
+        :func:`deepcluster.cluster.kmeans`). The result holds every row's assignment.
 
     Returns
     -------
@@ -53,15 +58,25 @@ def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int
     times: dict[str, float] = {}
     t = time.perf_counter()
     pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
-    x = pre.fit_transform(x)
+    x = pre.fit_transform(x, sharded=sharded)
     times["pca"] = time.perf_counter() - t
 
     t = time.perf_counter()
     result = cluster_features(
         x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
+        sharded=sharded, device=_kmeans_device(cfg),
     )
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
+
+
+def _kmeans_device(cfg: TrainConfig) -> str | None:
+    """The GPU k-means runs on (this rank's), or None for faiss on the CPU."""
+    import torch
+
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return None
+    return f"cuda:{torch.cuda.current_device()}"
 
 
 def preprocess_and_cluster_many(xs: Sequence[np.ndarray], cfg: TrainConfig, *, seeds: Sequence[int],

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepcluster import distributed
 from deepcluster.config import EvalConfig, TrainConfig, apply_overrides
 from deepcluster.data.splits import load_split, normalization
 from deepcluster.data.transforms import normalize
@@ -234,6 +235,9 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    world = distributed.world()
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
     precision = run_precision(cfg, device)
     cache = EvalCache.for_run(run.path)
     files = {c: run.checkpoint_file(c) for c in checkpoints}
@@ -265,12 +269,12 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
                              **({} if checkpoint == PIXELS else {"precision": precision.label})}
                   for lyr in ck_layers for p in protocols}
         entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-        if use_cache:
+        if use_cache and world.is_main:  # rank 0 owns the cache and the outputs
             for key, prm in params.items():
                 entry = cache.get(checkpoint, key[0], key[1], prm)
                 if entry is not None:
                     entries[key] = (entry, "cache")
-        missing = [key for key in params if key not in entries]
+        missing = distributed.broadcast_object([key for key in params if key not in entries])
         log(f"{name} {label}: {len(entries)} cached, {len(missing)} to compute"
             + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
         if missing:
@@ -291,7 +295,12 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
              params: dict[tuple[str, str], dict[str, Any]], data: _RunData, cache: EvalCache, device: torch.device,
              precision: Precision, title: str, show_progress: bool,
              log: Log) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
-    """Extract the features of the layers in ``missing`` (in memory-bounded passes) and run their protocols."""
+    """Extract the features of the layers in ``missing`` (in memory-bounded passes) and run their protocols.
+
+    Under torchrun every rank extracts the features of its share of the images and rank 0, which
+    gathers them, runs the protocols and fills the cache (the other ranks return nothing).
+    """
+    world = distributed.world()
     layers = list(dict.fromkeys(layer for layer, _ in missing))
     extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels)}
     if checkpoint == PIXELS:
@@ -305,13 +314,18 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
     out: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     for group in groups:
         if model is None:
+            if not world.is_main:
+                continue
             ftr = {PIXELS: pixel_features(data.train.images, ecfg.pool_budget)}
             fte = {PIXELS: pixel_features(data.test.images, ecfg.pool_budget)}
         else:
             kw: dict[str, Any] = {"layers": group, "budget": ecfg.pool_budget, "batch_size": cfg.feature_batch_size,
-                                  "device": device, "show_progress": show_progress, "precision": precision}
-            ftr = extract_pooled_features(model, data.train.images, *data.stats, description=f"{title}: train features", **kw)
-            fte = extract_pooled_features(model, data.test.images, *data.stats, description=f"{title}: test features", **kw)
+                                  "device": device, "show_progress": show_progress and world.is_main,
+                                  "precision": precision}
+            ftr = _sharded_features(model, data.train.images, data.stats, f"{title}: train features", kw)
+            fte = _sharded_features(model, data.test.images, data.stats, f"{title}: test features", kw)
+            if not world.is_main:
+                continue
         for layer in group:
             for key in [k for k in missing if k[0] == layer]:
                 protocol = key[1]
@@ -327,6 +341,16 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
                     f"({result['dim']}-d, {seconds:.1f} s)")
             del ftr[layer], fte[layer]
     return out
+
+
+def _sharded_features(model: DeepClusterNet, images: torch.Tensor, stats, description: str,
+                      kw: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Pooled features of every image: this rank's share, gathered on rank 0 (``None`` elsewhere)."""
+    feats = extract_pooled_features(model, images[distributed.shard(len(images))], *stats, description=description, **kw)
+    if not distributed.world().distributed:
+        return feats
+    gathered = {layer: distributed.gather_rows(x) for layer, x in feats.items()}
+    return gathered if distributed.world().is_main else None
 
 
 def suite_cycle_metrics(runs: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
@@ -443,6 +467,8 @@ def evaluate_and_write(
     out_dir = Path(out) if out is not None else default_out(runs)
     rows = evaluate_suite(runs, checkpoints, layers, protocols, eval_cfg=eval_cfg, pixel_baseline=pixel_baseline,
                           use_cache=use_cache, show_progress=show_progress, log=log)
+    if not distributed.world().is_main:  # under torchrun: rank 0 gathered the features and writes
+        return SuiteOutput(rows=[], cycles={}, paths={}, out=out_dir, seconds=time.perf_counter() - t0)
     cycles = suite_cycle_metrics(runs)
     names = run_names(runs)
     settings = {}

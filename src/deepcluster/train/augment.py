@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 
-def random_resized_crop_flip(
-    x: torch.Tensor,
+def crop_flip_params(
+    n: int,
     *,
     crop: bool = True,
     scale: tuple[float, float] = (0.5, 1.0),
@@ -23,12 +23,10 @@ def random_resized_crop_flip(
     hflip: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per-image random resized crop (area fraction in ``scale``) and horizontal flip of a float batch."""
-    n = x.shape[0]
-    if n == 0 or not (crop or hflip):
-        return x
+    """The affine maps (n × 2 × 3) of ``n`` random resized crops (area fraction in ``scale``) and
+    horizontal flips; drawn on the CPU from ``generator``, so every process of a distributed run
+    draws the whole batch's maps and applies its own rows."""
     g = generator
-    dev = x.device
     sx = torch.ones(n)
     sy = torch.ones(n)
     tx = torch.zeros(n)
@@ -50,5 +48,28 @@ def random_resized_crop_flip(
     theta[:, 0, 2] = tx
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = ty
-    grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
+    return theta
+
+
+def apply_crop_flip(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample a float batch through its affine maps (one ``grid_sample``, reflected borders)."""
+    if x.shape[0] == 0:
+        return x
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_resized_crop_flip(
+    x: torch.Tensor,
+    *,
+    crop: bool = True,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-image random resized crop (area fraction in ``scale``) and horizontal flip of a float batch."""
+    if x.shape[0] == 0 or not (crop or hflip):
+        return x
+    return apply_crop_flip(x, crop_flip_params(x.shape[0], crop=crop, scale=scale, ratio=ratio, hflip=hflip,
+                                               generator=generator))

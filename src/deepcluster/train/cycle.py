@@ -18,16 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from deepcluster import distributed
 from deepcluster.cluster import ClusterStep, preprocess_and_cluster
 from deepcluster.config import TrainConfig
 from deepcluster.data.transforms import normalize
+from deepcluster.device import to_device
 from deepcluster.errors import TrainingError
 from deepcluster.features import extract_features
 from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
-from deepcluster.train.augment import random_resized_crop_flip
+from deepcluster.train.augment import apply_crop_flip, crop_flip_params
 from deepcluster.train.sampler import UniformClusterSampler
 
 
@@ -42,17 +45,24 @@ def cluster_step(
     show_progress: bool = True,
     precision: Precision = FP32,
 ) -> ClusterStep:
-    """Features of the whole dataset → PCA-whitening + L2 → clusters."""
+    """Features of the whole dataset → PCA-whitening + L2 → clusters.
+
+    Each process extracts the features of its own contiguous share of the images; the PCA and
+    k-means of :func:`~deepcluster.cluster.preprocess_and_cluster` then work on the shares
+    together, and every process gets the assignments of all the images.
+    """
     times: dict[str, float] = {}
     t = time.perf_counter()
+    world = distributed.world()
     layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
     feats = extract_features(
-        model, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
-        device=device, description="features", show_progress=show_progress, precision=precision,
+        model, images[distributed.shard(len(images), world)], *stats, layers=layers,
+        batch_size=cfg.feature_batch_size, device=device, description="features", show_progress=show_progress,
+        precision=precision,
     )
     x = next(iter(feats.values()))
     times["features"] = time.perf_counter() - t
-    step = preprocess_and_cluster(x, cfg, seed=seed)
+    step = preprocess_and_cluster(x, cfg, seed=seed, sharded=world.distributed)
     step.seconds = {**times, **step.seconds}
     return step
 
@@ -78,22 +88,30 @@ def train_epoch(
     optimisers' state stay fp32.
     """
     model.train()
+    world = distributed.world()
     targets = torch.from_numpy(np.asarray(pseudo_labels, dtype=np.int64))
     sampler = UniformClusterSampler(pseudo_labels, len(pseudo_labels), seed=sampler_seed)
     criterion = nn.CrossEntropyLoss()
     aug = cfg.data.augment
+    augment = aug.random_resized_crop or aug.hflip
     total_loss, correct, seen = 0.0, 0, 0
     with progress_bar("training", total=len(sampler), enabled=show_progress) as advance:
         for idx in sampler.batches(cfg.batch_size):
-            x = normalize(images[idx].to(device), *stats)
-            x = random_resized_crop_flip(
-                x, crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0), hflip=aug.hflip,
-                generator=generator,
-            )
-            y = targets[idx].to(device)
+            # Every process draws the whole batch's augmentation and takes its own share of the
+            # rows: together they take exactly the steps of a single process.
+            mine = distributed.shard(len(idx), world)
+            x = normalize(to_device(images[idx[mine]], device), *stats)
+            if augment:
+                theta = crop_flip_params(len(idx), crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0),
+                                         hflip=aug.hflip, generator=generator)
+                x = apply_crop_flip(x, theta[mine])
+            y = targets[idx[mine]].to(device)
             with precision.autocast():
                 logits = model(x)
-                loss = criterion(logits, y)
+                if world.distributed:  # DDP averages over ranks: scale so that the sum is the batch mean
+                    loss = F.cross_entropy(logits, y, reduction="sum") * (world.size / len(idx))
+                else:
+                    loss = criterion(logits, y)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the training loss became {loss.item()} (non-finite): lower lr "
@@ -104,11 +122,13 @@ def train_epoch(
             loss.backward()
             optimizer.step()
             top_optimizer.step()
-            total_loss += loss.item() * len(idx)
+            total_loss += loss.item() * (len(idx) / world.size if world.distributed else len(idx))
             correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
+            seen += len(y) if world.distributed else len(idx)
             advance(len(idx))
-    return {"loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    if world.distributed:
+        total_loss, correct, seen = distributed.all_reduce_sum(np.array([total_loss, correct, seen], dtype=np.float64))
+    return {"loss": float(total_loss) / max(seen, 1), "train_acc": float(correct) / max(seen, 1)}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -9,6 +9,7 @@ then the record of the cycle. :func:`prepare_run` builds (or restores) everythin
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import random
 import time
@@ -20,15 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster import __version__
+from deepcluster import __version__, distributed
 from deepcluster.cluster import ClusterResult, ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.config import TrainConfig
 from deepcluster.data import ImageDataset
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.device import resolve_device
-from deepcluster.errors import ClusteringError, DataError, TrainingError
+from deepcluster.errors import ClusteringError, ConfigError, DataError, TrainingError
 from deepcluster.io import append_jsonl, save_npy, torch_save, write_json, write_text
 from deepcluster.models import DeepClusterNet
+from deepcluster.models.sync_batchnorm import convert_sync_batchnorm
 from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
@@ -56,6 +58,7 @@ class RunState:
     top_state: dict[str, torch.Tensor] | None  # its classifier (restored once clustering is halted)
     init_ia: dict[str, Any] | None  # how init=best_ia:N chose the initialisation
     kept_metrics: list[dict[str, Any]]  # resumed: the metrics.jsonl records of the finished cycles
+    ddp_bytes: list[int]  # bytes this rank gave to DDP's gradient all-reduces (a one-element counter)
 
     @property
     def in_channels(self) -> int:
@@ -110,47 +113,91 @@ def train(
     -------
     RunFolder
     """
-    run = RunFolder(check_output_folder(out))
-    with run.lock():  # one trainer per folder; everything below is validated before the first write
+    world = distributed.init(cfg.distributed.backend, cfg.device, cfg.distributed.timeout)
+    run = RunFolder(out)
+    if world.is_main:
+        check_output_folder(out)
+    # One trainer per folder, and one writer per run: rank 0 locks and writes, the other ranks
+    # never touch the folder. Everything below is validated before the first write.
+    with run.lock() if world.is_main else contextlib.nullcontext():
         state = prepare_run(cfg, out, resume=resume, init_ia=init_ia)
-        if resume:
-            _restore(state)
-        else:
-            _create(state)
-        _train_cycles(state, show_progress=show_progress, on_cycle=on_cycle, stop_after=stop_after)
+        if world.is_main:
+            if resume:
+                _restore(state)
+            else:
+                _create(state)
+        _train_cycles(state, show_progress=show_progress and world.is_main, on_cycle=on_cycle, stop_after=stop_after)
     return run
 
 
 def _train_cycles(state: RunState, *, show_progress: bool, on_cycle: CycleCallback | None,
                   stop_after: int | None) -> None:
-    cfg, model = state.cfg, state.model
+    cfg, model, world = state.cfg, state.model, distributed.world()
     cycles_done = 0
     with contextlib.closing(_TensorBoard(state.run, purge_step=state.start_cycle)) as board:
         for cycle in range(state.start_cycle, cfg.cycles + 1):
             seed = cycle_seed(cfg.seed, cycle)
             generator = _seed_everything(seed)
             previous = state.assignments
+            sent = distributed.bytes_sent() + state.ddp_bytes[0]
             targets = cycle_targets(state, cycle, generator, show_progress=show_progress)
 
             top_optimizer = make_top_optimizer(model, cfg)
+            net = _wrap(state) if world.distributed else model  # the new top layer is wrapped afresh
             t = time.perf_counter()
             for epoch in range(cfg.epochs_per_cycle):
                 epoch_stats = train_epoch(
-                    model, state.images, targets.assignments, state.optimizer, top_optimizer, cfg, state.stats,
+                    net, state.images, targets.assignments, state.optimizer, top_optimizer, cfg, state.stats,
                     device=state.device, generator=generator, sampler_seed=seed + epoch, show_progress=show_progress,
                     precision=state.precision,
                 )
+            if world.distributed and not cfg.distributed.sync_batchnorm:
+                _broadcast_buffers(model)  # rank 0's BatchNorm statistics: what it checkpoints
             seconds = {**(targets.seconds or {}), "training": time.perf_counter() - t}
 
             state.assignments = targets.assignments
             record = cycle_record(state, cycle, targets, previous, epoch_stats, seconds)
-            _save_cycle(state, cycle, record)
-            board.log(record)
-            if on_cycle is not None:
-                on_cycle(record)
+            if world.distributed:
+                record["world_size"] = world.size
+                record["bytes_sent"] = distributed.bytes_sent() + state.ddp_bytes[0] - sent
+            if world.is_main:
+                _save_cycle(state, cycle, record)
+                board.log(record)
+                if on_cycle is not None:
+                    on_cycle(record)
+            del net
             cycles_done += 1
             if stop_after is not None and cycles_done >= stop_after:
                 break
+
+
+def _wrap(state: RunState) -> torch.nn.Module:
+    """The model under DistributedDataParallel, counting the bytes of its gradient all-reduces."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = state.device
+    sync = not state.cfg.distributed.sync_batchnorm  # BatchNorm statistics of rank 0 at each forward
+    sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    ddp = DistributedDataParallel(state.model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                  **{sync_kw: sync})
+    counter = state.ddp_bytes
+
+    def counting_allreduce(process_group, bucket):
+        buffer = bucket.buffer()
+        counter[0] += buffer.numel() * buffer.element_size()
+        return allreduce_hook(process_group, bucket)
+
+    ddp.register_comm_hook(None, counting_allreduce)
+    return ddp
+
+
+def _broadcast_buffers(model: torch.nn.Module) -> None:
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, 0)
 
 
 def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -161,33 +208,36 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         raise ValueError("init=best_ia:N must be resolved before training: "
                          "cfg, init_ia = deepcluster.analysis.alignment.resolve_init(cfg)")
     run = RunFolder(Path(out))
+    world = distributed.world()
     checkpoint, kept_metrics = None, []
-    if resume:
+    if resume and world.is_main:
         checkpoint = run.load_checkpoint("last") if run.checkpoint_path.exists() else None
         done = checkpoint["cycle"] if checkpoint is not None else 0
         kept_metrics = [r for r in run.metrics() if r.get("cycle", 0) <= done]
+    if resume and world.distributed:  # only rank 0 reads the folder: the others get the checkpoint
+        checkpoint = distributed.broadcast_object(checkpoint)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
     precision = run_precision(cfg, device)
 
     data = load_train_data(cfg)
-    if cfg.k > len(data):
-        raise ClusteringError(f"k={cfg.k} is larger than the number of images ({len(data)}): lower k or use more data")
-    if cfg.supervised and data.labels is None:
-        raise DataError(f"supervised=true needs labels, and dataset {cfg.data.name} has none: drop supervised")
     images = data.images_tensor()
     in_channels, input_size = int(images.shape[1]), int(images.shape[-1])
     model = build_network(cfg, in_channels, input_size).to(device)
-    if cfg.pca_dim is not None and cfg.cluster_layer is None and cfg.pca_dim > min(len(data), model.feature_dim):
-        raise ClusteringError(f"pca_dim={cfg.pca_dim} is larger than the {model.feature_dim} dimensions of "
-                              f"{cfg.model.arch}'s clustering features ({len(data)} images): lower pca_dim to at "
-                              f"most {min(len(data), model.feature_dim)}, or set pca_dim=off")
+    if world.distributed:
+        _check_world(cfg, world, len(data))
+    if world.is_main:  # the same verdict for every rank: rank 0 says it once, torchrun stops the others
+        _check_run(cfg, data, model)
+    if cfg.distributed.sync_batchnorm:
+        model = convert_sync_batchnorm(model)
     # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
     optimizer = make_optimizer(model, cfg)
     state = RunState(run=run, cfg=cfg, data=data, images=images, stats=normalization(cfg, in_channels),
                      device=device, precision=precision, model=model, optimizer=optimizer, start_cycle=1, assignments=None,
-                     top_state=None, init_ia=init_ia, kept_metrics=kept_metrics)
+                     top_state=None, init_ia=init_ia, kept_metrics=kept_metrics, ddp_bytes=[0])
     if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
         if len(checkpoint["assignments"]) != len(data):
             raise TrainingError(f"{run.checkpoint_path} holds {len(checkpoint['assignments'])} assignments but the "
@@ -198,6 +248,32 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         state.start_cycle = checkpoint["cycle"] + 1
         state.assignments = checkpoint["assignments"]
     return state
+
+
+def _check_run(cfg: TrainConfig, data: ImageDataset, model: DeepClusterNet) -> None:
+    """What the config asks of the data and the network, checked before anything is written."""
+    if cfg.k > len(data):
+        raise ClusteringError(f"k={cfg.k} is larger than the number of images ({len(data)}): lower k or use more data")
+    if cfg.supervised and data.labels is None:
+        raise DataError(f"supervised=true needs labels, and dataset {cfg.data.name} has none: drop supervised")
+    if cfg.pca_dim is not None and cfg.cluster_layer is None and cfg.pca_dim > min(len(data), model.feature_dim):
+        raise ClusteringError(f"pca_dim={cfg.pca_dim} is larger than the {model.feature_dim} dimensions of "
+                              f"{cfg.model.arch}'s clustering features ({len(data)} images): lower pca_dim to at "
+                              f"most {min(len(data), model.feature_dim)}, or set pca_dim=off")
+
+
+def _check_world(cfg: TrainConfig, world: distributed.World, n_images: int) -> None:
+    """Every rank must train the same run, and each needs at least one image."""
+    mine = json.dumps(cfg.model_dump(mode="json", exclude={"device", "threads"}), sort_keys=True)
+    configs = distributed.all_gather_objects(mine)
+    if not world.is_main:
+        return
+    if world.size > n_images:
+        raise ConfigError(f"{world.size} processes for {n_images} images: start at most {n_images} processes")
+    bad = [r for r, text in enumerate(configs) if text != configs[0]]
+    if bad:
+        raise ConfigError(f"ranks {bad} were started with a different config than rank 0: start every rank with the "
+                          "same --config and --set values")
 
 
 def _create(state: RunState) -> None:

@@ -1,0 +1,247 @@
+"""Several processes through PyTorch's own engine: ``torch.distributed``, started by ``torchrun``.
+
+Every command runs the same code whatever the number of processes: a single process is the
+world of size 1, where every collective below is the identity. Under ``torchrun`` (``WORLD_SIZE``
+and friends in the environment) :func:`init` joins the process group: gloo on CPUs, NCCL on
+GPUs (``backend: auto``), each rank on the GPU of its local rank when there are GPUs.
+
+The collectives take and return numpy arrays (what clustering works with); they count the
+bytes this rank sends (:func:`bytes_sent`), which training records per cycle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from deepcluster.errors import ConfigError
+
+__all__ = [
+    "World",
+    "all_gather_rows",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_array",
+    "broadcast_object",
+    "bytes_sent",
+    "gather_rows",
+    "init",
+    "shard",
+    "shutdown",
+    "world",
+]
+
+_BYTES = [0]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place: ``rank`` of ``size`` processes, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str = "none"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """The current world: the process group's when one is initialised, else a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend())
+    return World()
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (or another launcher setting the env:// variables)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init(backend: str = "auto", device: str = "auto", timeout_s: float = 600.0) -> World:
+    """Join the process group when launched by torchrun; a single process otherwise.
+
+    Parameters
+    ----------
+    backend : {"auto", "gloo", "nccl"}
+        ``auto``: NCCL when this process uses CUDA, gloo otherwise.
+    device : str
+        The config's device (``auto``, ``cpu``, ``cuda``): decides the backend and, with CUDA,
+        binds this rank to the GPU of its local rank.
+    timeout_s : float
+        How long a collective may wait for the other ranks before the run fails.
+
+    Raises
+    ------
+    ConfigError
+        An unknown backend, NCCL without CUDA, or a rendezvous that cannot be reached.
+    """
+    if backend not in ("auto", "gloo", "nccl"):
+        raise ConfigError(f"distributed.backend {backend!r}: use auto, gloo or nccl")
+    if not launched_by_torchrun():
+        return World()
+    if dist.is_initialized():
+        return world()
+    uses_cuda = torch.cuda.is_available() and device != "cpu"
+    chosen = ("nccl" if uses_cuda else "gloo") if backend == "auto" else backend
+    if chosen == "nccl" and not uses_cuda:
+        raise ConfigError("distributed.backend=nccl needs CUDA: use backend gloo (or auto) on CPUs")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if uses_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    try:
+        dist.init_process_group(chosen, timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError, TimeoutError) as e:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot join the process group at {where} ({first}): check that every machine reaches "
+                          "the rendezvous address and port, and started with the same --nnodes") from None
+    return world()
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n: int, w: World | None = None) -> slice:
+    """This rank's contiguous, deterministic share of ``n`` items (sizes differ by at most one)."""
+    w = w or world()
+    return slice(w.rank * n // w.size, (w.rank + 1) * n // w.size)
+
+
+def bytes_sent() -> int:
+    """Bytes this process has sent through the collectives below since it started."""
+    return _BYTES[0]
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    backend = dist.get_backend()
+    return t.cuda() if backend == "nccl" else t
+
+
+def all_reduce_sum(array: np.ndarray) -> np.ndarray:
+    """The element-wise sum of ``array`` over all ranks (float64 and int64 sum exactly as given)."""
+    w = world()
+    if not w.distributed:
+        return np.asarray(array)
+    t = _tensor(np.asarray(array))
+    _BYTES[0] += t.numel() * t.element_size()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def _counts(n: int) -> list[int]:
+    w = world()
+    counts = torch.tensor([n], dtype=torch.int64)
+    out = [torch.zeros(1, dtype=torch.int64) for _ in range(w.size)]
+    if dist.get_backend() == "nccl":
+        counts, out = counts.cuda(), [o.cuda() for o in out]
+    dist.all_gather(out, counts)
+    _BYTES[0] += 8
+    return [int(o.item()) for o in out]
+
+
+def all_gather_rows(array: np.ndarray) -> np.ndarray:
+    """Every rank's rows of ``array`` (same trailing shape and dtype on all ranks), in rank order."""
+    array = np.ascontiguousarray(array)
+    w = world()
+    if not w.distributed:
+        return array
+    counts = _counts(len(array))
+    most = max(counts)
+    padded = np.zeros((most, *array.shape[1:]), dtype=array.dtype)
+    padded[: len(array)] = array
+    t = _tensor(padded)
+    parts = [torch.empty_like(t) for _ in range(w.size)]
+    _BYTES[0] += t.numel() * t.element_size()
+    dist.all_gather(parts, t)
+    return np.concatenate([p.cpu().numpy()[:c] for p, c in zip(parts, counts)])
+
+
+def gather_rows(array: np.ndarray, dst: int = 0) -> np.ndarray | None:
+    """Every rank's rows of ``array`` on rank ``dst`` only (``None`` elsewhere), in rank order.
+
+    gloo and NCCL both support :func:`torch.distributed.gather` of equal-sized tensors; rows are
+    padded to the largest share and trimmed again.
+    """
+    array = np.ascontiguousarray(array)
+    w = world()
+    if not w.distributed:
+        return array
+    counts = _counts(len(array))
+    most = max(counts)
+    padded = np.zeros((most, *array.shape[1:]), dtype=array.dtype)
+    padded[: len(array)] = array
+    t = _tensor(padded)
+    if w.rank != dst:
+        _BYTES[0] += t.numel() * t.element_size()
+    if dist.get_backend() == "nccl":  # NCCL has no gather: all_gather and keep them on dst
+        parts = [torch.empty_like(t) for _ in range(w.size)]
+        dist.all_gather(parts, t)
+    else:
+        parts = [torch.empty_like(t) for _ in range(w.size)] if w.rank == dst else None
+        dist.gather(t, parts, dst=dst)
+    if w.rank != dst:
+        return None
+    return np.concatenate([p.cpu().numpy()[:c] for p, c in zip(parts, counts)])
+
+
+def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
+    """``array`` of rank ``src`` on every rank (the others pass ``None``)."""
+    w = world()
+    if not w.distributed:
+        assert array is not None
+        return np.asarray(array)
+    meta = broadcast_object(None if array is None else (np.asarray(array).shape, np.asarray(array).dtype.str), src)
+    shape, dtype = meta
+    buf = np.ascontiguousarray(array) if w.rank == src else np.empty(shape, dtype=np.dtype(dtype))
+    t = _tensor(buf)
+    if w.rank == src:
+        _BYTES[0] += t.numel() * t.element_size() * (w.size - 1)
+    dist.broadcast(t, src=src)
+    return t.cpu().numpy()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """A picklable object of rank ``src`` on every rank (small things: decisions, shapes, configs)."""
+    w = world()
+    if not w.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order."""
+    w = world()
+    if not w.distributed:
+        return [obj]
+    out: list[Any] = [None] * w.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if world().distributed:
+        dist.barrier()
+
+
+def concat_in_rank_order(parts: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(list(parts))
