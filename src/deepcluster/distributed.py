@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from deepcluster.errors import ConfigError
 
 __all__ = [
     "World",
+    "all_gather_objects",
     "all_gather_rows",
     "all_reduce_sum",
     "barrier",
@@ -33,6 +33,7 @@ __all__ = [
     "bytes_sent",
     "gather_rows",
     "init",
+    "launched_by_torchrun",
     "shard",
     "shutdown",
     "world",
@@ -241,7 +242,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if world().distributed:
         dist.barrier()
-
-
-def concat_in_rank_order(parts: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate(list(parts))
