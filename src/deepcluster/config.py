@@ -50,6 +50,11 @@ class DataConfig(StrictModel):
     image_size: int | None = Field(None, ge=8)
     limit: int | None = Field(None, ge=2)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # Pixels up to this many MB are read once into memory (the fast path); a larger image folder
+    # or ingested pool is streamed through `workers` DataLoader processes, and the cycle's features
+    # are kept at full width only within it. None: a quarter of RAM; 0: always stream.
+    memory_budget_mb: int | None = Field(None, ge=0)
+    workers: int = Field(2, ge=0)
 
 
 class ModelConfig(StrictModel):
@@ -131,6 +136,9 @@ class TrainConfig(StrictModel):
     kmeans_iters: int = Field(20, ge=1)
     fit_fraction: float = Field(1.0, gt=0.0, le=1.0)
     halt_clustering_after: int | None = Field(None, ge=1)
+    # Caron's Algorithm 2: each cycle clusters and trains on this many images sampled from the
+    # pool (seeded by seed and cycle). None: every image, every cycle.
+    pool_subset: int | None = Field(None, ge=2)
     # Baseline: train on the dataset's labels instead of cluster ids (same network, loop and run
     # folder, so evaluate / report / dissect / ensemble compare it with DeepCluster directly).
     supervised: bool = False
@@ -155,7 +163,7 @@ class TrainConfig(StrictModel):
     # that fp32 reproduces the NCHW numbers exactly); true/false to force it.
     channels_last: Literal["auto"] | bool = "auto"
 
-    _off = field_validator("pca_dim", "halt_clustering_after", mode="before")(
+    _off = field_validator("pca_dim", "halt_clustering_after", "pool_subset", mode="before")(
         classmethod(lambda cls, v: _off_to_none(v))
     )
 
@@ -163,6 +171,10 @@ class TrainConfig(StrictModel):
     def _check(self) -> TrainConfig:
         if self.data.limit is not None and self.k > self.data.limit:
             raise ValueError(f"k={self.k} is larger than data.limit={self.data.limit}")
+        if self.pool_subset is not None and self.k > self.pool_subset:
+            raise ValueError(f"k={self.k} is larger than pool_subset={self.pool_subset}")
+        if self.pool_subset is not None and self.supervised:
+            raise ValueError("supervised=true trains on the labels of every image: drop pool_subset")
         if self.device not in {"auto", "cpu"} and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         self.best_ia_candidates()  # validates ``init``

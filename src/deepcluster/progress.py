@@ -7,15 +7,39 @@ import os
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 console = Console(stderr=True)
 _enabled = os.environ.get("DEEPCLUSTER_PROGRESS", "1") != "0"
 
 
+class _RateColumn(ProgressColumn):
+    """Items per second, e.g. ``1,234 images/s``."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} {self.unit}/s" if task.speed else f"- {self.unit}/s", style="progress.data.speed")
+
+
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Context manager yielding ``advance(n)``; a transient bar when enabled and a terminal is attached."""
+def progress_bar(description: str, total: int, enabled: bool = True,
+                 unit: str | None = None) -> Iterator[Callable[[int], None]]:
+    """Context manager yielding ``advance(n)``; a transient bar when enabled and a terminal is attached.
+
+    ``unit`` (e.g. ``"images"``) adds a rate column.
+    """
     if not (enabled and _enabled and console.is_terminal):
         yield lambda n=1: None
         return
@@ -23,6 +47,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *((_RateColumn(unit),) if unit else ()),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )

@@ -6,7 +6,7 @@ from deepcluster.errors import DataError, DeepClusterError
 
 def test_available_datasets():
     names = available_datasets()
-    assert names == ["fashion-mnist", "mnist", "cifar10", "svhn", "folder", "digits"]
+    assert names == ["fashion-mnist", "mnist", "cifar10", "svhn", "folder", "ingested", "digits"]
     assert DEFAULT_ROOTS["fashion-mnist"] == "/usr/share/datasets/fashion-mnist"
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from deepcluster import __version__
-from deepcluster.cli import compare, evaluate, ia, interpret, report, study, train
+from deepcluster.cli import compare, data, evaluate, ia, interpret, report, study, train
 from deepcluster.cli._common import out_console
 
 __all__ = ["app", "main"]
@@ -52,6 +52,7 @@ train.register(app)
 evaluate.register(app)
 ia.register(app)
 app.command("list")(list_)
+data.register(app)
 study.register(app)
 report.register(app)
 interpret.register(app)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from deepcluster import __version__
 from deepcluster.cli._common import QuietOption, SetOption, fmt, out_console, user_errors
@@ -38,9 +39,13 @@ def print_cycle(record: dict[str, Any], total: int) -> None:
         parts.append(f"pca {record['pca_dim_effective']}")
     if record.get("n_resplit"):
         parts.append(f"resplit {record['n_resplit']}")
+    if record.get("pool_subset"):
+        parts.append(f"sample {record['pool_subset']}")
     if not record.get("clustered", True):
         parts.append("[dim](supervised: the labels)[/]" if record.get("supervised") else "[dim](clustering halted)[/]")
     parts.append("[dim]" + " ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "[/]")
+    if record.get("images") and record["cycle"] == 1:  # how the run reads its images: once
+        out_console.print(f"[dim]images: {escape(record['images'])}[/]", highlight=False)
     out_console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
 

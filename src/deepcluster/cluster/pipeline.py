@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,33 +32,38 @@ class ClusterStep:
     pca_dim: int | None = None  # dimensions actually kept (fewer than asked when features are rank-deficient)
 
 
-def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int | None = None,
-                           sharded: bool = False) -> ClusterStep:
+def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], cfg: TrainConfig, *, seed: int,
+                           k: int | None = None, sharded: bool = False, hold_bytes: int | None = None) -> ClusterStep:
     """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
 
     Parameters
     ----------
-    x : np.ndarray
+    x : np.ndarray or callable
         Features, shape (N, d): with ``sharded``, this process's rows (contiguous, rank order).
+        Or a callable returning the rows a chunk at a time: the PCA is fitted from the chunks'
+        moments and each chunk is then reduced to ``pca_dim``, so the features never exist at
+        full width all at once -- the result is the same as from the whole array.
     cfg : TrainConfig
         ``pca_dim``, ``whiten``, ``clustering``, ``k``, ``kmeans_iters`` and ``fit_fraction``.
     seed : int
-        Seed of the clustering (training uses the cycle's seed).
+        Seed of the clustering.
     k : int, optional
-        Number of clusters instead of ``cfg.k``.
+        Number of clusters (default ``cfg.k``).
     sharded : bool
-        Cluster the rows of all the processes of a distributed run together: the PCA from
-        all-reduced moments, k-means fitted on rank 0 from the gathered reduced rows (see
-        :func:`deepcluster.cluster.kmeans`). The result holds every row's assignment.
-
-    Returns
-    -------
-    ClusterStep
+        The processes of a distributed run each pass their own rows; every one gets the
+        assignments of all the rows.
+    hold_bytes : int, optional
+        With a callable ``x``: the full-width chunks of the first pass are kept (and reduced
+        without a second pass) while they take at most this many bytes; beyond, the first pass
+        only fits the PCA and the callable is called again for the rows to reduce. None: no limit.
     """
     times: dict[str, float] = {}
     t = time.perf_counter()
     pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
-    x = pre.fit_transform(x, sharded=sharded)
+    if callable(x):
+        x = _reduce_chunks(pre, x, sharded=sharded, hold_bytes=hold_bytes)
+    else:
+        x = pre.fit_transform(x, sharded=sharded)
     times["pca"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -68,6 +73,35 @@ def preprocess_and_cluster(x: np.ndarray, cfg: TrainConfig, *, seed: int, k: int
     )
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
+
+
+def _reduce_chunks(pre: Preprocessor, chunks: Callable[[], Iterable[np.ndarray]], *, sharded: bool,
+                   hold_bytes: int | None) -> np.ndarray:
+    """Fit ``pre`` on the rows ``chunks()`` yields and return them reduced (N × pca_dim float32).
+
+    Only the reduced rows are held, plus the full-width chunks of the first pass while they fit
+    ``hold_bytes`` (then no second pass is needed).
+    """
+    kept: list[np.ndarray] | None = []
+    held = n = 0
+    for chunk in chunks():
+        pre.partial_fit(chunk, allow_empty=True)
+        n += len(chunk)
+        if kept is not None:
+            held += chunk.nbytes
+            if hold_bytes is None or held <= hold_bytes:
+                kept.append(chunk)
+            else:
+                kept = None  # too large to keep: the rows are read again
+    pre.finalize(sharded=sharded)
+    out = np.empty((n, pre.effective_dim or 1), dtype=np.float32)
+    row = 0
+    for chunk in kept if kept is not None else chunks():
+        out[row : row + len(chunk)] = pre.transform(chunk)
+        row += len(chunk)
+    if row != n:
+        raise ValueError(f"the second pass over the features gave {row} rows, the first {n}")
+    return out
 
 
 def _kmeans_device(cfg: TrainConfig) -> str | None:

@@ -3,10 +3,12 @@
 Follows ``preprocess_features`` of the official DeepCluster code: PCA to ``pca_dim`` dims
 with whitening (``eigen_power=-0.5``), then each row scaled to unit L2 norm.
 
-The PCA is fitted from float64 moments -- the mean, then the scatter matrix around it -- which
-are sums over rows: with ``sharded=True`` each process holds only its own rows of the features
-and the sums are all-reduced (:mod:`deepcluster.distributed`), so every rank computes the same
-whitening and no rank ever holds all the features. One process is the same computation.
+The PCA is fitted from float64 moments -- the sum of the rows and the sum of their outer
+products, accumulated over blocks of 8,192 rows -- so it can be fitted from features that arrive
+a chunk at a time (:meth:`Preprocessor.partial_fit`) and never exist at full width all at once,
+with the same numbers as from all of them at once. With ``sharded=True`` each process holds only
+its own rows and the sums are all-reduced (:mod:`deepcluster.distributed`), so every rank
+computes the same whitening and no rank ever holds all the features.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Preprocessor:
     _mean: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _matrix: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # d × kept, scaled
     _d_in: int | None = field(default=None, init=False, repr=False, compare=False)
+    _moments: _Moments | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_fitted(self) -> bool:
@@ -90,8 +93,26 @@ class Preprocessor:
             On NaN/inf features, ``pca_dim > min(N, d)``, or a degenerate PCA (the features
             span fewer than ``pca_dim`` dimensions, so whitening would divide by ~0).
         """
-        x = as_features(x, allow_empty=sharded)
-        n_local, d = x.shape
+        self._moments = None
+        self.partial_fit(x, allow_empty=sharded)
+        return self.finalize(sharded=sharded)
+
+    def partial_fit(self, x: np.ndarray, *, allow_empty: bool = False) -> Preprocessor:
+        """Add the rows ``x`` to the moments; :meth:`finalize` fits the PCA from all rows added."""
+        x = as_features(x, allow_empty=allow_empty)
+        if self._moments is None:
+            self._moments = _Moments(x.shape[1])
+        elif x.shape[1] != self._moments.d:
+            raise ValueError(f"features have {x.shape[1]} dims but earlier chunks had {self._moments.d}")
+        self._moments.add(x)
+        return self
+
+    def finalize(self, *, sharded: bool = False) -> Preprocessor:
+        """Fit the PCA from the rows given to :meth:`partial_fit` (of every rank when ``sharded``)."""
+        if self._moments is None:
+            raise ValueError("Preprocessor.finalize was called before partial_fit")
+        moments, self._moments = self._moments.flushed(), None
+        d = moments.d
         self._mean, self._matrix, self._d_in = None, None, None
         if self.on_degenerate not in ("raise", "truncate"):
             raise ValueError(f"on_degenerate must be 'raise' or 'truncate', not {self.on_degenerate!r}")
@@ -100,16 +121,16 @@ class Preprocessor:
             self.effective_dim = d
             return self
         pca_dim = check_int(self.pca_dim, "pca_dim", 1)
-        n = int(round(float(_sum(np.array([float(n_local)]), sharded)[0])))
+        n = int(round(float(_sum(np.array([float(moments.n)]), sharded)[0])))
         if pca_dim > min(n, d):
             raise ClusteringError(
                 f"pca_dim={pca_dim} is larger than min(number of samples={n}, "
                 f"feature dim={d}) = {min(n, d)}: lower pca_dim to at most {min(n, d)} "
                 "or use more data"
             )
-        mean = _sum(_column_sums(x), sharded) / n
-        scatter = _sum(_centred_scatter(x, mean), sharded)
-        eig, vec = np.linalg.eigh(scatter / n)  # ascending
+        mean = _sum(moments.total, sharded) / n
+        cov = _sum(moments.outer, sharded) / n - np.outer(mean, mean)
+        eig, vec = np.linalg.eigh((cov + cov.T) / 2)  # ascending
         eig, vec = eig[::-1][:pca_dim], vec[:, ::-1][:, :pca_dim]
         keep = eig > _DEGENERATE_REL_VAR * max(float(eig[0]), 0.0) if eig[0] > 0 else np.zeros(pca_dim, bool)
         rank = int(keep.sum())
@@ -184,19 +205,37 @@ def _sum(values: np.ndarray, sharded: bool) -> np.ndarray:
     return distributed.all_reduce_sum(np.asarray(values, dtype=np.float64)) if sharded else np.asarray(values)
 
 
-def _column_sums(x: np.ndarray) -> np.ndarray:
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for start in range(0, len(x), _BLOCK):
-        total += x[start : start + _BLOCK].sum(axis=0, dtype=np.float64)
-    return total
+class _Moments:
+    """Float64 row count, sum and sum of outer products, added a block of :data:`_BLOCK` rows at a
+    time whatever the chunks they arrive in (so the sums do not depend on the chunking)."""
 
+    def __init__(self, d: int) -> None:
+        self.d, self.n = d, 0
+        self.total = np.zeros(d, dtype=np.float64)
+        self.outer = np.zeros((d, d), dtype=np.float64)
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
 
-def _centred_scatter(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    scatter = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
-    for start in range(0, len(x), _BLOCK):
-        block = x[start : start + _BLOCK].astype(np.float64) - mean
-        scatter += block.T @ block
-    return scatter
+    def add(self, x: np.ndarray) -> None:
+        while len(x):
+            take = min(len(x), _BLOCK - self._pending_rows)
+            self._pending.append(x[:take])
+            self._pending_rows += take
+            x = x[take:]
+            if self._pending_rows == _BLOCK:
+                self._block()
+
+    def _block(self) -> None:
+        block = np.concatenate(self._pending).astype(np.float64) if self._pending else np.zeros((0, self.d))
+        self._pending, self._pending_rows = [], 0
+        self.n += len(block)
+        self.total += block.sum(axis=0)
+        self.outer += block.T @ block
+
+    def flushed(self) -> _Moments:
+        if self._pending_rows:
+            self._block()
+        return self
 
 
 def preprocess_features(

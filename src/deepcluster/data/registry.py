@@ -13,7 +13,7 @@ DEFAULT_ROOTS: dict[str, str] = {
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",
 }
 
-_DATASETS = ("fashion-mnist", "mnist", "cifar10", "svhn", "folder", "digits")
+_DATASETS = ("fashion-mnist", "mnist", "cifar10", "svhn", "folder", "ingested", "digits")
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",
@@ -34,6 +34,8 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # Measured on the 28×28 train split produced by digits.py.
     "digits": ((0.3057,), (0.3245,)),
     "folder": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # An ingested pool is normalised with the statistics of what it was ingested from (when known).
+    "ingested": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 _NEEDS_ROOT_HINT = {
@@ -41,6 +43,7 @@ _NEEDS_ROOT_HINT = {
     "cifar10": "download and extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
     "svhn": "download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/",
     "folder": "put your images in a folder (one subfolder per class if you have labels)",
+    "ingested": "create one with `deepcluster data ingest SOURCE OUT`",
 }
 
 
@@ -160,6 +163,14 @@ def load_dataset(
         return finalize(load_digits_dataset(split, image_size), None, limit, seed)
 
     path = _resolve_root(name, root)
+    if name == "ingested":
+        from deepcluster.data.ingested import IngestedDataset
+
+        dataset = IngestedDataset(path)
+        if image_size is not None and image_size != dataset.size:
+            raise DataError(f"{path} was ingested at {dataset.size} px and data.image_size is {image_size}: set "
+                            f"data.image_size={dataset.size} (or off), or ingest the source again at {image_size}")
+        return finalize(dataset, None, limit, seed)
     if name == "folder":
         from deepcluster.data.folder import load_folder
 

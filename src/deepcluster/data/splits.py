@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deepcluster.config import TrainConfig
 from deepcluster.data.base import ImageDataset
-from deepcluster.data.registry import dataset_stats, load_dataset
+from deepcluster.data.registry import available_datasets, canonical_name, dataset_stats, load_dataset
 
 __all__ = ["load_split", "load_train_data", "normalization"]
 
@@ -23,6 +23,13 @@ def load_train_data(cfg: TrainConfig) -> ImageDataset:
 
 
 def normalization(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the run's dataset (0.5/0.5 when the known stats do not fit)."""
-    stats = dataset_stats(cfg.data.name)
+    """Per-channel mean/std of the run's dataset (0.5/0.5 when the known stats do not fit); an
+    ingested pool takes those of the dataset it was ingested from."""
+    name = cfg.data.name
+    if canonical_name(name) == "ingested" and cfg.data.root is not None:
+        from deepcluster.data.ingested import read_manifest
+
+        kind = read_manifest(cfg.data.root).get("source_kind")
+        name = kind if kind in available_datasets() else name
+    stats = dataset_stats(name)
     return stats if len(stats[0]) == channels else ((0.5,) * channels, (0.5,) * channels)

@@ -44,7 +44,7 @@ def run_train_labels(run_dir: str | Path) -> np.ndarray | None:
 
 
 def _size_stats(assignments: np.ndarray) -> dict[str, Any]:
-    sizes = np.unique(assignments, return_counts=True)[1]
+    sizes = np.unique(assignments[assignments >= 0], return_counts=True)[1]
     return {"clusters": int(sizes.size), "size_min": int(sizes.min()), "size_median": float(np.median(sizes)),
             "size_max": int(sizes.max())}
 
@@ -72,7 +72,9 @@ def cycle_metrics(
         ``size_min``, ``size_median``, ``size_max``, ``prev_cycle`` and ``nmi_prev`` (NMI with the
         previous saved cycle; ``None`` for the first one), and with labels ``nmi``, ``ari``,
         ``acc`` (Hungarian accuracy) vs the labels (``None`` without labels). Empty when no
-        cycle is saved.
+        cycle is saved. A cycle that clustered a sample of the pool (``pool_subset``, Caron's
+        Algorithm 2) has -1 for the images outside it: ``n`` counts the sample, the label metrics
+        are on the sample, and ``nmi_prev`` on the images both cycles clustered.
 
     Raises
     ------
@@ -97,12 +99,16 @@ def cycle_metrics(
             where = "the run's training split (data.limit and seed of its config.yaml)" if auto else "the labels given"
             raise DataError(f"{run.assignments_path(cycle)} holds {len(a)} assignments but {where} has {len(labels)} "
                             "images: the labels must be those of the clustered images, in the same order")
-        row: dict[str, Any] = {"cycle": cycle, "n": len(a), **_size_stats(a),
+        mask = a >= 0  # all True but for an Algorithm 2 cycle
+        row: dict[str, Any] = {"cycle": cycle, "n": int(mask.sum()), **_size_stats(a),
                                "prev_cycle": None, "nmi_prev": None, "nmi": None, "ari": None, "acc": None}
         if previous is not None and len(previous[1]) == len(a):
-            row["prev_cycle"], row["nmi_prev"] = previous[0], nmi(previous[1], a)
+            shared = mask & (previous[1] >= 0)
+            if shared.sum() > 1:
+                row["prev_cycle"], row["nmi_prev"] = previous[0], nmi(previous[1][shared], a[shared])
         if labels is not None:
-            row.update(nmi=nmi(labels, a), ari=ari(labels, a), acc=clustering_accuracy(labels, a))
+            lab, got = labels[mask], a[mask]
+            row.update(nmi=nmi(lab, got), ari=ari(lab, got), acc=clustering_accuracy(lab, got))
         rows.append(row)
         previous = (cycle, a)
     return rows

@@ -27,7 +27,8 @@ def export_run(
 
     ``layer=None`` exports the clustering features (trunk output before the last ReLU);
     otherwise a named probe layer, flattened. The CSV maps each sample (its file path for
-    folder datasets, else its index) to its cluster id in the last saved assignment.
+    folder datasets, else its index) to its cluster id in the last saved assignment: -1 for the
+    images a run with ``pool_subset`` (Caron's Algorithm 2) did not cluster in that cycle.
     """
     run = RunFolder(Path(run_dir)).require()
     cfg = run.load_config()
@@ -49,7 +50,7 @@ def export_run(
     write_csv(out_dir / "assignments.csv", zip(names, assignments.tolist()), [key, "cluster"])
     summary = {"run": str(run.path), "checkpoint": checkpoint, "layer": layer or "embed",
                "features": str(out_dir / "features.npy"), "shape": list(x.shape),
-               "assignments": str(out_dir / "assignments.csv"), "n_clusters": int(np.unique(assignments).size),
+               "assignments": str(out_dir / "assignments.csv"), "n_clusters": int(np.unique(assignments[assignments >= 0]).size),
                "assignment_cycle": run.assignment_cycles()[-1]}
     write_json(out_dir / "export.json", summary)
     return summary

@@ -79,7 +79,10 @@ def evaluate_run(
 
     cycles = run.assignment_cycles()
     if cycles and cfg.data.limit is None and ecfg.train_limit is None:
-        results["last_assignment"] = {"cycle": cycles[-1], **_cluster_metrics(train.labels, run.load_assignments())}
+        last = np.asarray(run.load_assignments())
+        mask = last >= 0  # an Algorithm 2 cycle clustered a sample of the pool: -1 outside it
+        results["last_assignment"] = {"cycle": cycles[-1],
+                                      **_cluster_metrics(np.asarray(train.labels)[mask], last[mask])}
 
     if ecfg.pixel_baseline:
         ptr = xtr_img.flatten(1).float().numpy() / 255.0

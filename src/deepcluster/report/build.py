@@ -374,10 +374,14 @@ def _clusters(ctx: _Context, runs: list[_Run]) -> None:
             sec.note(f"{r.name}: no saved assignments yet.")
             continue
         first, last = min(r.assignments), max(r.assignments)
-        path = plot_cluster_gallery(r.images, r.assignments[last][r.index], ctx.png(f"gallery_{r.name}"),
-                                    labels=r.labels, n_clusters=rc.gallery_clusters, per_cluster=rc.per_cluster,
+        shown = np.asarray(r.assignments[last])[r.index]
+        keep = shown >= 0  # an Algorithm 2 cycle (pool_subset) clustered a sample: -1 outside it
+        path = plot_cluster_gallery(r.images[torch.as_tensor(np.flatnonzero(keep))], shown[keep],
+                                    ctx.png(f"gallery_{r.name}"),
+                                    labels=None if r.labels is None else np.asarray(r.labels)[keep],
+                                    n_clusters=rc.gallery_clusters, per_cluster=rc.per_cluster,
                                     seed=rc.seed, class_names=r.classes)
         ctx.figure(sec, path, f"{r.name}: cycle {last}, largest clusters first.")
-        sizes = {f"cycle {c}": r.assignments[c] for c in dict.fromkeys([first, last])}
+        sizes = {f"cycle {c}": r.assignments[c][r.assignments[c] >= 0] for c in dict.fromkeys([first, last])}
         path = plot_cluster_sizes(sizes, ctx.png(f"cluster_sizes_{r.name}"), k=r.cfg.k)
         ctx.figure(sec, path, f"{r.name}: cluster sizes.")

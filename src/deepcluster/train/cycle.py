@@ -24,10 +24,12 @@ from torch import nn
 from deepcluster import distributed
 from deepcluster.cluster import ClusterStep, preprocess_and_cluster
 from deepcluster.config import TrainConfig
+from deepcluster.data.base import TensorImageDataset
+from deepcluster.data.source import ImageSource, default_memory_budget
 from deepcluster.data.transforms import normalize
 from deepcluster.device import to_device
 from deepcluster.errors import TrainingError
-from deepcluster.features import extract_features
+from deepcluster.features import iter_features
 from deepcluster.precision import FP32, Precision
 from deepcluster.progress import progress_bar
 from deepcluster.train.augment import apply_crop_flip, crop_flip_params
@@ -36,7 +38,7 @@ from deepcluster.train.sampler import UniformClusterSampler
 
 def cluster_step(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     cfg: TrainConfig,
     stats: tuple[tuple[float, ...], tuple[float, ...]],
     *,
@@ -49,27 +51,42 @@ def cluster_step(
 
     Each process extracts the features of its own contiguous share of the images; the PCA and
     k-means of :func:`~deepcluster.cluster.preprocess_and_cluster` then work on the shares
-    together, and every process gets the assignments of all the images.
+    together, and every process gets the assignments of all the images. The features are reduced
+    to ``pca_dim`` a chunk at a time: when their full width would exceed the memory budget
+    (``data.memory_budget_mb``), the network makes a second pass (the first fits the PCA) and only
+    N × pca_dim floats are ever held.
     """
     times: dict[str, float] = {}
-    t = time.perf_counter()
     world = distributed.world()
+    source = images if isinstance(images, ImageSource) else ImageSource(TensorImageDataset("images", images))
+    mine = distributed.shard(len(source), world)
     layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
-    feats = extract_features(
-        model, images[distributed.shard(len(images), world)], *stats, layers=layers,
-        batch_size=cfg.feature_batch_size, device=device, description="features", show_progress=show_progress,
-        precision=precision,
-    )
-    x = next(iter(feats.values()))
-    times["features"] = time.perf_counter() - t
-    step = preprocess_and_cluster(x, cfg, seed=seed, sharded=world.distributed)
+
+    spent = [0.0]  # seconds in the network's forward passes
+
+    def chunks():
+        parts = iter_features(model, source.view(mine.start, mine.stop), *stats, layers=layers,
+                              batch_size=cfg.feature_batch_size, device=device, description="features",
+                              show_progress=show_progress, precision=precision)
+        while True:
+            t0 = time.perf_counter()
+            part = next(parts, None)
+            spent[0] += time.perf_counter() - t0
+            if part is None:
+                return
+            yield next(iter(part.values()))
+
+    budget = cfg.data.memory_budget_mb * 2**20 if cfg.data.memory_budget_mb is not None else default_memory_budget()
+    step = preprocess_and_cluster(chunks, cfg, seed=seed, sharded=world.distributed, hold_bytes=budget)
+    step.seconds["pca"] -= spent[0]
+    times["features"] = spent[0]
     step.seconds = {**times, **step.seconds}
     return step
 
 
 def train_epoch(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     pseudo_labels: np.ndarray,
     optimizer: torch.optim.Optimizer,
     top_optimizer: torch.optim.Optimizer,
@@ -81,31 +98,42 @@ def train_epoch(
     sampler_seed: int,
     show_progress: bool = True,
     precision: Precision = FP32,
+    positions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One epoch on the pseudo-labels, sampling uniformly over clusters; returns loss and accuracy.
+
+    ``pseudo_labels`` holds one target per image of ``images``; with ``positions`` (a cycle's
+    sample of the pool, Caron's Algorithm 2) only those images are trained on.
 
     The forward (and the loss) run under ``precision.autocast()``; weights, gradients and the
     optimisers' state stay fp32.
     """
     model.train()
     world = distributed.world()
-    targets = torch.from_numpy(np.asarray(pseudo_labels, dtype=np.int64))
-    sampler = UniformClusterSampler(pseudo_labels, len(pseudo_labels), seed=sampler_seed)
+    pseudo_labels = np.asarray(pseudo_labels, dtype=np.int64)
+    targets = torch.from_numpy(pseudo_labels)
+    trained = pseudo_labels if positions is None else pseudo_labels[positions]  # Algorithm 2: the sample
+    sampler = UniformClusterSampler(trained, len(trained), seed=sampler_seed)
     criterion = nn.CrossEntropyLoss()
     aug = cfg.data.augment
     augment = aug.random_resized_crop or aug.hflip
     total_loss, correct, seen = 0.0, 0, 0
+    source = images if isinstance(images, ImageSource) else ImageSource(TensorImageDataset("images", images))
+    batches = list(sampler.batches(cfg.batch_size))
+    if positions is not None:  # a cycle's sample of the pool: the sampler's indices are positions in it
+        batches = [torch.from_numpy(positions[idx.numpy()]) for idx in batches]
+    # Every process draws the whole batch's augmentation and takes its own share of the rows:
+    # together they take exactly the steps of a single process.
+    shares = [idx[distributed.shard(len(idx), world)] for idx in batches]
     with progress_bar("training", total=len(sampler), enabled=show_progress) as advance:
-        for idx in sampler.batches(cfg.batch_size):
-            # Every process draws the whole batch's augmentation and takes its own share of the
-            # rows: together they take exactly the steps of a single process.
+        for idx, share, raw in zip(batches, shares, source.batches(shares)):
             mine = distributed.shard(len(idx), world)
-            x = normalize(to_device(images[idx[mine]], device), *stats)
+            x = normalize(to_device(raw, device), *stats)
             if augment:
                 theta = crop_flip_params(len(idx), crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0),
                                          hflip=aug.hflip, generator=generator)
                 x = apply_crop_flip(x, theta[mine])
-            y = targets[idx[mine]].to(device)
+            y = targets[share].to(device)
             with precision.autocast():
                 logits = model(x)
                 if world.distributed:  # DDP averages over ranks: scale so that the sum is the batch mean

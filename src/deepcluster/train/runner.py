@@ -25,6 +25,7 @@ from deepcluster import __version__, distributed
 from deepcluster.cluster import ClusterResult, ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.config import TrainConfig
 from deepcluster.data import ImageDataset
+from deepcluster.data.source import ImageSource, choose_source
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.device import resolve_device
 from deepcluster.errors import ClusteringError, ConfigError, DataError, TrainingError
@@ -35,7 +36,7 @@ from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
 
-__all__ = ["CycleTargets", "RunState", "check_resumable", "cycle_targets", "prepare_run", "train"]
+__all__ = ["CycleTargets", "RunState", "check_resumable", "cycle_targets", "pool_sample", "prepare_run", "train"]
 
 CycleCallback = Callable[[dict[str, Any]], None]
 
@@ -47,7 +48,7 @@ class RunState:
     run: RunFolder
     cfg: TrainConfig
     data: ImageDataset
-    images: torch.Tensor  # uint8 N×C×H×W
+    source: ImageSource  # the pool's images: in memory, or streamed through DataLoader workers
     stats: tuple[tuple[float, ...], tuple[float, ...]]
     device: torch.device
     precision: Precision
@@ -62,23 +63,24 @@ class RunState:
 
     @property
     def in_channels(self) -> int:
-        return int(self.images.shape[1])
+        return self.source.channels
 
     @property
     def input_size(self) -> int:
-        return int(self.images.shape[-1])
+        return self.source.size
 
 
 @dataclass
 class CycleTargets:
     """What one cycle trains on: one target per image, and how they were obtained."""
 
-    assignments: np.ndarray
+    assignments: np.ndarray  # one per image of the pool; -1 for those outside the cycle's sample
     k: int
     clustered: bool  # False: halted clustering (kept pseudo-labels) or the supervised labels
     result: ClusterResult | None = None
     seconds: dict[str, float] | None = None
     pca_dim: int | None = None
+    positions: np.ndarray | None = None  # Algorithm 2: the images of the cycle's sample (None: all)
 
 
 def train(
@@ -147,9 +149,9 @@ def _train_cycles(state: RunState, *, show_progress: bool, on_cycle: CycleCallba
             t = time.perf_counter()
             for epoch in range(cfg.epochs_per_cycle):
                 epoch_stats = train_epoch(
-                    net, state.images, targets.assignments, state.optimizer, top_optimizer, cfg, state.stats,
+                    net, state.source, targets.assignments, state.optimizer, top_optimizer, cfg, state.stats,
                     device=state.device, generator=generator, sampler_seed=seed + epoch, show_progress=show_progress,
-                    precision=state.precision,
+                    precision=state.precision, positions=targets.positions,
                 )
             if world.distributed and not cfg.distributed.sync_batchnorm:
                 _broadcast_buffers(model)  # rank 0's BatchNorm statistics: what it checkpoints
@@ -224,8 +226,9 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     precision = run_precision(cfg, device)
 
     data = load_train_data(cfg)
-    images = data.images_tensor()
-    in_channels, input_size = int(images.shape[1]), int(images.shape[-1])
+    source = choose_source(data, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers,
+                           pin=device.type == "cuda")
+    in_channels, input_size = source.channels, source.size
     model = build_network(cfg, in_channels, input_size).to(device)
     if world.distributed:
         _check_world(cfg, world, len(data))
@@ -235,7 +238,7 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         model = convert_sync_batchnorm(model)
     # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
     optimizer = make_optimizer(model, cfg)
-    state = RunState(run=run, cfg=cfg, data=data, images=images, stats=normalization(cfg, in_channels),
+    state = RunState(run=run, cfg=cfg, data=data, source=source, stats=normalization(cfg, in_channels),
                      device=device, precision=precision, model=model, optimizer=optimizer, start_cycle=1, assignments=None,
                      top_state=None, init_ia=init_ia, kept_metrics=kept_metrics, ddp_bytes=[0])
     if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
@@ -254,12 +257,16 @@ def _check_run(cfg: TrainConfig, data: ImageDataset, model: DeepClusterNet) -> N
     """What the config asks of the data and the network, checked before anything is written."""
     if cfg.k > len(data):
         raise ClusteringError(f"k={cfg.k} is larger than the number of images ({len(data)}): lower k or use more data")
+    if cfg.pool_subset is not None and cfg.pool_subset > len(data):
+        raise ConfigError(f"pool_subset={cfg.pool_subset} is larger than the pool ({len(data)} images): "
+                          f"lower pool_subset to at most {len(data)}, or set pool_subset=off")
+    clustered = len(data) if cfg.pool_subset is None else cfg.pool_subset
     if cfg.supervised and data.labels is None:
         raise DataError(f"supervised=true needs labels, and dataset {cfg.data.name} has none: drop supervised")
-    if cfg.pca_dim is not None and cfg.cluster_layer is None and cfg.pca_dim > min(len(data), model.feature_dim):
+    if cfg.pca_dim is not None and cfg.cluster_layer is None and cfg.pca_dim > min(clustered, model.feature_dim):
         raise ClusteringError(f"pca_dim={cfg.pca_dim} is larger than the {model.feature_dim} dimensions of "
-                              f"{cfg.model.arch}'s clustering features ({len(data)} images): lower pca_dim to at "
-                              f"most {min(len(data), model.feature_dim)}, or set pca_dim=off")
+                              f"{cfg.model.arch}'s clustering features ({clustered} images): lower pca_dim to at "
+                              f"most {min(clustered, model.feature_dim)}, or set pca_dim=off")
 
 
 def _check_world(cfg: TrainConfig, world: distributed.World, n_images: int) -> None:
@@ -303,25 +310,43 @@ def cycle_targets(state: RunState, cycle: int, generator: torch.Generator, *, sh
     halted = cfg.halt_clustering_after is not None and cycle > cfg.halt_clustering_after
     if halted and state.assignments is not None:
         return _keep_targets(state, state.assignments, generator)
-    step = cluster_step(state.model, state.images, cfg, state.stats, device=state.device,
+    positions = pool_sample(len(state.source), cfg.pool_subset, cycle_seed(cfg.seed, cycle))
+    source = state.source if positions is None else state.source.subset(positions)
+    step = cluster_step(state.model, source, cfg, state.stats, device=state.device,
                         seed=cycle_seed(cfg.seed, cycle), show_progress=show_progress, precision=state.precision)
     state.model.reset_top_layer(step.result.k, generator=generator)
     state.model.top_layer.to(state.device)
-    return CycleTargets(assignments=step.result.assignments, k=step.result.k, clustered=True, result=step.result,
-                        seconds=step.seconds, pca_dim=step.pca_dim if cfg.pca_dim is not None else None)
+    assignments = step.result.assignments
+    if positions is not None:  # one per image of the pool, -1 outside the sample
+        assignments = np.full(len(state.source), -1, dtype=np.int64)
+        assignments[positions] = step.result.assignments
+    return CycleTargets(assignments=assignments, k=step.result.k, clustered=True, result=step.result,
+                        seconds=step.seconds, pca_dim=step.pca_dim if cfg.pca_dim is not None else None,
+                        positions=positions)
+
+
+def pool_sample(n: int, size: int | None, seed: int) -> np.ndarray | None:
+    """Caron's Algorithm 2: the sorted positions of the ``size`` images a cycle clusters and trains
+    on, drawn from the pool of ``n`` by ``seed`` (the cycle's seed, so a resumed run draws the same);
+    None for every image."""
+    if size is None or size >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
 def _keep_targets(state: RunState, assignments: np.ndarray, generator: torch.Generator) -> CycleTargets:
     """Targets that do not change between cycles, trained with one classifier throughout (restored
     from the checkpoint on the first cycle of a resumed run)."""
     k = int(assignments.max()) + 1
+    sampled = assignments >= 0  # halted after an Algorithm 2 cycle: the same sample again
     model = state.model
     if model.top_layer is None:
         model.reset_top_layer(k, generator=generator)
         if state.top_state is not None and state.top_state["weight"].shape[0] == k:
             model.top_layer.load_state_dict(state.top_state)
         model.top_layer.to(state.device)
-    return CycleTargets(assignments=assignments, k=k, clustered=False, seconds={})
+    return CycleTargets(assignments=assignments, k=k, clustered=False, seconds={},
+                        positions=None if sampled.all() else np.flatnonzero(sampled))
 
 
 def cycle_record(state: RunState, cycle: int, targets: CycleTargets, previous: np.ndarray | None,
@@ -338,14 +363,22 @@ def cycle_record(state: RunState, cycle: int, targets: CycleTargets, previous: n
     if cfg.supervised:
         record["supervised"] = True
     record["k"] = targets.k
-    record["nmi_prev"] = nmi(previous, assignments) if previous is not None else None
+    mask = assignments >= 0  # Algorithm 2: the cycle's sample
+    if targets.positions is not None:
+        record["pool_subset"] = int(mask.sum())
+    record["nmi_prev"] = None
+    if previous is not None:  # on the images both cycles clustered
+        shared = mask & (previous >= 0)
+        record["nmi_prev"] = nmi(previous[shared], assignments[shared]) if shared.sum() > 1 else None
     if labels is not None:
-        record.update({"nmi_labels": nmi(labels, assignments), "ari_labels": ari(labels, assignments),
-                       "acc_labels": clustering_accuracy(labels, assignments)})
-    record["cluster_sizes"] = cluster_size_summary(np.bincount(assignments, minlength=targets.k))
+        lab, got = labels[mask], assignments[mask]
+        record.update({"nmi_labels": nmi(lab, got), "ari_labels": ari(lab, got),
+                       "acc_labels": clustering_accuracy(lab, got)})
+    record["cluster_sizes"] = cluster_size_summary(np.bincount(assignments[mask], minlength=targets.k))
     record["n_resplit"] = int(targets.result.n_resplit) if targets.result is not None else 0
     record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     record["precision"] = state.precision.label
+    record["images"] = state.source.label
     return record
 
 
