@@ -221,12 +221,13 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _refused(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words (its message is a page)."""
     text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
     if found:
-        return f"it holds a {found.group(1)} object"
+        return f"it refers to {found.group(1)}"
     found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
-    return found.group(1)[:200] if found else _first_line(e)
+    return found.group(1)[:200] if found else "refused by torch.load(weights_only=True)"
 
 
 def _first_line(e: BaseException) -> str:
