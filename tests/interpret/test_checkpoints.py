@@ -209,6 +209,18 @@ def test_missing_misshaped_and_foreign_tensors_are_named(ref, tmp_path):
         load_backbone_state(save(tmp_path / "r34.pth", deeper), model)
 
 
+def test_a_trunk_without_classifier_loads_every_tensor_strictly(ref, x, tmp_path):
+    trunk = torchvision.models.resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    sd = backbone(ref.state_dict())
+    with pytest.raises(ConfigError, match=r"1 tensor missing \(layer4.1.bn2.bias\)"):
+        load_backbone_state(save(tmp_path / "m.pth", {k: v for k, v in sd.items() if k != "layer4.1.bn2.bias"}), trunk)
+    report = load_backbone_state(save(tmp_path / "w.pth", prefixed("module.encoder_q.", ref.state_dict())), trunk)
+    assert report.heads == ("fc",) and report.kept_as_built == ()
+    with torch.no_grad():
+        assert torch.equal(trunk.eval()(x), features(ref, x))
+
+
 def test_a_failed_load_leaves_the_model_as_it_was(ref, tmp_path):
     model = torchvision.models.resnet18(weights=None)
     before = {k: v.clone() for k, v in model.state_dict().items()}

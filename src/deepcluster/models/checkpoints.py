@@ -35,8 +35,8 @@ well. ``prefix=`` names the backbone's prefix by hand (any nested dict of tensor
 for keys starting with it) for a layout not in the table.
 
 What counts as the backbone: every entry of ``model.state_dict()``, except the model's own
-classifier (its last module holding parameters, ``fc`` for a ResNet) when the file has none of
-that shape -- the classifier is then left as built and the report says so -- and except
+classifier (its last module holding parameters when that is a ``Linear`` or a 1×1 ``Conv2d``:
+``fc`` for a ResNet, see :func:`classifier_name`) when the file has none of that shape -- the classifier is then left as built and the report says so -- and except
 ``num_batches_tracked`` counters, which files written before PyTorch 0.4.1 lack. Keys under the
 backbone's prefix the model does not have are dropped when they belong to a head (``fc``,
 ``head``, ``heads``, ``classifier``, ``projection_head``, ``projection``, ``projector``,
@@ -58,7 +58,7 @@ import pickle
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ from torch import nn
 
 from deepcluster.errors import ConfigError, DataError
 
-__all__ = ["LAYOUTS", "HEAD_NAMES", "Layout", "LoadReport", "load_backbone_state", "read_weights"]
+__all__ = ["HEAD_NAMES", "LAYOUTS", "Layout", "LoadReport", "classifier_name", "load_backbone_state", "read_weights"]
 
 #: First key components (after the backbone's prefix) of the heads that are dropped.
 HEAD_NAMES = frozenset({"fc", "head", "heads", "classifier", "projection_head", "projection", "projector",
@@ -152,7 +152,7 @@ class LoadReport:
     #: Dicts of tensors beside the state dict that were not loaded and their sizes, e.g. ``(("student", 122),)``.
     siblings: tuple[tuple[str, int], ...] = ()
     #: Modules of the model left as built because the file has none of their shape (its classifier).
-    kept_as_built: tuple[str, ...] = field(default=())
+    kept_as_built: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line, e.g. ``weights moco.pth: MoCo v1/v2 (state_dict → module.encoder_q.), 120 tensors
@@ -329,12 +329,19 @@ def _describe_top(content: object) -> str:
 
 
 def classifier_name(model: nn.Module) -> str | None:
-    """The model's classifier: its last module holding parameters of its own (``fc`` for a ResNet)."""
-    name = None
+    """The model's classifier: its last module holding parameters of its own when that is a
+    ``Linear`` or a 1×1 ``Conv2d`` (``fc`` for a ResNet, ``classifier.1`` for SqueezeNet); ``None``
+    otherwise (a trunk whose ``fc`` is ``Identity`` ends with a BatchNorm, which must load)."""
+    last: tuple[str, nn.Module] | None = None
     for n, module in model.named_modules():
         if n and any(True for _ in module.parameters(recurse=False)):
-            name = n
-    return name
+            last = (n, module)
+    if last is None:
+        return None
+    name, module = last
+    if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)):
+        return name
+    return None
 
 
 def _module_of(key: str) -> str:
