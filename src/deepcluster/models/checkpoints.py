@@ -319,7 +319,7 @@ def _describe_top(content: object) -> str:
     for key in list(content)[:8]:
         value = content[key]
         n = len(_tensors(value) or {})
-        shown.append(f"{key} ({n} tensors)" if n else str(key))
+        shown.append(f"{key} ({_n(n)})" if n else str(key))
     more = f" ({len(content)} in all)" if len(content) > len(shown) else ""
     return "top-level keys: " + (", ".join(shown) or "none") + more
 
