@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from deepcluster.cli._common import QuietOption, out_console, user_errors
+from deepcluster.cli._common import QuietOption, err_console, out_console, user_errors
 
 
 def summary_table(summary: dict) -> Table:
@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help="A run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one).")],
         layer: Annotated[str, typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), or for our nets a probe name such as conv2.")],
         concepts: Annotated[Path | None, typer.Option("--concepts", help="A Broden-format folder (default: the built-in probe, generated once into the cache folder, $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None,
-        weights: Annotated[Path | None, typer.Option("--weights", help="Local state-dict file for a torchvision or module:attribute model (nothing is downloaded).")] = None,
+        weights: Annotated[Path | None, typer.Option("--weights", help="Local weights file for a torchvision or module:attribute model (nothing is downloaded): a state dict, or a MoCo, SwAV/DeepCluster-v2, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint (.pth, .pth.tar, .ckpt, .safetensors); its backbone is loaded strictly, heads are dropped.")] = None,
+        weights_prefix: Annotated[str | None, typer.Option("--weights-prefix", metavar="PREFIX", help="The key prefix of the backbone in --weights, for a checkpoint layout that is not recognised (e.g. module.encoder.).")] = None,
         checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last",
         quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005,
         iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04,
@@ -88,7 +89,9 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         if max_units < 0:
             raise ConfigError(f"--max-units must be >= 0, got {max_units}")
-        net, info = load_model_source(model, weights=weights, checkpoint=checkpoint)
+        net, info = load_model_source(model, weights=weights, checkpoint=checkpoint, weights_prefix=weights_prefix)
+        if info.weights_report is not None:
+            err_console.print(escape(info.weights_report.summary()), highlight=False, soft_wrap=True)
         if precision is None and info.run_dir is not None:
             run_cfg = RunFolder(info.run_dir).load_config()
             chosen = resolve_precision(run_cfg.precision, resolve_device(device), run_cfg.channels_last)

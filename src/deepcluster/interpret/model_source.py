@@ -9,7 +9,8 @@
   converted to grey (ITU-R 601 luma, as PIL's ``"L"``), and images are resized to the run's size;
 * a torchvision model name (``resnet18``, or ``tv:resnet18``): built with
   ``torchvision.models.get_model(name, weights=None)`` -- nothing is ever downloaded -- then the
-  state dict of ``weights`` (a local file) is loaded; ImageNet normalisation;
+  backbone of ``weights`` (a local file: a state dict or a published self-supervised checkpoint,
+  see :mod:`deepcluster.models.checkpoints`) is loaded strictly; ImageNet normalisation;
 * ``module:attribute`` (or ``path/to/file.py:attribute``): the attribute is an ``nn.Module`` or
   a callable returning one; ``weights`` is loaded into it when given. Input channels are those
   of its first ``Conv2d`` (3 when it has none); normalisation is ImageNet's for 3 channels and
@@ -29,11 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from deepcluster.errors import ConfigError, DataError
-from deepcluster.runs import load_weights_file
+from deepcluster.models.checkpoints import LoadReport, load_backbone_state
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "layer_names", "load_model_source", "resolve_layer"]
 
@@ -64,6 +64,8 @@ class ModelInfo:
     weights: str | None = None
     #: Probe name -> module path (our nets), e.g. ``{"conv2": "features.7"}``.
     layer_aliases: Mapping[str, str] = field(default_factory=dict)
+    #: What loading ``weights`` did (layout, tensors loaded, heads dropped); its ``summary()`` is one line.
+    weights_report: LoadReport | None = None
 
     @property
     def grey(self) -> bool:
@@ -135,27 +137,9 @@ def _default_norm(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return (0.5,) * channels, (0.5,) * channels
 
 
-def _load_weights(model: nn.Module, path: str | Path) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"weights file {path} does not exist: pass a state dict saved with torch.save(model.state_dict(), FILE)")
-    state = load_weights_file(path, hint="; pass a state dict saved with torch.save(model.state_dict(), FILE)")
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"weights file {path} does not hold a state dict (name -> tensor)")
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    try:
-        result = model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:2]
-        raise ConfigError(
-            f"weights file {path} does not fit {type(model).__name__}: {first[0].strip() if first else exc}"
-        ) from None
-    del result
+def _load_weights(model: nn.Module, path: str | Path, prefix: str | None) -> LoadReport:
+    """The backbone of ``path`` loaded into ``model`` (see :func:`load_backbone_state`)."""
+    return load_backbone_state(path, model, prefix=prefix)
 
 
 def _from_run(path: Path, spec: str, checkpoint: str) -> tuple[nn.Module, ModelInfo]:
@@ -177,18 +161,19 @@ def _from_run(path: Path, spec: str, checkpoint: str) -> tuple[nn.Module, ModelI
     return model, info
 
 
-def _from_torchvision(name: str, spec: str, weights: str | Path | None) -> tuple[nn.Module, ModelInfo]:
+def _from_torchvision(name: str, spec: str, weights: str | Path | None,
+                      prefix: str | None) -> tuple[nn.Module, ModelInfo]:
     import torchvision
 
     try:
         model = torchvision.models.get_model(name, weights=None)
     except Exception as exc:  # noqa: BLE001 - torchvision raises ValueError/TypeError by model
         raise ConfigError(f"cannot build torchvision model {name!r} ({exc})") from None
-    if weights is not None:
-        _load_weights(model, weights)
+    report = None if weights is None else _load_weights(model, weights, prefix)
     model.eval()
     info = ModelInfo(name=name, kind="torchvision", spec=spec, in_channels=3, input_size=None,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=None if weights is None else str(weights))
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=None if weights is None else str(weights),
+                     weights_report=report)
     return model, info
 
 
@@ -225,7 +210,7 @@ def _import_attribute(spec: str) -> tuple[object, str]:
     return obj, f"{stem}.{attr}"
 
 
-def _from_module(spec: str, weights: str | Path | None) -> tuple[nn.Module, ModelInfo]:
+def _from_module(spec: str, weights: str | Path | None, prefix: str | None) -> tuple[nn.Module, ModelInfo]:
     obj, name = _import_attribute(spec)
     if not isinstance(obj, nn.Module):
         if not callable(obj):
@@ -234,18 +219,18 @@ def _from_module(spec: str, weights: str | Path | None) -> tuple[nn.Module, Mode
         if not isinstance(obj, nn.Module):
             raise ConfigError(f"MODEL {spec!r} returned a {type(obj).__name__}, not an nn.Module")
     model = obj
-    if weights is not None:
-        _load_weights(model, weights)
+    report = None if weights is None else _load_weights(model, weights, prefix)
     model.eval()
     channels = _first_conv_channels(model)
     mean, std = _default_norm(channels)
     info = ModelInfo(name=name, kind="module", spec=spec, in_channels=channels, input_size=None, mean=mean,
-                     std=std, weights=None if weights is None else str(weights), layer_aliases=_aliases(model))
+                     std=std, weights=None if weights is None else str(weights), layer_aliases=_aliases(model),
+                     weights_report=report)
     return model, info
 
 
 def load_model_source(
-    spec: str | Path, *, weights: str | Path | None = None, checkpoint: str = "last"
+    spec: str | Path, *, weights: str | Path | None = None, checkpoint: str = "last", weights_prefix: str | None = None
 ) -> tuple[nn.Module, ModelInfo]:
     """The model named by ``spec`` (see the module docstring), in eval mode, and its preprocessing.
 
@@ -255,9 +240,14 @@ def load_model_source(
         A run folder, a torchvision model name (``resnet18``, ``tv:resnet18``) or
         ``module:attribute`` / ``file.py:attribute``.
     weights : str or Path, optional
-        A local state-dict file (torchvision and ``module:attribute`` models only).
+        A local weights file (torchvision and ``module:attribute`` models only): a state dict or a
+        published checkpoint (MoCo, SwAV, DINO, solo-learn, VISSL, BYOL, Lightning, ``.safetensors``,
+        see :mod:`deepcluster.models.checkpoints`); its backbone is loaded strictly and
+        ``info.weights_report`` says how.
     checkpoint : str
         For run folders: ``last``, ``init`` or a cycle number with a kept checkpoint.
+    weights_prefix : str, optional
+        The key prefix of the backbone in ``weights``, for a layout that is not recognised.
 
     Raises
     ------
@@ -266,19 +256,21 @@ def load_model_source(
     """
     text = str(spec)
     path = Path(text)
+    if weights_prefix is not None and weights is None:
+        raise ConfigError("--weights-prefix names the backbone's prefix in a --weights file: pass --weights FILE too")
     if path.is_dir():
         if weights is not None:
             raise ConfigError("--weights is for torchvision and module:attribute models; a run folder has its checkpoints (use --checkpoint)")
         return _from_run(path, text, checkpoint)
     for prefix in ("tv:", "torchvision:"):
         if text.startswith(prefix):
-            return _from_torchvision(text[len(prefix):], text, weights)
+            return _from_torchvision(text[len(prefix):], text, weights, weights_prefix)
     if ":" in text:
-        return _from_module(text, weights)
+        return _from_module(text, weights, weights_prefix)
     import torchvision
 
     if text in torchvision.models.list_models():
-        return _from_torchvision(text, text, weights)
+        return _from_torchvision(text, text, weights, weights_prefix)
     if path.suffix or "/" in text or "\\" in text:
         raise DataError(f"MODEL {text}: no such run folder")
     raise ConfigError(
