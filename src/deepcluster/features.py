@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.data.base import TensorImageDataset
-from deepcluster.data.source import ImageSource
+from deepcluster.data.source import ImageSource, as_source
 from deepcluster.data.transforms import normalize
 from deepcluster.device import to_device
 from deepcluster.precision import FP32, Precision
@@ -64,7 +63,7 @@ def iter_features(
 ) -> Iterator[dict[str, np.ndarray]]:
     """:func:`extract_features` a batch at a time: float32 features per layer of each batch, in
     order, so that features of a pool that does not fit in memory never exist all at once."""
-    source = images if isinstance(images, ImageSource) else ImageSource(TensorImageDataset("images", images))
+    source = as_source(images)
     was_training = model.training
     model.eval()
     device = torch.device(device)

@@ -108,3 +108,21 @@ def test_pool_subset_is_validated_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="k=5 is larger than pool_subset=3"):
         _cfg("pool_subset=3")
+
+
+def test_evaluation_features_stream_the_same(tmp_path):
+    from deepcluster.data import load_dataset
+    from deepcluster.data.source import ImageSource
+    from deepcluster.evaluate.pooling import extract_pooled_features, pixel_features
+    from deepcluster.models import build_model
+
+    make_idx_dataset(tmp_path / "idx", n_train=70, n_test=8)
+    ingest(tmp_path / "idx", tmp_path / "pool", show_progress=False)
+    in_memory = load_dataset("fashion-mnist", tmp_path / "idx").images_tensor()
+    streamed = ImageSource(load_dataset("ingested", tmp_path / "pool"), streamed=True, workers=2)
+    model = build_model("lenet5", in_channels=1, input_size=28, num_classes=None, seed=0)
+    layers = list(model.probe_layers())
+    a = extract_pooled_features(model, in_memory, (0.5,), (0.5,), layers=layers, batch_size=16, show_progress=False)
+    b = extract_pooled_features(model, streamed, (0.5,), (0.5,), layers=layers, batch_size=16, show_progress=False)
+    assert all(np.array_equal(a[name], b[name]) for name in layers)
+    assert np.array_equal(pixel_features(in_memory), pixel_features(streamed))

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepcluster.data.base import ImageDataset, TensorImageDataset
 
-__all__ = ["ImageSource", "choose_source", "default_memory_budget"]
+__all__ = ["ImageSource", "as_source", "choose_source", "default_memory_budget"]
 
 
 def default_memory_budget() -> int:
@@ -145,3 +145,8 @@ def choose_source(dataset: ImageDataset, *, memory_budget_mb: int | None = None,
     budget = memory_budget_mb * 2**20 if memory_budget_mb is not None else default_memory_budget()
     streamed = not isinstance(dataset, TensorImageDataset) and _nbytes(dataset) > budget
     return ImageSource(dataset, streamed=streamed, workers=workers, pin=pin)
+
+
+def as_source(images: torch.Tensor | ImageSource) -> ImageSource:
+    """``images`` as an :class:`ImageSource` (a uint8 tensor N×C×H×W is read in memory)."""
+    return images if isinstance(images, ImageSource) else ImageSource(TensorImageDataset("images", images))

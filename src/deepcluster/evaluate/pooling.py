@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster.data.source import ImageSource, as_source
 from deepcluster.data.transforms import normalize
 from deepcluster.errors import ConfigError
 from deepcluster.precision import FP32, Precision
@@ -107,7 +108,7 @@ def pool_to_budget(x: torch.Tensor, budget: int = DEFAULT_POOL_BUDGET) -> torch.
 @torch.no_grad()
 def extract_pooled_features(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     mean: Sequence[float],
     std: Sequence[float],
     *,
@@ -126,8 +127,9 @@ def extract_pooled_features(
     model : nn.Module
         A :class:`~deepcluster.models.DeepClusterNet` (anything with ``layer_outputs(x, names,
         flatten=False)``); put in eval mode for the pass, its mode restored afterwards.
-    images : torch.Tensor
-        uint8 images N×C×H×W.
+    images : torch.Tensor or ImageSource
+        uint8 images N×C×H×W, or a source that streams them (a pool larger than memory: only
+        the pooled features, N × D floats per layer, are ever held).
     mean, std : Sequence[float]
         Per-channel normalisation.
     layers : Sequence[str]
@@ -155,29 +157,32 @@ def extract_pooled_features(
     device = torch.device(device)
     names = list(dict.fromkeys(layers))
     outputs: dict[str, np.ndarray] = {}
+    source = as_source(images)
+    start = 0
     try:
-        with precision.inference(model), progress_bar(description, total=len(images), enabled=show_progress) as advance:
-            for start in range(0, len(images), batch_size):
-                batch = precision.input(normalize(images[start : start + batch_size].to(device), mean, std))
+        with precision.inference(model), progress_bar(description, total=len(source), enabled=show_progress) as advance:
+            for raw in source.chunks(0, len(source), batch_size):
+                batch = precision.input(normalize(raw.to(device), mean, std))
                 res = model.layer_outputs(batch, names, flatten=False)
                 for name, value in res.items():
                     chunk = pool_to_budget(value.float(), budget).cpu().numpy()
                     if name not in outputs:  # preallocate: no concatenation copy of large features
-                        outputs[name] = np.empty((len(images), chunk.shape[1]), dtype=np.float32)
+                        outputs[name] = np.empty((len(source), chunk.shape[1]), dtype=np.float32)
                     outputs[name][start : start + len(chunk)] = chunk
+                start += len(batch)
                 advance(len(batch))
     finally:
         model.train(was_training)
     return outputs
 
 
-def pixel_features(images: torch.Tensor, budget: int = DEFAULT_POOL_BUDGET) -> np.ndarray:
+def pixel_features(images: torch.Tensor | ImageSource, budget: int = DEFAULT_POOL_BUDGET) -> np.ndarray:
     """Raw pixels in [0, 1] as features, average-pooled to ``budget`` like a conv map.
 
     Parameters
     ----------
-    images : torch.Tensor
-        uint8 images N×C×H×W.
+    images : torch.Tensor or ImageSource
+        uint8 images N×C×H×W, or a source that streams them.
     budget : int
         Dimension budget (28×28 grey images, 784 dims, are kept whole by the default).
 
@@ -186,10 +191,13 @@ def pixel_features(images: torch.Tensor, budget: int = DEFAULT_POOL_BUDGET) -> n
     np.ndarray
         float32 (N, D).
     """
+    source = as_source(images)
     out: np.ndarray | None = None
-    for start in range(0, len(images), 4096):
-        chunk = pool_to_budget(images[start : start + 4096].float() / 255.0, budget).numpy()
+    start = 0
+    for raw in source.chunks(0, len(source), 4096):
+        chunk = pool_to_budget(raw.float() / 255.0, budget).numpy()
         if out is None:
-            out = np.empty((len(images), chunk.shape[1]), dtype=np.float32)
+            out = np.empty((len(source), chunk.shape[1]), dtype=np.float32)
         out[start : start + len(chunk)] = chunk
+        start += len(chunk)
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)

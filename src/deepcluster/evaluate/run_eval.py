@@ -11,6 +11,7 @@ import torch
 
 from deepcluster.cluster import Preprocessor, ari, cluster_features, clustering_accuracy, nmi
 from deepcluster.config import EvalConfig, TrainConfig
+from deepcluster.data.source import ImageSource, choose_source
 from deepcluster.data.splits import load_split, normalization
 from deepcluster.device import resolve_device
 from deepcluster.errors import DataError
@@ -63,8 +64,10 @@ def evaluate_run(
             f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
             "linear probes and kNN need labels; use `deepcluster export` for label-free outputs"
         )
-    xtr_img, xte_img = train.images_tensor(), test.images_tensor()
-    stats = normalization(cfg, int(xtr_img.shape[1]))
+    # in memory, or streamed when a split is larger than data.memory_budget_mb
+    xtr_img, xte_img = (choose_source(d, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers)
+                        for d in (train, test))
+    stats = normalization(cfg, xtr_img.channels)
 
     results: dict[str, Any] = {"run": str(run.path), "checkpoint": checkpoint, "config": ecfg.model_dump(mode="json"),
                                "n_train": len(train), "n_test": len(test), "models": {}}
@@ -85,8 +88,8 @@ def evaluate_run(
                                       **_cluster_metrics(np.asarray(train.labels)[mask], last[mask])}
 
     if ecfg.pixel_baseline:
-        ptr = xtr_img.flatten(1).float().numpy() / 255.0
-        pte = xte_img.flatten(1).float().numpy() / 255.0
+        ptr = xtr_img.take(np.arange(len(xtr_img))).flatten(1).float().numpy() / 255.0
+        pte = xte_img.take(np.arange(len(xte_img))).flatten(1).float().numpy() / 255.0
         probe = linear_probe(ptr, train.labels, pte, test.labels, weight_decay=ecfg.probe_weight_decay,
                              max_iter=ecfg.probe_max_iter, seed=cfg.seed)
         knn = knn_accuracy(ptr, train.labels, pte, test.labels, k=ecfg.knn_k)
@@ -103,8 +106,8 @@ def evaluate_model(
     model: torch.nn.Module,
     cfg: TrainConfig,
     ecfg: EvalConfig,
-    train: tuple[torch.Tensor, np.ndarray],
-    test: tuple[torch.Tensor, np.ndarray],
+    train: tuple[torch.Tensor | ImageSource, np.ndarray],
+    test: tuple[torch.Tensor | ImageSource, np.ndarray],
     stats: tuple[tuple[float, ...], tuple[float, ...]],
     *,
     name: str = "model",
@@ -150,7 +153,7 @@ def evaluate_model(
 
 def clustering_quality(
     model: torch.nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     labels: np.ndarray,
     cfg: TrainConfig,
     stats: tuple[tuple[float, ...], tuple[float, ...]],

@@ -21,6 +21,8 @@ import torch
 
 from deepcluster import distributed
 from deepcluster.config import EvalConfig, TrainConfig, apply_overrides
+from deepcluster.data.base import ImageDataset
+from deepcluster.data.source import ImageSource, choose_source
 from deepcluster.data.splits import load_split, normalization
 from deepcluster.data.transforms import normalize
 from deepcluster.device import resolve_device
@@ -62,7 +64,7 @@ FEATURE_MEMORY_BYTES = 4 * 2**30
 
 @dataclass
 class _Split:
-    images: torch.Tensor
+    images: ImageSource  # in memory, or streamed when the split is larger than data.memory_budget_mb
     labels: np.ndarray
 
 
@@ -110,9 +112,12 @@ def _load_data(cfg: TrainConfig, ecfg: EvalConfig) -> _RunData:
             f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
             "linear probes, kNN and low-shot need labels; use `deepcluster export` for label-free outputs"
         )
-    images = train.images_tensor()
-    return _RunData(_Split(images, np.asarray(train.labels)), _Split(test.images_tensor(), np.asarray(test.labels)),
-                    normalization(cfg, int(images.shape[1])))
+    def source(split: ImageDataset) -> ImageSource:
+        return choose_source(split, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers)
+
+    images = source(train)
+    return _RunData(_Split(images, np.asarray(train.labels)), _Split(source(test), np.asarray(test.labels)),
+                    normalization(cfg, images.channels))
 
 
 def _load_model(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[DeepClusterNet, int]:
@@ -133,7 +138,7 @@ def checkpoint_label(checkpoint: str) -> str:
 def _layer_groups(model: DeepClusterNet, layers: list[str], data: _RunData, budget: int) -> list[list[str]]:
     """Split ``layers`` into extraction passes whose features fit in :data:`FEATURE_MEMORY_BYTES`."""
     with torch.no_grad():
-        probe = normalize(data.train.images[:2], *data.stats)
+        probe = normalize(data.train.images.take([0, 1]), *data.stats)
         shapes = {n: tuple(v.shape[1:]) for n, v in model.layer_outputs(probe, layers, flatten=False).items()}
     n_rows = len(data.train.images) + len(data.test.images)
     groups: list[list[str]] = [[]]
@@ -343,10 +348,12 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
     return out
 
 
-def _sharded_features(model: DeepClusterNet, images: torch.Tensor, stats, description: str,
+def _sharded_features(model: DeepClusterNet, images: ImageSource, stats, description: str,
                       kw: dict[str, Any]) -> dict[str, np.ndarray] | None:
     """Pooled features of every image: this rank's share, gathered on rank 0 (``None`` elsewhere)."""
-    feats = extract_pooled_features(model, images[distributed.shard(len(images))], *stats, description=description, **kw)
+    share = distributed.shard(len(images))
+    feats = extract_pooled_features(model, images.view(share.start, share.stop), *stats, description=description,
+                                    **kw)
     if not distributed.world().distributed:
         return feats
     gathered = {layer: distributed.gather_rows(x) for layer, x in feats.items()}
