@@ -15,8 +15,8 @@
 4. WebDataset shards: ``tarfile`` (what ``deepcluster data ingest`` uses) vs the ``webdataset``
    package when it is installed (it is not a dependency).
 
-Each measurement runs in its own process; peak RSS is that process's (``wait4``: the largest of
-it and its DataLoader workers).
+Each measurement runs in its own process; peak RSS is that process's own (its ``VmHWM``; the
+DataLoader workers' memory is not added).
 """
 
 import json
@@ -70,15 +70,34 @@ def child_cluster(method: str, fraction: float, out: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": _peak_mb()}), flush=True)
 
 
+def _hwm_mb(pid: int) -> float | None:
+    """Peak resident memory of process ``pid`` since its exec (``VmHWM``), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def _popen_rss(args: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run a command; (result, seconds, peak RSS in MB of it and its workers, read with wait4)."""
+    """Run a command; (result, seconds, its peak RSS in MB).
+
+    The peak is the child's own ``VmHWM``, read until it exits: ``wait4``'s ``ru_maxrss`` would
+    count the pages of this (large) process that the child held between fork and exec.
+    """
     t = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    out, err = proc.stdout.read(), proc.stderr.read()  # small outputs (-q): no deadlock
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode()),
-            time.perf_counter() - t, usage.ru_maxrss / 1024)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env, cwd=REPO)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _hwm_mb(proc.pid) or 0.0)
+            time.sleep(0.1)
+        out.seek(0)
+        err.seek(0)
+        res = subprocess.CompletedProcess(args, proc.returncode, out.read(), err.read())
+    return res, time.perf_counter() - t, peak
 
 
 def _check(res: subprocess.CompletedProcess) -> None:
