@@ -131,6 +131,8 @@ class TrainConfig(StrictModel):
     clustering: Literal["kmeans", "pic"] = "kmeans"
     k: int = Field(10, ge=2)
     cluster_layer: str | None = None  # None: the trunk output before its last ReLU (Caron)
+    # True: cluster the features after a ReLU (an ablation: Caron clusters before the last one)
+    cluster_relu: bool = False
     pca_dim: int | None = Field(None, ge=1)
     whiten: bool = True
     kmeans_iters: int = Field(20, ge=1)

@@ -99,3 +99,17 @@ def test_truncate_keeps_only_non_degenerate_components():
     y = pre.fit_transform(x)
     assert pre.effective_dim == 5 and y.shape == (500, 5)
     np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(5), atol=1e-2)
+
+
+def test_cluster_relu_clusters_the_rectified_features_streamed_or_not():
+    from deepcluster.cluster.pipeline import preprocess_and_cluster
+    from deepcluster.config import TrainConfig
+
+    x = np.random.default_rng(0).normal(size=(400, 12)).astype(np.float32)
+    plain = TrainConfig(k=5, pca_dim=6)
+    relu = TrainConfig(k=5, pca_dim=6, cluster_relu=True)
+    want = preprocess_and_cluster(np.maximum(x, 0), plain, seed=1).result.assignments
+    assert (preprocess_and_cluster(x, relu, seed=1).result.assignments == want).all()
+    chunks = lambda: iter(np.array_split(x, 3))  # noqa: E731
+    assert (preprocess_and_cluster(chunks, relu, seed=1).result.assignments == want).all()
+    assert not (preprocess_and_cluster(x, plain, seed=1).result.assignments == want).all()

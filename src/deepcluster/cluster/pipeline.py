@@ -59,6 +59,8 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
     """
     times: dict[str, float] = {}
     t = time.perf_counter()
+    if cfg.cluster_relu:  # the ablation of clustering after the last ReLU
+        x = _relu_chunks(x) if callable(x) else np.maximum(x, 0)
     pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
     if callable(x):
         x = _reduce_chunks(pre, x, sharded=sharded, hold_bytes=hold_bytes)
@@ -73,6 +75,10 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
     )
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
+
+
+def _relu_chunks(chunks: Callable[[], Iterable[np.ndarray]]) -> Callable[[], Iterator[np.ndarray]]:
+    return lambda: (np.maximum(chunk, 0) for chunk in chunks())
 
 
 def _reduce_chunks(pre: Preprocessor, chunks: Callable[[], Iterable[np.ndarray]], *, sharded: bool,

@@ -174,8 +174,9 @@ def clustering_quality(
     feats = extract_features(model, images, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
                              batch_size=cfg.feature_batch_size, device=device, description="clustering features",
                              show_progress=show_progress, precision=run_precision(cfg, device))
+    x = next(iter(feats.values()))
     x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0,
-                     on_degenerate="truncate").fit_transform(next(iter(feats.values())))
+                     on_degenerate="truncate").fit_transform(np.maximum(x, 0) if cfg.cluster_relu else x)
     runs = [cluster_features(x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed + i)
             for i in range(n_init if cfg.clustering == "kmeans" else 1)]
     best = min(runs, key=lambda r: r.loss)
