@@ -300,7 +300,8 @@ def test_probe_masks_are_consistent(tmp_path):
     assert {names[n] for n in objects} == set(SHAPES)
     assert {names[n] for n in ds.categories["color"].labels} == set(COLOR_NAMES)
     assert {names[n] for n in ds.categories["texture"].labels} == set(TEXTURES)
-    assert ds.categories["material"].labels == ds.categories["texture"].labels
+    assert {names[n] for n in ds.categories["material"].labels} == {f"{t}-material" for t in TEXTURES}
+    assert all(len(lab.categories) == 1 for lab in ds.labels.values())  # one category per concept
     freq: dict[int, int] = {}
     for s in ds:
         assert s.image.shape == (3, 32, 32) and s.mask_shape == (32, 32)
@@ -323,7 +324,7 @@ def test_probe_masks_are_consistent(tmp_path):
         assert len(texture) + len(scene) <= 1
         if texture:
             material = s.masks["material"][0]
-            assert (material[obj == 0] == texture[0]).all()
+            assert {names[m] for m in np.unique(material[obj == 0])} == {f"{names[texture[0]]}-material"}
         if s.masks["material"].shape[0]:
             assert set(np.unique(s.masks["material"])) - {0} <= set(ds.categories["material"].labels)
     for n in objects:

@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last",
         quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005,
         iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04,
+        union: Annotated[str, typer.Option("--union", help="annotated: a unit's activated pixels enter a concept's union on the images where its category is annotated (NetDissect); lite: NetDissect-Lite's exact arithmetic (per labelled pixel, one category per concept, no de-duplication).")] = "annotated",
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER).")] = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
         input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None,
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from deepcluster.device import resolve_device
         from deepcluster.errors import ConfigError, DataError
         from deepcluster.interpret.broden import BrodenDataset
-        from deepcluster.interpret.dissect import default_concepts, dissect
+        from deepcluster.interpret.dissect import UNIONS, default_concepts, dissect
         from deepcluster.interpret.dissect_report import write_dissection
         from deepcluster.interpret.model_source import load_model_source, resolve_layer
         from deepcluster.precision import resolve_precision
@@ -89,6 +90,8 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         if max_units < 0:
             raise ConfigError(f"--max-units must be >= 0, got {max_units}")
+        if union not in UNIONS:
+            raise ConfigError(f"--union must be {' or '.join(UNIONS)}, got {union!r}")
         net, info = load_model_source(model, weights=weights, checkpoint=checkpoint, weights_prefix=weights_prefix)
         if info.weights_report is not None:
             err_console.print(escape(info.weights_report.summary()), highlight=False, soft_wrap=True)
@@ -111,7 +114,7 @@ def register(app: typer.Typer) -> None:
             net, layer, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, input_size=size,
             mean=info.mean, std=info.std, grey=info.grey, method=method, device=device, show_progress=not quiet,
             precision=chosen,
-            model_name=info.spec, feature_cache_mb=feature_cache_mb,
+            model_name=info.spec, feature_cache_mb=feature_cache_mb, union=union,
         )
         if out is None:
             out = info.run_dir / "dissect" / _slug(layer) if info.run_dir is not None else Path("dissect") / _slug(f"{info.name}_{layer}")

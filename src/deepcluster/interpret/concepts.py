@@ -13,8 +13,9 @@ texture, or a plain colour -- with 1 to 3 shapes drawn on it. Concepts, by Brode
   background (:data:`TEXTURES`: stripes in three orientations, checks, dots, zigzags, blotchy
   noise; each drawn at a random period of 4-12 px, two random colours).
 * ``material`` (pixel): where a texture is visible -- the background of a texture image and
-  the shapes filled with a texture. A texture is one label listed in both categories
-  (``texture(n);material(m)`` in label.csv), as Broden merges same-named concepts.
+  the shapes filled with a texture: ``<texture>-material``. Every concept is listed under one
+  category (version 1 listed each texture under both ``texture`` and ``material``, which
+  NetDissect-Lite scores differently from NetDissect: :mod:`deepcluster.interpret.dissect`).
 * ``color`` (pixel): every pixel of the final image named by its nearest prototype in CIELAB
   among the 11 basic colour terms (:data:`COLOR_NAMES`, :func:`color_name_map`).
 * ``scene`` (image-level): the photograph a background was cropped from (:data:`PHOTOS`).
@@ -50,7 +51,7 @@ from deepcluster.interpret.broden import INDEX_FILE, BrodenWriter
 from deepcluster.progress import progress_bar
 
 #: Bump when the generator changes what it draws, so cached probes are regenerated.
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 PROBE_META = "probe.json"
 
 #: The 11 basic colour terms (Berlin & Kay), in label order.
@@ -292,7 +293,8 @@ class _Labels:
         self.color = [w.add_label(n, "color") for n in COLOR_NAMES]
         self.object = {s: w.add_label(s, "object") for s in SHAPES}
         self.part = {(s, p): w.add_label(f"{s}-{p}", "part") for s in SHAPES for p in PART_NAMES}
-        self.texture = {t: w.add_label(t, ("texture", "material")) for t in TEXTURES}
+        self.texture = {t: w.add_label(t, "texture") for t in TEXTURES}
+        self.material = {t: w.add_label(f"{t}-material", "material") for t in TEXTURES}
         self.scene = {p: w.add_label(p, "scene") for p in PHOTOS}
 
 
@@ -311,7 +313,7 @@ def _draw_image(size: int, rng: np.random.Generator, photos: dict[str, np.ndarra
     elif u < 0.85:
         tex = TEXTURES[rng.integers(len(TEXTURES))]
         img = _texture_rgb(tex, size, rng)
-        material[:] = L.texture[tex]
+        material[:] = L.material[tex]
         labels["texture"].append(L.texture[tex])
     else:
         img = np.broadcast_to(_random_color(rng), (size, size, 3)).copy()
@@ -335,7 +337,7 @@ def _draw_image(size: int, rng: np.random.Generator, photos: dict[str, np.ndarra
         if rng.random() < 0.3:
             tex = TEXTURES[rng.integers(len(TEXTURES))]
             img[full] = _texture_rgb(tex, size, rng)[full]
-            material[full] = L.texture[tex]
+            material[full] = L.material[tex]
         else:
             img[full] = _random_color(rng)
             material[full] = 0

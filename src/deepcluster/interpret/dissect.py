@@ -32,14 +32,31 @@ thresholded (``> T_u``). Counted per unit ``u`` and concept ``c``:
 * ``truth[c]``: pixels carrying ``c`` (``sh x sw`` per image for image-level labels).
 * ``activation[u, c]``: activated pixels of ``u`` over the images where one of ``c``'s categories
   is annotated (has an entry in ``index.csv``), as in NetDissect: an image with no scene label
-  is not evidence against a scene concept. (NetDissect-Lite approximates this with the
-  categories found under the activated pixels.)
+  is not evidence against a scene concept.
 
 ``IoU[u, c] = intersect / (activation + truth - intersect)`` (0 when the union is empty). A unit
 is *labelled* with its best concept when that IoU reaches ``iou_threshold`` (NetDissect-Lite's
 ``SCORE_THRESHOLD``, 0.04); the best concept of each category is kept too ("category-aware").
 A concept belongs to every category it is listed in (``label.csv``, ``c_<cat>.csv``); the
-category reported for a unit is its best concept's primary category.
+category reported for a unit is its best concept's primary category (the one listing it in
+the most images).
+
+``union="lite"`` reproduces NetDissect-Lite's ``tally`` arithmetic (``feature_operation.py``)
+instead, for comparisons with numbers it published:
+
+* each concept belongs to one category, Lite's primary: the one where its ``c_<cat>.csv``
+  coverage is largest (:func:`lite_primary_category`);
+* ``activation[u, c]`` counts the activated pixels of ``u`` on an image when one of them carries
+  a concept of ``c``'s category (in any mask channel) or the image has an image-level label of
+  that category -- per labelled pixel, not per annotated image, so an image whose annotation
+  misses the unit's region is not counted;
+* nothing is de-duplicated: a concept present in two mask channels, or given twice, counts
+  twice in ``truth`` and ``intersect``;
+* ``IoU = intersect / (activation + truth - intersect + 1e-10)``.
+
+Lite resizes with ``scipy.misc.imresize(mode='F')`` (PIL's bilinear filter); for up-sampling it
+equals the bilinear ``align_corners=False`` used here. Lite's result differs from ours on units
+scoring 0 only in which (meaningless) label it names.
 
 Everything is float32 on the model's side and float64 counts; CUDA is used when present.
 Output files: :func:`deepcluster.interpret.dissect_report.write_dissection`; ``tally.csv`` is
@@ -78,16 +95,20 @@ from deepcluster.progress import progress_bar
 __all__ = [
     "IOU_THRESHOLD",
     "QUANTILE",
+    "UNIONS",
     "DissectResult",
     "cache_dir",
     "default_concepts",
     "dissect",
+    "lite_primary_category",
 ]
 
 #: Top quantile of each unit's activations that counts as "active" (NetDissect-Lite's QUANTILE).
 QUANTILE = 0.005
 #: Minimum IoU for a unit to be labelled (NetDissect-Lite's SCORE_THRESHOLD).
 IOU_THRESHOLD = 0.04
+#: How activated pixels enter a concept's union (:func:`dissect`'s ``union``).
+UNIONS = ("annotated", "lite")
 #: Top images kept per unit (strips of the HTML page).
 TOP_IMAGES = 8
 #: Up-sampled maps handled at once in pass 2 (elements), bounding its memory.
@@ -167,6 +188,8 @@ class DissectResult:
     precision: str = "fp32"
     #: True when pass 2 reused pass 1's activations instead of running the model again.
     cached_features: bool = False
+    #: How activated pixels enter the unions: ``annotated`` or ``lite`` (:func:`dissect`).
+    union: str = "annotated"
 
     @property
     def units(self) -> int:
@@ -274,6 +297,7 @@ class DissectResult:
             "device": self.device,
             "precision": self.precision,
             "cached_features": self.cached_features,
+            "union": self.union,
             "units_numbering": "tally.csv units are 1-based (NetDissect-Lite); rows of thresholds.npy and iou.npy are unit - 1",
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -396,20 +420,39 @@ def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 # Concept tables
 
 
-class _Concepts:
-    """Label columns of the probe, and the label tensors of a batch that pass 2 counts with."""
+def lite_primary_category(probe: BrodenDataset, number: int) -> str:
+    """NetDissect-Lite's category of label ``number``: among the categories listing it, the one
+    where its coverage (``c_<category>.csv``) is largest, the later one in ``category.csv`` on
+    ties (Lite's ``primary_categories_per_index``)."""
+    cats = list(probe.categories)
+    scores = [(probe.categories[c].stats.get(number, (0, 0.0))[1] if number in probe.categories[c].labels else 0, i)
+              for i, c in enumerate(cats)]
+    return cats[max(scores)[1]]
 
-    def __init__(self, probe: BrodenDataset):
+
+class _Concepts:
+    """Label columns of the probe, and the label tensors of a batch that pass 2 counts with.
+
+    With ``lite``, each concept belongs to its NetDissect-Lite category only
+    (:func:`lite_primary_category`) and a batch's labels are not de-duplicated: Lite counts a
+    concept once per mask channel (and per image-level entry) carrying it.
+    """
+
+    def __init__(self, probe: BrodenDataset, *, lite: bool = False):
         cats = tuple(probe.categories)
         members: dict[int, list[str]] = {}
         for num, lab in probe.labels.items():
             in_cats = [c for c in cats if c in lab.categories or num in probe.categories[c].labels]
             if in_cats:
                 members[num] = in_cats
+        if lite:
+            members = {num: [lite_primary_category(probe, num)] for num in members}
+        self.lite = lite
         self.numbers = np.array(sorted(members), dtype=np.int64)
         self.names = [probe.labels[int(n)].name for n in self.numbers]
         self.cats = [tuple(members[int(n)]) for n in self.numbers]
-        self.primary = [probe.labels[int(n)].category or members[int(n)][0] for n in self.numbers]
+        self.primary = [members[int(n)][0] if lite else probe.labels[int(n)].category or members[int(n)][0]
+                        for n in self.numbers]
         top = int(self.numbers.max()) if len(self.numbers) else 0
         self.lut = np.zeros(top + 1, dtype=np.int32)
         self.lut[self.numbers] = np.arange(1, len(self.numbers) + 1)  # column + 1; 0 = no concept
@@ -424,6 +467,8 @@ class _Concepts:
         # category pairs sharing a concept: only their channels can repeat a concept on a pixel
         self.shared = {(a, b) for cs in self.cats for a in cs for b in cs}
         self.shared |= {(c, c) for c in cats}
+        #: Column + 1 -> index of the concept's (first) category; column 0 (no concept) -> len(cats).
+        self.column_category = np.array([len(cats)] + [self.index[c[0]] for c in self.cats], dtype=np.int64)
 
     def columns(self, raw: np.ndarray) -> np.ndarray:
         """Label numbers -> column + 1 (int32; 0 for no label or a label outside the columns)."""
@@ -452,6 +497,8 @@ class _Concepts:
                 img_cats += [c] * lab.shape[1]
         pix = np.concatenate(pix_parts, 1) if pix_parts else np.zeros((batch_len, 0, mask_pixels), np.int32)
         img = np.concatenate(img_parts, 1) if img_parts else np.zeros((batch_len, 0), np.int32)
+        if self.lite:
+            return torch.from_numpy(pix).to(device), torch.from_numpy(img).to(device), annotated
         for j in range(1, img.shape[1]):
             img[:, j] = np.where((img[:, j : j + 1] == img[:, :j]).any(1), 0, img[:, j])
         for j, cj in enumerate(img_cats):  # a concept given for the whole image covers its pixels
@@ -506,6 +553,7 @@ def dissect(
     feature_cache_mb: float = 512,
     model_name: str = "",
     precision: Precision = FP32,
+    union: str = "annotated",
 ) -> DissectResult:
     """Dissect ``layer`` of ``model`` on the Broden-format probe ``concepts`` (module docstring).
 
@@ -545,6 +593,10 @@ def dissect(
         Name recorded in the result (default: the model's class name).
     precision : Precision
         Arithmetic of the forward passes (activations are compared in float32).
+    union : {"annotated", "lite"}
+        How a unit's activated pixels enter a concept's union (module docstring): over the
+        images where the concept's category is annotated (NetDissect's rule, the default), or
+        NetDissect-Lite's exact arithmetic.
 
     Returns
     -------
@@ -563,6 +615,8 @@ def dissect(
         raise ConfigError(f"input_size must be >= 1, got {input_size}")
     if top_images < 1:
         raise ConfigError(f"top_images must be >= 1, got {top_images}")
+    if union not in UNIONS:
+        raise ConfigError(f"union must be {' or '.join(UNIONS)}, got {union!r}")
     probe = concepts if isinstance(concepts, BrodenDataset) else BrodenDataset(concepts)
     n_images = len(probe)
     if n_images == 0:
@@ -574,7 +628,7 @@ def dissect(
     model.to(dev)
     prepare = _Prepare(dev, grey, input_size, mean, std)
     read = functools.partial(_read_layer, model, path, model.get_submodule(path), precision=precision)
-    table = _Concepts(probe)
+    table = _Concepts(probe, lite=union == "lite")
     if not table.categories:
         raise DataError(f"the probe {probe.root} has no categories: its category.csv lists none")
 
@@ -624,6 +678,7 @@ def dissect(
         device=str(dev),
         precision=precision.label,
         cached_features=first.features is not None,
+        union=union,
     )
 
 
@@ -761,6 +816,9 @@ def _iou_pass(
     intersect = torch.zeros(n_keys, dtype=torch.float64, device=device)
     truth = torch.zeros(n_concepts + 1, dtype=torch.float64, device=device)
     set_activation = torch.zeros(len(table.sets), units, dtype=torch.float64, device=device)
+    n_cats = len(table.categories)
+    cat_activation = torch.zeros(units, n_cats, dtype=torch.float64, device=device)  # Lite's tally_units_cat
+    column_category = torch.from_numpy(table.column_category).to(device)
     unit_pixels = torch.zeros(units, dtype=torch.float64, device=device)
     top_masks = np.zeros((units, n_top, mask_h, (mask_w + 7) // 8), dtype=np.uint8)
     set_members = torch.from_numpy(table.set_members).to(device)
@@ -791,7 +849,6 @@ def _iou_pass(
                 pair, pix_y, pix_x = active.nonzero(as_tuple=True)
                 active_pixels = torch.bincount(pair, minlength=len(image)).double()  # per pair
                 unit_pixels.index_add_(0, unit, active_pixels)
-                set_activation.index_add_(1, unit, (annotated_set[image] * active_pixels[:, None]).T.contiguous())
                 if len(pair) and pix.shape[1]:
                     labels = pix[image[pair], :, pix_y * mask_w + pix_x]  # active pixels x K
                     keys = (unit_offsets[unit[pair]][:, None] + labels).reshape(-1)
@@ -799,6 +856,17 @@ def _iou_pass(
                 for channel in range(img.shape[1]):
                     keys = unit_offsets[unit] + img[image, channel]
                     intersect += torch.bincount(keys, weights=active_pixels, minlength=n_keys)
+                if table.lite:  # an image counts for the categories found under the unit's active pixels
+                    present = torch.zeros(len(image) * (n_cats + 1), dtype=torch.bool, device=device)
+                    if len(pair) and pix.shape[1]:
+                        keys = (pair[:, None] * (n_cats + 1) + column_category[labels]).reshape(-1)
+                        present[keys] = True
+                    present = present.view(len(image), n_cats + 1)
+                    for channel in range(img.shape[1]):  # and for those of its image-level labels
+                        present[torch.arange(len(image), device=device), column_category[img[image, channel]]] = True
+                    cat_activation.index_add_(0, unit, present[:, :n_cats].double() * active_pixels[:, None])
+                else:
+                    set_activation.index_add_(1, unit, (annotated_set[image] * active_pixels[:, None]).T.contiguous())
                 # the units' regions on their top images, for the page
                 hit = top_images[unit] == batch_images[image][:, None]  # pairs x n_top
                 rows = hit.any(1).nonzero(as_tuple=True)[0]
@@ -810,9 +878,17 @@ def _iou_pass(
 
     intersect_np = intersect.view(units, n_concepts + 1)[:, 1:].cpu().numpy()
     truth_np = truth[1:].cpu().numpy()
-    activation_np = set_activation.T.cpu().numpy()[:, table.set_of] if n_concepts else np.zeros((units, 0))
+    if not n_concepts:
+        activation_np = np.zeros((units, 0))
+    elif table.lite:
+        activation_np = cat_activation.cpu().numpy()[:, table.column_category[1:]]
+    else:
+        activation_np = set_activation.T.cpu().numpy()[:, table.set_of]
     union = activation_np + truth_np[None] - intersect_np
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, intersect_np / union, 0.0).astype(np.float32)
+    if table.lite:  # Lite's own formula
+        iou = (intersect_np / (union + 1e-10)).astype(np.float32)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, intersect_np / union, 0.0).astype(np.float32)
     return _IouPass(intersect=intersect_np, activation=activation_np, truth=truth_np, iou=iou,
                     unit_pixels=unit_pixels.cpu().numpy(), top_masks=top_masks)
