@@ -1,6 +1,6 @@
 """Network dissection: `deepcluster dissect` of a random LeNet-5 conv2 (16 units, 28 px grey input)
 and a random small AlexNet conv5 (128 units, 64 px RGB input) on the built-in concept probe
-(1000 images of 64 px, 98 concepts), run in-process through the command, timed end to end
+(1000 images of 64 px, 105 concepts), run in-process through the command, timed end to end
 (model loading, both passes, tally/summary/page writing; not the interpreter's start-up).
 
 The probe is generated first into a temporary cache (timed apart), as `deepcluster dissect` does

@@ -22,6 +22,60 @@ def _num(v: float, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
+def run_lce(names: list[str], files: list[Path], out: Path, *, performance: Path | None = None,
+            groups: int | None = None, components: int = 3, threshold: float = 0.04, method: str = "kmeans",
+            raw: bool = False, seed: int = 0) -> None:
+    """Dissect profiles of the tallies ``files`` (models ``names``), their LCE written to ``out``,
+    and its tables printed: the body of ``deepcluster lce`` (and of ``dissect --lce``)."""
+    import warnings
+
+    from deepcluster.interpret.lce import DissectProfile, learned_concepts_embedding, profile_matrix, write_lce_outputs
+
+    def say(msg: str) -> None:
+        out_console.print(msg, highlight=False, soft_wrap=True, markup=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # printed below
+        profiles = profile_matrix([DissectProfile.from_tally(n, f, iou_threshold=threshold) for n, f in zip(names, files)],
+                                  normalize="none" if raw else "superset")
+    for w in profiles.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+    res = learned_concepts_embedding(profiles, components, groups, seed, method=method, performance=performance)
+    paths = write_lce_outputs(res, out)
+
+    sizes = ", ".join(f"{profiles.category_sizes[c]} {c}" for c in profiles.categories)
+    table = Table(title=f"Learned Concepts Embedding: {len(names)} models, {len(profiles.concepts)} concepts ({sizes})")
+    table.add_column("model")
+    table.add_column("group")
+    for ax, r in zip(res.axes, res.explained_variance_ratio):
+        table.add_column(f"{ax} ({100 * r:.0f}%)", justify="right")
+    table.add_column("units", justify="right")
+    table.add_column("labelled", justify="right")
+    table.add_column("concepts", justify="right")
+    for i, m in enumerate(profiles.models):
+        table.add_row(escape(m), res.groups[i], *(f"{v:+.3f}" for v in res.coords[i]), str(profiles.n_units[m]),
+                      str(int(profiles.counts[i].sum())), str(int((profiles.counts[i] > 0).sum())))
+    out_console.print(table)
+
+    corr = Table(title="Pearson correlation of each axis with the abstracted profile"
+                 + (" and the performance table" if res.performance else ""),
+                 caption="(Spearman and p-values in correlations.csv)", caption_justify="left")
+    corr.add_column("variable")
+    for ax in res.axes:
+        corr.add_column(ax, justify="right")
+    by_var: dict[str, dict[str, float]] = {}
+    for r in res.correlations:
+        by_var.setdefault(r["variable"], {})[r["axis"]] = r["pearson_r"]
+    for var, vals in by_var.items():
+        corr.add_row(escape(var), *(_num(vals.get(ax, float("nan")), 2) for ax in res.axes))
+    out_console.print(corr)
+    total = float(sum(res.explained_variance_ratio))
+    how = f"{res.group_method}" + (f", silhouette {max(res.silhouettes.values()):.2f}" if res.silhouettes else "")
+    say(f"{len(res.axes)} components explain {100 * total:.1f}% of the variance; "
+        f"{len(set(res.groups))} group(s) ({how})")
+    say(f"wrote {out}: " + ", ".join(paths))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``lce``, ``ensemble`` and ``similarity`` commands to ``app``."""
 
@@ -52,61 +106,14 @@ def register(app: typer.Typer) -> None:
         Writes profiles.csv, profile_counts.csv, abstracted_profile.csv, lce.csv, components.csv, correlations.csv, lce.json and PNG figures.
         """
         from deepcluster.errors import ConfigError
-        from deepcluster.interpret.lce import (
-            DissectProfile,
-            default_model_names,
-            find_tally,
-            learned_concepts_embedding,
-            profile_matrix,
-            write_lce_outputs,
-        )
+        from deepcluster.interpret.lce import default_model_names, find_tally
 
         if name and len(name) != len(tallies):
             raise ConfigError(f"{len(name)} --name for {len(tallies)} inputs: give one name per tally, in order")
         names = list(name) if name else default_model_names(tallies)
         files = [find_tally(t, layer=layer) for t in tallies]
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # printed below
-            profiles = profile_matrix([DissectProfile.from_tally(n, f, iou_threshold=threshold) for n, f in zip(names, files)],
-                                      normalize="none" if raw else "superset")
-        for w in profiles.warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-        res = learned_concepts_embedding(profiles, components, groups, seed, method=method, performance=performance)
-        paths = write_lce_outputs(res, out)
-
-        sizes = ", ".join(f"{profiles.category_sizes[c]} {c}" for c in profiles.categories)
-        table = Table(title=f"Learned Concepts Embedding: {len(names)} models, {len(profiles.concepts)} concepts ({sizes})")
-        table.add_column("model")
-        table.add_column("group")
-        for ax, r in zip(res.axes, res.explained_variance_ratio):
-            table.add_column(f"{ax} ({100 * r:.0f}%)", justify="right")
-        table.add_column("units", justify="right")
-        table.add_column("labelled", justify="right")
-        table.add_column("concepts", justify="right")
-        for i, m in enumerate(profiles.models):
-            table.add_row(escape(m), res.groups[i], *(f"{v:+.3f}" for v in res.coords[i]), str(profiles.n_units[m]),
-                          str(int(profiles.counts[i].sum())), str(int((profiles.counts[i] > 0).sum())))
-        out_console.print(table)
-
-        corr = Table(title="Pearson correlation of each axis with the abstracted profile"
-                     + (" and the performance table" if res.performance else ""),
-                     caption="(Spearman and p-values in correlations.csv)", caption_justify="left")
-        corr.add_column("variable")
-        for ax in res.axes:
-            corr.add_column(ax, justify="right")
-        by_var: dict[str, dict[str, float]] = {}
-        for r in res.correlations:
-            by_var.setdefault(r["variable"], {})[r["axis"]] = r["pearson_r"]
-        for var, vals in by_var.items():
-            corr.add_row(escape(var), *(_num(vals.get(ax, float("nan")), 2) for ax in res.axes))
-        out_console.print(corr)
-        total = float(sum(res.explained_variance_ratio))
-        how = f"{res.group_method}" + (f", silhouette {max(res.silhouettes.values()):.2f}" if res.silhouettes else "")
-        say(f"{len(res.axes)} components explain {100 * total:.1f}% of the variance; "
-            f"{len(set(res.groups))} group(s) ({how})")
-        say(f"wrote {out}: " + ", ".join(paths))
+        run_lce(names, files, out, performance=performance, groups=groups, components=components,
+                threshold=threshold, method=method, raw=raw, seed=seed)
 
     @app.command("ensemble", epilog=(
         "Examples: deepcluster ensemble runs/a runs/b runs/c;  "

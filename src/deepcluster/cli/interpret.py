@@ -41,30 +41,68 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
 
 
+def _per_model(values: list | None, n: int, option: str, *, once_ok: bool = True) -> list:
+    """``values`` for ``n`` models: one value for all (when ``once_ok``) or one per model."""
+    values = list(values or [])
+    if len(values) == n:
+        return values
+    if len(values) == 1 and once_ok:
+        return values * n
+    from deepcluster.errors import ConfigError
+
+    raise ConfigError(f"{len(values)} {option} for {n} MODELs: give one {option} per MODEL, in order"
+                      + (" (or one for all)" if once_ok else " (- for a model without)"))
+
+
+def _default_names(infos: list, weights: list[Path | None]) -> list[str]:
+    """Model names: a run folder's name; otherwise the model's, with its weights file's stem when
+    several models are dissected."""
+    names = []
+    for info, w in zip(infos, weights):
+        stem = w.name.split(".")[0] if w is not None and len(infos) > 1 else ""
+        names.append(_slug(info.name if info.run_dir is not None or not stem else f"{info.name}-{stem}"))
+    return names
+
+
+def _out_folder(out: Path | None, info, layer: str, name: str, *, several: bool) -> Path:
+    """Where a model's dissection goes (see --out)."""
+    if out is not None and not several:
+        return out
+    if out is not None:
+        return out / _slug(f"{name}_{layer}")
+    if info.run_dir is not None:
+        return info.run_dir / "dissect" / _slug(layer)
+    return Path("dissect") / _slug(f"{name}_{layer}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``dissect`` command and the ``concepts`` group to ``app``."""
 
     @app.command("dissect", epilog=(
         "Examples: deepcluster dissect runs/demo --layer conv5;  "
         "deepcluster dissect resnet18 --weights resnet18.pth --layer layer4 --concepts broden1_224 --input-size 224;  "
+        "deepcluster dissect resnet50 resnet50 resnet50 --weights moco.pth.tar --weights swav.pth --weights dino.pth "
+        "--name moco --name swav --name dino --layer last-conv --concepts broden1_224 --input-size 224 --out thesis --lce;  "
         "deepcluster dissect mynets.py:build --layer features.8"
     ))
     @user_errors
     def dissect_cmd(
-        model: Annotated[str, typer.Argument(help="A run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one).")],
-        layer: Annotated[str, typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), or for our nets a probe name such as conv2.")],
+        models: Annotated[list[str], typer.Argument(metavar="MODEL", help="One or more models, each a run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one). Several models are dissected together: the probe is read and decoded once per pass for all.")],
+        layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), for our nets a probe name such as conv2, or last-conv (the top conv block: layer4 of a ResNet, features of AlexNet/VGG, conv5 of our AlexNet). Once for all models, or once per MODEL in order.")],
         concepts: Annotated[Path | None, typer.Option("--concepts", help="A Broden-format folder (default: the built-in probe, generated once into the cache folder, $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None,
-        weights: Annotated[Path | None, typer.Option("--weights", help="Local weights file for a torchvision or module:attribute model (nothing is downloaded): a state dict, or a MoCo, SwAV/DeepCluster-v2, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint (.pth, .pth.tar, .ckpt, .safetensors); its backbone is loaded strictly, heads are dropped.")] = None,
-        weights_prefix: Annotated[str | None, typer.Option("--weights-prefix", metavar="PREFIX", help="The key prefix of the backbone in --weights, for a checkpoint layout that is not recognised (e.g. module.encoder.).")] = None,
+        weights: Annotated[list[str] | None, typer.Option("--weights", help="Local weights file for a torchvision or module:attribute model (nothing is downloaded): a state dict, or a MoCo, SwAV/DeepCluster-v2, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint (.pth, .pth.tar, .ckpt, .safetensors); its backbone is loaded strictly, heads are dropped. With several models: once per MODEL in order, - for a model without.")] = None,
+        weights_prefix: Annotated[list[str] | None, typer.Option("--weights-prefix", metavar="PREFIX", help="The key prefix of the backbone in --weights, for a checkpoint layout that is not recognised (e.g. module.encoder.). Once for all, or once per MODEL (- for none).")] = None,
+        name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names (output folders, the LCE), one per MODEL in order (default: the run folder, or the model and weights file names).")] = None,
         checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last",
         quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005,
         iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04,
         union: Annotated[str, typer.Option("--union", help="annotated: a unit's activated pixels enter a concept's union on the images where its category is annotated (NetDissect); lite: NetDissect-Lite's exact arithmetic (per labelled pixel, one category per concept, no de-duplication).")] = "annotated",
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER).")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER); with several models, the folder holding one sub-folder per model (NAME_LAYER).")] = None,
+        lce: Annotated[bool, typer.Option("--lce", help="With several models: then their Dissect profiles and Learned Concepts Embedding, in OUT/lce (default ./dissect/lce), as `deepcluster lce` makes them.")] = False,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
         input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None,
         method: Annotated[str, typer.Option(help="Thresholds: auto, exact (streaming top-k) or sketch (histograms, for huge probes).")] = "auto",
-        feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layer's activations between the two passes when they fit in this many MB (0: always run the model twice, nothing held).")] = 512,
+        feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layers' activations between the two passes when they fit in this many MB, all models together (0: always run the models twice, nothing held).")] = 512,
         max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64,
         device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
         precision: Annotated[str | None, typer.Option(help="Forward passes in fp32, bf16 or auto (bf16 where the hardware has it); default: a run folder's own, else auto.")] = None,
@@ -73,11 +111,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Network dissection (NetDissect-Lite): label each unit of a layer with the concept of a
         Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
-        thresholds.npy, iou.npy, concepts.csv and dissect.html."""
+        thresholds.npy, iou.npy, concepts.csv and dissect.html per model; with --lce, the models'
+        Learned Concepts Embedding."""
         from deepcluster.device import resolve_device
         from deepcluster.errors import ConfigError, DataError
         from deepcluster.interpret.broden import BrodenDataset
-        from deepcluster.interpret.dissect import UNIONS, default_concepts, dissect
+        from deepcluster.interpret.dissect import UNIONS, DissectTarget, default_concepts, dissect_many
         from deepcluster.interpret.dissect_report import write_dissection
         from deepcluster.interpret.model_source import load_model_source, resolve_layer
         from deepcluster.precision import resolve_precision
@@ -88,19 +127,40 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
+        n = len(models)
         if max_units < 0:
             raise ConfigError(f"--max-units must be >= 0, got {max_units}")
         if union not in UNIONS:
             raise ConfigError(f"--union must be {' or '.join(UNIONS)}, got {union!r}")
-        net, info = load_model_source(model, weights=weights, checkpoint=checkpoint, weights_prefix=weights_prefix)
-        if info.weights_report is not None:
-            err_console.print(escape(info.weights_report.summary()), highlight=False, soft_wrap=True)
-        if precision is None and info.run_dir is not None:
-            run_cfg = RunFolder(info.run_dir).load_config()
-            chosen = resolve_precision(run_cfg.precision, resolve_device(device), run_cfg.channels_last)
-        else:
-            chosen = resolve_precision(precision or "auto", resolve_device(device))
-        resolve_layer(net, layer)  # a bad layer fails before the probe is generated or read
+        layers = _per_model(layer, n, "--layer")
+        weight_files = [None if w in ("-", "") else Path(w) for w in _per_model(weights, n, "--weights", once_ok=False)] if weights else [None] * n
+        prefixes = [None if p in (None, "-", "") else p for p in _per_model(weights_prefix or [None], n, "--weights-prefix")]
+        names = _per_model(name, n, "--name") if name else None
+        if lce and n < 2:
+            raise ConfigError("--lce compares models: give at least 2 MODELs (or run `deepcluster lce` on dissections made earlier)")
+
+        targets, infos = [], []
+        for spec, lay, w, prefix in zip(models, layers, weight_files, prefixes):
+            net, info = load_model_source(spec, weights=w, checkpoint=checkpoint, weights_prefix=prefix)
+            if info.weights_report is not None:
+                err_console.print(escape(info.weights_report.summary()), highlight=False, soft_wrap=True)
+            if precision is None and info.run_dir is not None:
+                run_cfg = RunFolder(info.run_dir).load_config()
+                chosen = resolve_precision(run_cfg.precision, resolve_device(device), run_cfg.channels_last)
+            else:
+                chosen = resolve_precision(precision or "auto", resolve_device(device))
+            resolve_layer(net, lay)  # a bad layer fails before the probe is generated or read
+            size = input_size if input_size is not None else info.input_size
+            targets.append(DissectTarget(net, lay, input_size=size, mean=info.mean, std=info.std, grey=info.grey,
+                                         precision=chosen, name=info.spec))
+            infos.append(info)
+        labels = names or _default_names(infos, weight_files)
+        if len(set(labels)) < n:
+            raise ConfigError(f"models {', '.join(sorted({x for x in labels if labels.count(x) > 1}))} share a name: "
+                              "give each MODEL a --name")
+        outs = [_out_folder(out, info, lay, label, several=n > 1) for info, lay, label in zip(infos, layers, labels)]
+        if len(set(outs)) < n:
+            raise ConfigError("two models would write the same folder: give each MODEL a --name, or dissect them apart")
         if concepts is None:
             root = default_concepts(show_progress=not quiet)
         elif not concepts.is_dir():
@@ -109,24 +169,26 @@ def register(app: typer.Typer) -> None:
         else:
             root = concepts
         ds = BrodenDataset(root)
-        size = input_size if input_size is not None else info.input_size
-        res = dissect(
-            net, layer, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, input_size=size,
-            mean=info.mean, std=info.std, grey=info.grey, method=method, device=device, show_progress=not quiet,
-            precision=chosen,
-            model_name=info.spec, feature_cache_mb=feature_cache_mb, union=union,
+        results = dissect_many(
+            targets, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, method=method,
+            device=device, show_progress=not quiet, feature_cache_mb=feature_cache_mb, union=union,
         )
-        if out is None:
-            out = info.run_dir / "dissect" / _slug(layer) if info.run_dir is not None else Path("dissect") / _slug(f"{info.name}_{layer}")
-        paths = write_dissection(res, out, max_units=max_units, show_progress=not quiet)
-        summary = res.summary()
-        out_console.print(summary_table(summary))
-        t = res.timings
+        for res, folder in zip(results, outs):
+            paths = write_dissection(res, folder, max_units=max_units, show_progress=not quiet)
+            out_console.print(summary_table(res.summary()))
+            out_console.print(f"wrote {folder}: " + ", ".join(p.name for p in paths.values()) + ", units/",
+                              highlight=False, soft_wrap=True)
+        t = results[0].timings
+        what = f"{results[0].units} units" if n == 1 else f"{n} models ({sum(r.units for r in results)} units)"
         out_console.print(
-            f"dissected {res.units} units on {res.n_images} images in {time.perf_counter() - start:.1f} s "
-            f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {res.device}, {res.precision})", highlight=False)
-        out_console.print(f"wrote {out}: " + ", ".join(p.name for p in paths.values()) + ", units/", highlight=False,
-                          soft_wrap=True)
+            f"dissected {what} on {results[0].n_images} images in {time.perf_counter() - start:.1f} s "
+            f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {results[0].device}, "
+            f"{', '.join(sorted({r.precision for r in results}))})", highlight=False)
+        if lce:
+            from deepcluster.cli.compare import run_lce
+
+            run_lce(labels, [folder / "tally.csv" for folder in outs], (out or Path("dissect")) / "lce",
+                    threshold=iou_threshold)
 
     concepts_app = typer.Typer(no_args_is_help=True, help="Concept probes for `deepcluster dissect`.")
     app.add_typer(concepts_app, name="concepts")

@@ -65,6 +65,7 @@ read back by :func:`deepcluster.interpret.tally.read_tally`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -97,9 +98,11 @@ __all__ = [
     "QUANTILE",
     "UNIONS",
     "DissectResult",
+    "DissectTarget",
     "cache_dir",
     "default_concepts",
     "dissect",
+    "dissect_many",
     "lite_primary_category",
 ]
 
@@ -353,6 +356,8 @@ class _Prepare:
             raise ConfigError(f"mean/std need {ch} value(s) for {'grey' if grey else 'RGB'} inputs, got {len(mean)}/{len(std)}")
         if any(s <= 0 for s in std):
             raise ConfigError("std values must be > 0")
+        #: Targets whose inputs are prepared alike share them (:class:`_Reader`).
+        self.key = (grey, size, mean, std)
         self.mean = torch.tensor(mean, device=device).view(1, ch, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, ch, 1, 1)
         self.luma = torch.tensor(_LUMA, device=device).view(1, 3, 1, 1)
@@ -532,6 +537,24 @@ def _check_uniform(probe: BrodenDataset) -> tuple[tuple[int, int], tuple[int, in
     return img.pop(), msk.pop()
 
 
+@dataclass
+class DissectTarget:
+    """One network for :func:`dissect_many`: the model, its layer, and how its inputs are made.
+
+    ``input_size``, ``mean``, ``std``, ``grey`` and ``precision`` are :func:`dissect`'s arguments
+    of the same names; ``name`` is recorded in the result (default: the model's class name).
+    """
+
+    model: nn.Module
+    layer: str
+    input_size: int | None = None
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+    grey: bool = False
+    precision: Precision = FP32
+    name: str = ""
+
+
 def dissect(
     model: nn.Module,
     layer: str,
@@ -602,7 +625,43 @@ def dissect(
     -------
     DissectResult
     """
+    target = DissectTarget(model, layer, input_size=input_size, mean=mean, std=std, grey=grey, precision=precision,
+                           name=model_name)
+    return dissect_many(
+        [target], concepts, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, method=method,
+        device=device, show_progress=show_progress, top_images=top_images, num_workers=num_workers,
+        memory_budget_mb=memory_budget_mb, feature_cache_mb=feature_cache_mb, union=union,
+    )[0]
+
+
+def dissect_many(
+    targets: Sequence[DissectTarget],
+    concepts: BrodenDataset | str | Path,
+    *,
+    quantile: float = QUANTILE,
+    iou_threshold: float = IOU_THRESHOLD,
+    batch_size: int = 64,
+    method: str = "auto",
+    device: str | torch.device = "auto",
+    show_progress: bool = True,
+    top_images: int = TOP_IMAGES,
+    num_workers: int = 0,
+    memory_budget_mb: float = 256,
+    feature_cache_mb: float = 512,
+    union: str = "annotated",
+) -> list[DissectResult]:
+    """Dissect several networks on one probe, reading and decoding it once per pass for all.
+
+    Each batch of probe images is decoded once and fed to every target (prepared once per
+    distinct input size and normalisation), and each batch's concept masks are decoded and
+    tabulated once; each target keeps its own thresholds and counts, so every result is the
+    one :func:`dissect` gives for that target alone. ``memory_budget_mb`` (exact thresholds)
+    applies to each target, ``feature_cache_mb`` to all of them together (first come, first
+    cached). Timings are those of the shared passes. Other arguments: :func:`dissect`.
+    """
     t_start = time.perf_counter()
+    if not targets:
+        raise ConfigError("no model to dissect")
     if not 0.0 < quantile < 1.0:
         raise ConfigError(f"quantile must lie in (0, 1), got {quantile}")
     if not 0.0 <= iou_threshold <= 1.0:
@@ -611,8 +670,9 @@ def dissect(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if method not in ("auto", "exact", "sketch"):
         raise ConfigError(f"method must be auto, exact or sketch, got {method!r}")
-    if input_size is not None and input_size < 1:
-        raise ConfigError(f"input_size must be >= 1, got {input_size}")
+    for t in targets:
+        if t.input_size is not None and t.input_size < 1:
+            raise ConfigError(f"input_size must be >= 1, got {t.input_size}")
     if top_images < 1:
         raise ConfigError(f"top_images must be >= 1, got {top_images}")
     if union not in UNIONS:
@@ -622,69 +682,108 @@ def dissect(
     if n_images == 0:
         raise DataError(f"the probe {probe.root} has no images: its index.csv lists none")
     (image_h, image_w), mask_shape = _check_uniform(probe)
-    path = resolve_layer(model, layer)
+    paths = [resolve_layer(t.model, t.layer) for t in targets]
     dev = resolve_device(device)
-    model.eval()
-    model.to(dev)
-    prepare = _Prepare(dev, grey, input_size, mean, std)
-    read = functools.partial(_read_layer, model, path, model.get_submodule(path), precision=precision)
+    readers = []
+    for t, path in zip(targets, paths):
+        t.model.eval()
+        t.model.to(dev)
+        readers.append(_Reader(
+            read=functools.partial(_read_layer, t.model, path, t.model.get_submodule(path), precision=t.precision),
+            prepare=_Prepare(dev, t.grey, t.input_size, t.mean, t.std), layer=t.layer,
+        ))
     table = _Concepts(probe, lite=union == "lite")
     if not table.categories:
         raise DataError(f"the probe {probe.root} has no categories: its category.csv lists none")
 
     t0 = time.perf_counter()
-    with precision.inference(model):
-        first = _threshold_pass(
-            probe, read, prepare, layer=layer, quantile=quantile, method=method, n_top=min(top_images, n_images),
-            batch_size=batch_size, num_workers=num_workers, memory_budget_mb=memory_budget_mb,
-            feature_cache_mb=feature_cache_mb, device=dev, show_progress=show_progress,
+    with contextlib.ExitStack() as stack:
+        for t in targets:  # NHWC weights while inside; each read runs under its own model's autocast
+            stack.enter_context(_inference_layout(t.model, t.precision))
+        firsts = _threshold_pass(
+            probe, readers, quantile=quantile, method=method, n_top=min(top_images, n_images), batch_size=batch_size,
+            num_workers=num_workers, memory_budget_mb=memory_budget_mb, feature_cache_mb=feature_cache_mb,
+            device=dev, show_progress=show_progress,
         )
         t1 = time.perf_counter()
-        second = _iou_pass(
-            probe, table, read, prepare, first, mask_shape=mask_shape, batch_size=batch_size,
-            num_workers=num_workers, device=dev, show_progress=show_progress,
+        seconds = _iou_pass(
+            probe, table, readers, firsts, mask_shape=mask_shape, batch_size=batch_size, num_workers=num_workers,
+            device=dev, show_progress=show_progress,
         )
     t2 = time.perf_counter()
-    return DissectResult(
-        model=model_name or type(model).__name__,
-        layer=layer,
-        module=path,
-        quantile=float(quantile),
-        iou_threshold=float(iou_threshold),
-        method=first.method,
-        concepts_root=str(probe.root),
-        n_images=n_images,
-        categories=tuple(table.categories),
-        label_numbers=table.numbers,
-        label_names=table.names,
-        label_primary=table.primary,
-        label_categories=table.cats,
-        thresholds=first.thresholds.cpu().numpy().astype(np.float32),
-        intersect=second.intersect,
-        activation=second.activation,
-        truth=second.truth,
-        iou=second.iou,
-        unit_pixels=second.unit_pixels,
-        top_images=first.top_images.cpu().numpy(),
-        top_values=first.top_values.cpu().numpy(),
-        top_masks=second.top_masks,
-        feature_shape=first.feature_shape,
-        mask_shape=mask_shape,
-        image_shape=(image_h, image_w),
-        input_shape=first.input_shape,
-        preprocess={"input_size": input_size, "grey": bool(grey), "mean": [float(m) for m in mean],
-                    "std": [float(s) for s in std]},
-        timings={"thresholds": t1 - t0, "iou": t2 - t1, "total": time.perf_counter() - t_start},
-        device=str(dev),
-        precision=precision.label,
-        cached_features=first.features is not None,
-        union=union,
-    )
+    results = []
+    for t, path, first, second in zip(targets, paths, firsts, seconds):
+        results.append(DissectResult(
+            model=t.name or type(t.model).__name__,
+            layer=t.layer,
+            module=path,
+            quantile=float(quantile),
+            iou_threshold=float(iou_threshold),
+            method=first.method,
+            concepts_root=str(probe.root),
+            n_images=n_images,
+            categories=tuple(table.categories),
+            label_numbers=table.numbers,
+            label_names=table.names,
+            label_primary=table.primary,
+            label_categories=table.cats,
+            thresholds=first.thresholds.cpu().numpy().astype(np.float32),
+            intersect=second.intersect,
+            activation=second.activation,
+            truth=second.truth,
+            iou=second.iou,
+            unit_pixels=second.unit_pixels,
+            top_images=first.top_images.cpu().numpy(),
+            top_values=first.top_values.cpu().numpy(),
+            top_masks=second.top_masks,
+            feature_shape=first.feature_shape,
+            mask_shape=mask_shape,
+            image_shape=(image_h, image_w),
+            input_shape=first.input_shape,
+            preprocess={"input_size": t.input_size, "grey": bool(t.grey), "mean": [float(m) for m in t.mean],
+                        "std": [float(s) for s in t.std]},
+            timings={"thresholds": t1 - t0, "iou": t2 - t1, "total": time.perf_counter() - t_start,
+                     **({"models": len(targets)} if len(targets) > 1 else {})},
+            device=str(dev),
+            precision=t.precision.label,
+            cached_features=first.features is not None,
+            union=union,
+        ))
+    return results
+
+
+@contextlib.contextmanager
+def _inference_layout(model: nn.Module, precision: Precision) -> Iterator[None]:
+    """``model``'s weights in NHWC while inside when ``precision`` wants it, put back after."""
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if precision.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+@dataclass
+class _Reader:
+    """How one target turns a batch of probe images into its layer's maps."""
+
+    read: Callable[[torch.Tensor], torch.Tensor]
+    prepare: _Prepare
+    layer: str
+
+    def __call__(self, images: np.ndarray, prepared: dict[tuple, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, maps); ``prepared`` shares the inputs between targets preparing them alike."""
+        key = self.prepare.key
+        if key not in prepared:
+            prepared[key] = self.prepare(images)
+        inputs = prepared[key]
+        return inputs, self.read(inputs)
 
 
 @dataclass
 class _ThresholdPass:
-    """What pass 1 found (tensors on the dissection's device unless said otherwise)."""
+    """What pass 1 found for one target (tensors on the dissection's device unless said otherwise)."""
 
     #: ``exact`` or ``sketch`` (``auto`` resolved).
     method: str
@@ -701,12 +800,70 @@ class _ThresholdPass:
     input_shape: tuple[int, ...]
 
 
+class _Thresholds:
+    """Pass 1 of one target: running quantiles, top images and (when it fits) the activations."""
+
+    def __init__(self, layer: str, *, n_images: int, quantile: float, method: str, n_top: int,
+                 memory_budget_mb: float, device: torch.device):
+        self.layer, self.n_images, self.quantile, self.method, self.n_top = layer, n_images, quantile, method, n_top
+        self.memory_budget_mb, self.device = memory_budget_mb, device
+        self.quantiles: TopKQuantile | HistogramQuantile | None = None
+        self.cache: torch.Tensor | None = None
+        self.units = self.feat_h = self.feat_w = 0
+        self.input_shape: tuple[int, ...] = ()
+
+    def start(self, inputs: torch.Tensor, feats: torch.Tensor, cache_bytes_left: float) -> float:
+        """Size the state from the first batch; returns the cache bytes it took."""
+        self.input_shape = tuple(inputs.shape[1:])
+        self.units, self.feat_h, self.feat_w = feats.shape[1:]
+        total = self.n_images * self.feat_h * self.feat_w
+        if self.method == "auto":
+            fits = TopKQuantile.nbytes(self.units, total, self.quantile) <= self.memory_budget_mb * 2**20
+            self.method = "exact" if fits else "sketch"
+        if self.method == "exact":
+            self.quantiles = TopKQuantile(self.units, total, self.quantile, self.device)
+        else:
+            self.quantiles = HistogramQuantile(self.units, self.quantile, device=self.device)
+        self.top_values = torch.full((self.units, 0), -math.inf, device=self.device)
+        self.top_images = torch.zeros((self.units, 0), dtype=torch.int64, device=self.device)
+        need = 4 * total * self.units
+        if need <= cache_bytes_left:
+            self.cache = torch.empty((self.n_images, self.units, self.feat_h, self.feat_w), dtype=torch.float32)
+            return need
+        return 0
+
+    def add(self, indices: np.ndarray, feats: torch.Tensor) -> None:
+        units = self.units
+        if tuple(feats.shape[1:]) != (units, self.feat_h, self.feat_w):
+            raise DataError(f"layer {self.layer!r} output changed shape between batches "
+                            f"({tuple(feats.shape[1:])} vs {(units, self.feat_h, self.feat_w)})")
+        if self.cache is not None:
+            self.cache[int(indices[0]) : int(indices[-1]) + 1] = feats.cpu()
+        self.quantiles.add(feats.transpose(0, 1).reshape(units, -1))
+        batch_max = feats.amax((2, 3)).T  # units x batch
+        candidate_values = torch.cat([self.top_values, batch_max], 1)
+        candidate_images = torch.cat([self.top_images, torch.from_numpy(indices).to(self.device).expand(units, -1)], 1)
+        self.top_values, slots = candidate_values.topk(min(self.n_top, candidate_values.shape[1]), dim=1)
+        self.top_images = candidate_images.gather(1, slots)
+
+    def result(self) -> _ThresholdPass:
+        assert self.quantiles is not None
+        return _ThresholdPass(
+            method=self.method,
+            thresholds=torch.from_numpy(self.quantiles.result()).float().to(self.device),
+            top_values=self.top_values,
+            top_images=self.top_images,
+            features=self.cache,
+            units=self.units,
+            feature_shape=(int(self.feat_h), int(self.feat_w)),
+            input_shape=self.input_shape,
+        )
+
+
 def _threshold_pass(
     probe: BrodenDataset,
-    read: Callable[[torch.Tensor], torch.Tensor],
-    prepare: _Prepare,
+    readers: Sequence[_Reader],
     *,
-    layer: str,
     quantile: float,
     method: str,
     n_top: int,
@@ -716,71 +873,37 @@ def _threshold_pass(
     feature_cache_mb: float,
     device: torch.device,
     show_progress: bool,
-) -> _ThresholdPass:
+) -> list[_ThresholdPass]:
     """Pass 1: every unit's threshold, its ``n_top`` top images by maximum activation and, when
-    they fit ``feature_cache_mb``, the layer's activations (module docstring)."""
+    they fit ``feature_cache_mb``, the layer's activations (module docstring), per target."""
     n_images = len(probe)
     pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-    quantiles: TopKQuantile | HistogramQuantile | None = None
-    top_values = top_images = None
-    cache: torch.Tensor | None = None
-    units = feat_h = feat_w = 0
-    input_shape: tuple[int, ...] = ()
+    states = [_Thresholds(r.layer, n_images=n_images, quantile=quantile, method=method, n_top=n_top,
+                          memory_budget_mb=memory_budget_mb, device=device) for r in readers]
+    cache_left = feature_cache_mb * 2**20
     try:
         with torch.inference_mode(), progress_bar("dissect: thresholds", n_images, enabled=show_progress) as advance:
             for indices, images in _prefetch(_image_batches(probe, batch_size, pool)):
-                inputs = prepare(images)
-                feats = read(inputs)
-                if quantiles is None:
-                    input_shape = tuple(inputs.shape[1:])
-                    units, feat_h, feat_w = feats.shape[1:]
-                    total = n_images * feat_h * feat_w
-                    if method == "auto":
-                        fits = TopKQuantile.nbytes(units, total, quantile) <= memory_budget_mb * 2**20
-                        method = "exact" if fits else "sketch"
-                    if method == "exact":
-                        quantiles = TopKQuantile(units, total, quantile, device)
-                    else:
-                        quantiles = HistogramQuantile(units, quantile, device=device)
-                    top_values = torch.full((units, 0), -math.inf, device=device)
-                    top_images = torch.zeros((units, 0), dtype=torch.int64, device=device)
-                    if 4 * total * units <= feature_cache_mb * 2**20:
-                        cache = torch.empty((n_images, units, feat_h, feat_w), dtype=torch.float32)
-                elif tuple(feats.shape[1:]) != (units, feat_h, feat_w):
-                    raise DataError(f"layer {layer!r} output changed shape between batches "
-                                    f"({tuple(feats.shape[1:])} vs {(units, feat_h, feat_w)})")
-                if cache is not None:
-                    cache[int(indices[0]) : int(indices[-1]) + 1] = feats.cpu()
-                quantiles.add(feats.transpose(0, 1).reshape(units, -1))
-                batch_max = feats.amax((2, 3)).T  # units x batch
-                candidate_values = torch.cat([top_values, batch_max], 1)
-                candidate_images = torch.cat([top_images, torch.from_numpy(indices).to(device).expand(units, -1)], 1)
-                top_values, slots = candidate_values.topk(min(n_top, candidate_values.shape[1]), dim=1)
-                top_images = candidate_images.gather(1, slots)
+                prepared: dict[tuple, torch.Tensor] = {}
+                for reader, state in zip(readers, states):
+                    inputs, feats = reader(images, prepared)
+                    if state.quantiles is None:  # the first batch sizes the state
+                        cache_left -= state.start(inputs, feats, cache_left)
+                    state.add(indices, feats)
                 advance(len(indices))
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    assert quantiles is not None and top_values is not None and top_images is not None
-    return _ThresholdPass(
-        method=method,
-        thresholds=torch.from_numpy(quantiles.result()).float().to(device),
-        top_values=top_values,
-        top_images=top_images,
-        features=cache,
-        units=units,
-        feature_shape=(int(feat_h), int(feat_w)),
-        input_shape=input_shape,
-    )
+    return [s.result() for s in states]
 
 
 @dataclass
 class _IouPass:
-    """What pass 2 counted (numpy arrays; columns are the concept columns of :class:`_Concepts`)."""
+    """What pass 2 counted for one target (numpy arrays; columns are the concept columns of :class:`_Concepts`)."""
 
     #: (units, concepts) float64: activated pixels carrying the concept.
     intersect: np.ndarray
-    #: (units, concepts) float64: activated pixels on the images where the concept's categories are annotated.
+    #: (units, concepts) float64: activated pixels on the images that enter the concept's union.
     activation: np.ndarray
     #: (concepts,) float64: pixels carrying the concept.
     truth: np.ndarray
@@ -792,103 +915,124 @@ class _IouPass:
     top_masks: np.ndarray
 
 
+class _IouCounts:
+    """Pass 2 of one target: intersections and union terms of its units with every concept."""
+
+    def __init__(self, table: _Concepts, first: _ThresholdPass, mask_shape: tuple[int, int], device: torch.device):
+        self.table, self.first, self.device = table, first, device
+        units = first.units
+        self.mask_h, self.mask_w = mask_shape
+        self.mask_pixels = self.mask_h * self.mask_w
+        n_concepts = len(table.numbers)
+        self.n_keys = units * (n_concepts + 1)  # per unit: column 0 (no concept), then the concepts
+        self.n_cats = len(table.categories)
+        self.intersect = torch.zeros(self.n_keys, dtype=torch.float64, device=device)
+        self.set_activation = torch.zeros(len(table.sets), units, dtype=torch.float64, device=device)
+        self.cat_activation = torch.zeros(units, self.n_cats, dtype=torch.float64, device=device)  # Lite's tally_units_cat
+        self.unit_pixels = torch.zeros(units, dtype=torch.float64, device=device)
+        self.top_masks = np.zeros((units, first.top_images.shape[1], self.mask_h, (self.mask_w + 7) // 8), dtype=np.uint8)
+        self.column_category = torch.from_numpy(table.column_category).to(device)
+        self.unit_offsets = torch.arange(units, device=device) * (n_concepts + 1)
+        self.pairs_per_chunk = max(1, _PAIR_CHUNK // self.mask_pixels)
+
+    def add(self, feats: torch.Tensor, batch_images: torch.Tensor, pix: torch.Tensor, img: torch.Tensor,
+            annotated_set: torch.Tensor) -> None:
+        """Count one batch: ``feats`` its maps, ``pix`` / ``img`` its concept columns and
+        ``annotated_set`` (images x concept sets) from :meth:`_Concepts.batch`."""
+        first, table, device = self.first, self.table, self.device
+        thresholds, top_images = first.thresholds, first.top_images
+        mask_h, mask_w, n_cats = self.mask_h, self.mask_w, self.n_cats
+        # only (image, unit) pairs whose map exceeds the threshold somewhere can fire
+        pair_image, pair_unit = (feats.amax((2, 3)) > thresholds[None]).nonzero(as_tuple=True)
+        for start in range(0, len(pair_image), self.pairs_per_chunk):
+            image, unit = pair_image[start : start + self.pairs_per_chunk], pair_unit[start : start + self.pairs_per_chunk]
+            maps = feats[image, unit][:, None]
+            if first.feature_shape != (mask_h, mask_w):
+                maps = F.interpolate(maps, size=(mask_h, mask_w), mode="bilinear", align_corners=False)
+            active = maps[:, 0] > thresholds[unit][:, None, None]  # pairs x mask_h x mask_w
+            pair, pix_y, pix_x = active.nonzero(as_tuple=True)
+            active_pixels = torch.bincount(pair, minlength=len(image)).double()  # per pair
+            self.unit_pixels.index_add_(0, unit, active_pixels)
+            if len(pair) and pix.shape[1]:
+                labels = pix[image[pair], :, pix_y * mask_w + pix_x]  # active pixels x K
+                keys = (self.unit_offsets[unit[pair]][:, None] + labels).reshape(-1)
+                self.intersect += torch.bincount(keys, minlength=self.n_keys).double()
+            for channel in range(img.shape[1]):
+                keys = self.unit_offsets[unit] + img[image, channel]
+                self.intersect += torch.bincount(keys, weights=active_pixels, minlength=self.n_keys)
+            if table.lite:  # an image counts for the categories found under the unit's active pixels
+                present = torch.zeros(len(image) * (n_cats + 1), dtype=torch.bool, device=device)
+                if len(pair) and pix.shape[1]:
+                    present[(pair[:, None] * (n_cats + 1) + self.column_category[labels]).reshape(-1)] = True
+                present = present.view(len(image), n_cats + 1)
+                for channel in range(img.shape[1]):  # and for those of its image-level labels
+                    present[torch.arange(len(image), device=device), self.column_category[img[image, channel]]] = True
+                self.cat_activation.index_add_(0, unit, present[:, :n_cats].double() * active_pixels[:, None])
+            else:
+                self.set_activation.index_add_(1, unit, (annotated_set[image] * active_pixels[:, None]).T.contiguous())
+            # the units' regions on their top images, for the page
+            hit = top_images[unit] == batch_images[image][:, None]  # pairs x n_top
+            rows = hit.any(1).nonzero(as_tuple=True)[0]
+            if len(rows):
+                slots = hit[rows].float().argmax(1)
+                packed = np.packbits(active[rows].cpu().numpy(), axis=-1)
+                self.top_masks[unit[rows].cpu().numpy(), slots.cpu().numpy()] = packed
+
+    def result(self, truth: torch.Tensor) -> _IouPass:
+        table, units = self.table, self.first.units
+        n_concepts = len(table.numbers)
+        intersect_np = self.intersect.view(units, n_concepts + 1)[:, 1:].cpu().numpy()
+        truth_np = truth[1:].cpu().numpy()
+        if not n_concepts:
+            activation_np = np.zeros((units, 0))
+        elif table.lite:
+            activation_np = self.cat_activation.cpu().numpy()[:, table.column_category[1:]]
+        else:
+            activation_np = self.set_activation.T.cpu().numpy()[:, table.set_of]
+        union = activation_np + truth_np[None] - intersect_np
+        if table.lite:  # Lite's own formula
+            iou = (intersect_np / (union + 1e-10)).astype(np.float32)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                iou = np.where(union > 0, intersect_np / union, 0.0).astype(np.float32)
+        return _IouPass(intersect=intersect_np, activation=activation_np, truth=truth_np, iou=iou,
+                        unit_pixels=self.unit_pixels.cpu().numpy(), top_masks=self.top_masks)
+
+
 def _iou_pass(
     probe: BrodenDataset,
     table: _Concepts,
-    read: Callable[[torch.Tensor], torch.Tensor],
-    prepare: _Prepare,
-    first: _ThresholdPass,
+    readers: Sequence[_Reader],
+    firsts: Sequence[_ThresholdPass],
     *,
     mask_shape: tuple[int, int],
     batch_size: int,
     num_workers: int,
     device: torch.device,
     show_progress: bool,
-) -> _IouPass:
+) -> list[_IouPass]:
     """Pass 2: intersections and unions of every unit's thresholded maps with the concepts, and
-    the units' regions on their top images (module docstring)."""
-    units, thresholds, top_images = first.units, first.thresholds, first.top_images
-    n_top = top_images.shape[1]
-    mask_h, mask_w = mask_shape
-    mask_pixels = mask_h * mask_w
+    the units' regions on their top images (module docstring), per target; the concept masks
+    of each batch are decoded and tabulated once for all targets."""
+    mask_pixels = mask_shape[0] * mask_shape[1]
     n_concepts = len(table.numbers)
-    n_keys = units * (n_concepts + 1)  # per unit: column 0 (no concept), then the concepts
-    intersect = torch.zeros(n_keys, dtype=torch.float64, device=device)
     truth = torch.zeros(n_concepts + 1, dtype=torch.float64, device=device)
-    set_activation = torch.zeros(len(table.sets), units, dtype=torch.float64, device=device)
-    n_cats = len(table.categories)
-    cat_activation = torch.zeros(units, n_cats, dtype=torch.float64, device=device)  # Lite's tally_units_cat
-    column_category = torch.from_numpy(table.column_category).to(device)
-    unit_pixels = torch.zeros(units, dtype=torch.float64, device=device)
-    top_masks = np.zeros((units, n_top, mask_h, (mask_w + 7) // 8), dtype=np.uint8)
     set_members = torch.from_numpy(table.set_members).to(device)
-    unit_offsets = torch.arange(units, device=device) * (n_concepts + 1)
-    pairs_per_chunk = max(1, _PAIR_CHUNK // mask_pixels)
+    counts = [_IouCounts(table, first, mask_shape, device) for first in firsts]
     with torch.inference_mode(), progress_bar("dissect: IoU", len(probe), enabled=show_progress) as advance:
         for batch in _prefetch(probe.batches(batch_size, num_workers=num_workers)):
-            batch_len = len(batch)
-            if first.features is not None:
-                feats = first.features[int(batch.indices[0]) : int(batch.indices[-1]) + 1].to(device)
-            else:
-                feats = read(prepare(batch.images))
             pix, img, annotated = table.batch(batch, mask_pixels, device)
             truth += torch.bincount(pix.reshape(-1), minlength=n_concepts + 1).double()
             truth += torch.bincount(img.reshape(-1), minlength=n_concepts + 1).double() * mask_pixels
             # images x concept sets: whether one of the set's categories is annotated in the image
             annotated_set = (torch.from_numpy(annotated).to(device)[:, None, :] & set_members[None]).any(2).double()
             batch_images = torch.from_numpy(batch.indices).to(device)
-
-            # only (image, unit) pairs whose map exceeds the threshold somewhere can fire
-            pair_image, pair_unit = (feats.amax((2, 3)) > thresholds[None]).nonzero(as_tuple=True)
-            for start in range(0, len(pair_image), pairs_per_chunk):
-                image, unit = pair_image[start : start + pairs_per_chunk], pair_unit[start : start + pairs_per_chunk]
-                maps = feats[image, unit][:, None]
-                if first.feature_shape != (mask_h, mask_w):
-                    maps = F.interpolate(maps, size=(mask_h, mask_w), mode="bilinear", align_corners=False)
-                active = maps[:, 0] > thresholds[unit][:, None, None]  # pairs x mask_h x mask_w
-                pair, pix_y, pix_x = active.nonzero(as_tuple=True)
-                active_pixels = torch.bincount(pair, minlength=len(image)).double()  # per pair
-                unit_pixels.index_add_(0, unit, active_pixels)
-                if len(pair) and pix.shape[1]:
-                    labels = pix[image[pair], :, pix_y * mask_w + pix_x]  # active pixels x K
-                    keys = (unit_offsets[unit[pair]][:, None] + labels).reshape(-1)
-                    intersect += torch.bincount(keys, minlength=n_keys).double()
-                for channel in range(img.shape[1]):
-                    keys = unit_offsets[unit] + img[image, channel]
-                    intersect += torch.bincount(keys, weights=active_pixels, minlength=n_keys)
-                if table.lite:  # an image counts for the categories found under the unit's active pixels
-                    present = torch.zeros(len(image) * (n_cats + 1), dtype=torch.bool, device=device)
-                    if len(pair) and pix.shape[1]:
-                        keys = (pair[:, None] * (n_cats + 1) + column_category[labels]).reshape(-1)
-                        present[keys] = True
-                    present = present.view(len(image), n_cats + 1)
-                    for channel in range(img.shape[1]):  # and for those of its image-level labels
-                        present[torch.arange(len(image), device=device), column_category[img[image, channel]]] = True
-                    cat_activation.index_add_(0, unit, present[:, :n_cats].double() * active_pixels[:, None])
+            prepared: dict[tuple, torch.Tensor] = {}
+            for reader, first, count in zip(readers, firsts, counts):
+                if first.features is not None:
+                    feats = first.features[int(batch.indices[0]) : int(batch.indices[-1]) + 1].to(device)
                 else:
-                    set_activation.index_add_(1, unit, (annotated_set[image] * active_pixels[:, None]).T.contiguous())
-                # the units' regions on their top images, for the page
-                hit = top_images[unit] == batch_images[image][:, None]  # pairs x n_top
-                rows = hit.any(1).nonzero(as_tuple=True)[0]
-                if len(rows):
-                    slots = hit[rows].float().argmax(1)
-                    packed = np.packbits(active[rows].cpu().numpy(), axis=-1)
-                    top_masks[unit[rows].cpu().numpy(), slots.cpu().numpy()] = packed
-            advance(batch_len)
-
-    intersect_np = intersect.view(units, n_concepts + 1)[:, 1:].cpu().numpy()
-    truth_np = truth[1:].cpu().numpy()
-    if not n_concepts:
-        activation_np = np.zeros((units, 0))
-    elif table.lite:
-        activation_np = cat_activation.cpu().numpy()[:, table.column_category[1:]]
-    else:
-        activation_np = set_activation.T.cpu().numpy()[:, table.set_of]
-    union = activation_np + truth_np[None] - intersect_np
-    if table.lite:  # Lite's own formula
-        iou = (intersect_np / (union + 1e-10)).astype(np.float32)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(union > 0, intersect_np / union, 0.0).astype(np.float32)
-    return _IouPass(intersect=intersect_np, activation=activation_np, truth=truth_np, iou=iou,
-                    unit_pixels=unit_pixels.cpu().numpy(), top_masks=top_masks)
+                    feats = reader(batch.images, prepared)[1]
+                count.add(feats, batch_images, pix, img, annotated_set)
+            advance(len(batch))
+    return [count.result(truth) for count in counts]

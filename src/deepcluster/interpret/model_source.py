@@ -17,7 +17,8 @@
   0.5/0.5 otherwise.
 
 :func:`resolve_layer` maps a layer name to a module path: any name of
-``dict(model.named_modules())``, or for our nets a probe name such as ``conv2``.
+``dict(model.named_modules())``, for our nets a probe name such as ``conv2``, or ``last-conv``
+for any model's top convolutional block (:func:`last_conv_layer`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from torch import nn
 from deepcluster.errors import ConfigError, DataError
 from deepcluster.models.checkpoints import LoadReport, load_backbone_state
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "layer_names", "load_model_source", "resolve_layer"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LAST_CONV", "ModelInfo", "last_conv_layer", "layer_names", "load_model_source",
+           "resolve_layer"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,8 +97,30 @@ def _aliases(model: nn.Module) -> dict[str, str]:
     return {name: paths[id(m)] for name, m in layers.items() if isinstance(m, nn.Module) and id(m) in paths}
 
 
+#: Layer alias for the top convolutional block of any model (:func:`last_conv_layer`).
+LAST_CONV = "last-conv"
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """Module path of ``model``'s top convolutional block, the layer dissections usually read.
+
+    Our nets: their topmost conv probe layer (``conv5`` of AlexNet, ``conv2`` of LeNet-5). Other
+    models: the last top-level child holding a ``Conv2d`` -- ``layer4`` of a ResNet, ``features``
+    of AlexNet, VGG, DenseNet or MobileNet (the layers NetDissect-Lite's settings name).
+    """
+    aliases = _aliases(model)
+    default = getattr(model, "default_probe_layer", None)
+    if isinstance(default, str) and default in aliases:
+        return aliases[default]
+    for name, child in reversed(list(model.named_children())):
+        if any(isinstance(m, nn.Conv2d) for m in child.modules()):
+            return name
+    raise ConfigError(f"{type(model).__name__} has no Conv2d, so no {LAST_CONV} layer: pass --layer with a module name")
+
+
 def resolve_layer(model: nn.Module, layer: str) -> str:
-    """Module path of ``layer``: a name of ``model.named_modules()``, or a probe name of our nets.
+    """Module path of ``layer``: a name of ``model.named_modules()``, a probe name of our nets,
+    or ``last-conv`` (:func:`last_conv_layer`).
 
     Raises
     ------
@@ -109,6 +133,8 @@ def resolve_layer(model: nn.Module, layer: str) -> str:
     aliases = _aliases(model)
     if layer in aliases:
         return aliases[layer]
+    if layer == LAST_CONV:
+        return last_conv_layer(model)
     names = layer_names(model)
     convs = [n for n in names if isinstance(modules[n], nn.Conv2d)]
     shown = list(aliases) + [n for n in names if "." not in n] + convs[-6:]
