@@ -114,8 +114,8 @@ IOU_THRESHOLD = 0.04
 UNIONS = ("annotated", "lite")
 #: Top images kept per unit (strips of the HTML page).
 TOP_IMAGES = 8
-#: Up-sampled maps handled at once in pass 2 (elements), bounding its memory.
-_PAIR_CHUNK = 1 << 21
+#: Up-sampled maps handled at once in pass 2 (elements: 32 MB of float32), bounding its memory.
+_PAIR_CHUNK = 1 << 23
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -926,7 +926,8 @@ class _IouCounts:
         n_concepts = len(table.numbers)
         self.n_keys = units * (n_concepts + 1)  # per unit: column 0 (no concept), then the concepts
         self.n_cats = len(table.categories)
-        self.intersect = torch.zeros(self.n_keys, dtype=torch.float64, device=device)
+        # pixel counts are integers: int64 (one dense bincount per chunk), float64 only at the end
+        self.intersect = torch.zeros(self.n_keys, dtype=torch.int64, device=device)
         self.set_activation = torch.zeros(len(table.sets), units, dtype=torch.float64, device=device)
         self.cat_activation = torch.zeros(units, self.n_cats, dtype=torch.float64, device=device)  # Lite's tally_units_cat
         self.unit_pixels = torch.zeros(units, dtype=torch.float64, device=device)
@@ -956,10 +957,10 @@ class _IouCounts:
             if len(pair) and pix.shape[1]:
                 labels = pix[image[pair], :, pix_y * mask_w + pix_x]  # active pixels x K
                 keys = (self.unit_offsets[unit[pair]][:, None] + labels).reshape(-1)
-                self.intersect += torch.bincount(keys, minlength=self.n_keys).double()
-            for channel in range(img.shape[1]):
+                self.intersect += torch.bincount(keys, minlength=self.n_keys)
+            for channel in range(img.shape[1]):  # an image-level label covers the pair's active pixels
                 keys = self.unit_offsets[unit] + img[image, channel]
-                self.intersect += torch.bincount(keys, weights=active_pixels, minlength=self.n_keys)
+                self.intersect.index_add_(0, keys, active_pixels.long())
             if table.lite:  # an image counts for the categories found under the unit's active pixels
                 present = torch.zeros(len(image) * (n_cats + 1), dtype=torch.bool, device=device)
                 if len(pair) and pix.shape[1]:
@@ -981,7 +982,7 @@ class _IouCounts:
     def result(self, truth: torch.Tensor) -> _IouPass:
         table, units = self.table, self.first.units
         n_concepts = len(table.numbers)
-        intersect_np = self.intersect.view(units, n_concepts + 1)[:, 1:].cpu().numpy()
+        intersect_np = self.intersect.view(units, n_concepts + 1)[:, 1:].cpu().numpy().astype(np.float64)
         truth_np = truth[1:].cpu().numpy()
         if not n_concepts:
             activation_np = np.zeros((units, 0))
