@@ -61,17 +61,22 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     @contextlib.contextmanager
-    def inference(self, model: nn.Module) -> Iterator[None]:
-        """Run ``model`` for inference in this precision: autocast, and its weights in NHWC while
-        inside (put back afterwards, so training is unaffected)."""
+    def layout(self, model: nn.Module) -> Iterator[None]:
+        """``model``'s weights in NHWC while inside when ``channels_last`` (put back afterwards)."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         try:
-            with self.autocast():
-                yield
+            yield
         finally:
             if self.channels_last:
                 model.to(memory_format=torch.contiguous_format)
+
+    @contextlib.contextmanager
+    def inference(self, model: nn.Module) -> Iterator[None]:
+        """Run ``model`` for inference in this precision: autocast, and its weights in NHWC while
+        inside (put back afterwards, so training is unaffected)."""
+        with self.layout(model), self.autocast():
+            yield
 
     @property
     def label(self) -> str:

@@ -699,7 +699,7 @@ def dissect_many(
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         for t in targets:  # NHWC weights while inside; each read runs under its own model's autocast
-            stack.enter_context(_inference_layout(t.model, t.precision))
+            stack.enter_context(t.precision.layout(t.model))
         firsts = _threshold_pass(
             probe, readers, quantile=quantile, method=method, n_top=min(top_images, n_images), batch_size=batch_size,
             num_workers=num_workers, memory_budget_mb=memory_budget_mb, feature_cache_mb=feature_cache_mb,
@@ -750,18 +750,6 @@ def dissect_many(
             union=union,
         ))
     return results
-
-
-@contextlib.contextmanager
-def _inference_layout(model: nn.Module, precision: Precision) -> Iterator[None]:
-    """``model``'s weights in NHWC while inside when ``precision`` wants it, put back after."""
-    if precision.channels_last:
-        model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        if precision.channels_last:
-            model.to(memory_format=torch.contiguous_format)
 
 
 @dataclass
