@@ -36,8 +36,8 @@ def linear_rows(run_dir: Path) -> dict[tuple[str, str], float]:
     out = {}
     with open(run_dir / "eval" / "probe_table.csv", newline="") as f:
         for r in csv.DictReader(f):
-            if r["protocol"] == "linear" and r["metric"] == "accuracy":
-                out[(r["checkpoint"], r["layer"])] = float(r["value"])
+            if r["protocol"] == "linear" and r["metric"] == "last_acc" and r["checkpoint"] in ("init", "last"):
+                out[(r["checkpoint"], r["layer"])] = 100 * float(r["value"])
     return out
 
 
