@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans
 from torchvision.transforms import v2
 
 from deepcluster.cluster import Preprocessor, kmeans
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.data import dataset_stats, load_dataset
 from deepcluster.data.transforms import normalize
 from deepcluster.features import extract_features

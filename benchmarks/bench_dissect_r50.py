@@ -78,8 +78,8 @@ def child(probe: str) -> None:
     import torch
     import torchvision
 
+    from deepcluster.core.precision import resolve_precision
     from deepcluster.interpret.dissect import dissect
-    from deepcluster.precision import resolve_precision
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)

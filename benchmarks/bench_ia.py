@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from deepcluster.analysis.alignment import initial_alignment
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.data.splits import load_train_data
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")

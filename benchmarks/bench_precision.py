@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from deepcluster.analysis.alignment import initial_alignment
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.device import resolve_device
+from deepcluster.core.precision import run_precision
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.device import resolve_device
 from deepcluster.evaluate.suite import evaluate_suite
-from deepcluster.precision import run_precision
 from deepcluster.runs import build_network
 from deepcluster.train import train
 from deepcluster.train.cycle import cluster_step, make_optimizer, make_top_optimizer, train_epoch

@@ -148,7 +148,7 @@ def _write_png_folder(root: Path) -> float:
 
 
 def streaming(tmp: Path) -> None:
-    from deepcluster.data.ingest import ingest
+    from deepcluster.data.pool_writer import ingest
 
     t = time.perf_counter()
     ingest(ROOT, tmp / "pool", show_progress=False)
@@ -206,7 +206,7 @@ def _write_idx_pool(root: Path, n: int) -> None:
 
 
 def memory(tmp: Path) -> None:
-    from deepcluster.data.ingest import ingest
+    from deepcluster.data.pool_writer import ingest
 
     peaks = {}
     pca_dim = 256
@@ -256,7 +256,7 @@ def tar(tmp: Path) -> None:
     import torch
     import torchvision.transforms.functional as TF
 
-    from deepcluster.data.ingest import ingest
+    from deepcluster.data.pool_writer import ingest
 
     _shards(tmp / "shards")
     n = 8000

@@ -17,10 +17,10 @@ import json
 import time
 from pathlib import Path
 
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.files import append_jsonl, read_jsonl
 from deepcluster.data import dataset_stats, load_dataset
 from deepcluster.evaluate.run_eval import evaluate_model
-from deepcluster.io import append_jsonl, read_jsonl
 from deepcluster.runs import RunFolder
 from deepcluster.train import train
 
@@ -86,8 +86,8 @@ def main() -> None:
 
 def reeval_nmi(out: Path) -> None:
     """Recompute the NMI entries of finished runs (after a change of the NMI protocol)."""
+    from deepcluster.core.files import write_text
     from deepcluster.evaluate.run_eval import clustering_quality
-    from deepcluster.io import write_text
 
     ds = load_dataset("fashion-mnist", split="train")
     images, stats = ds.images_tensor(), dataset_stats("fashion-mnist")

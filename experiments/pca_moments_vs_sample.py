@@ -16,10 +16,10 @@ import torch
 
 from deepcluster.cluster import cluster_features, nmi
 from deepcluster.cluster.preprocess import Preprocessor
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.precision import resolve_precision
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.features import extract_features
-from deepcluster.precision import resolve_precision
 from deepcluster.runs import build_network
 
 torch.set_num_threads(2)

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from deepcluster.io import read_jsonl
+from deepcluster.core.files import read_jsonl
 
 METRICS = ["conv2_linear", "conv2_knn", "fc2_linear", "fc2_knn", "nmi"]
 

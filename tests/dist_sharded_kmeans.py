@@ -4,9 +4,9 @@ import sys
 
 import numpy as np
 
-from deepcluster import distributed
 from deepcluster.cluster.pipeline import preprocess_and_cluster
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core import distributed
+from deepcluster.core.config import TrainConfig, build_config
 
 world = distributed.init()
 rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 import pytest
 
-from deepcluster.config import TrainConfig, build_config, parse_overrides
-from deepcluster.errors import ConfigError
+from deepcluster.core.config import TrainConfig, build_config, parse_overrides
+from deepcluster.core.errors import ConfigError
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -63,7 +63,7 @@ def test_presets_are_valid():
 
 
 def test_apply_overrides_is_the_one_mechanism():
-    from deepcluster.config import EvalConfig, TrainConfig, apply_overrides
+    from deepcluster.core.config import EvalConfig, TrainConfig, apply_overrides
 
     base = TrainConfig()
     cfg = apply_overrides(TrainConfig, base, {"k": 20, "model.arch": "tiny_cnn", "data": {"limit": 50}})
@@ -80,7 +80,7 @@ def test_apply_overrides_is_the_one_mechanism():
 def test_resolve_device():
     import torch
 
-    from deepcluster.device import resolve_device
+    from deepcluster.core.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in {"cpu", "cuda"}

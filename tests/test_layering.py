@@ -17,7 +17,7 @@ PACKAGE = Path(deepcluster.__file__).parent
 
 #: Bottom to top. An area is a module or a sub-package of ``deepcluster``.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "io", "config", "progress", "device", "precision", "distributed", ""),  # core ("" = deepcluster/__init__.py)
+    ("core", ""),  # the bottom layer ("" = deepcluster/__init__.py)
     ("data", "models", "cluster"),
     ("features", "runs"),
     ("train", "evaluate"),

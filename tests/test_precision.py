@@ -9,11 +9,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import deepcluster.precision as prec
+import deepcluster.core.precision as prec
 from deepcluster.cli import app
-from deepcluster.config import TrainConfig, build_config
-from deepcluster.errors import ConfigError
-from deepcluster.precision import FP32, Precision, resolve_precision
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.errors import ConfigError
+from deepcluster.core.precision import FP32, Precision, resolve_precision
 from deepcluster.runs import RunFolder
 from deepcluster.train import train
 

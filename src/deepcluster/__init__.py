@@ -3,6 +3,6 @@ and the tools to understand what such models learn."""
 
 __version__ = "0.2.0"
 
-from deepcluster.errors import DeepClusterError
+from deepcluster.core.errors import DeepClusterError
 
 __all__ = ["DeepClusterError", "__version__"]

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepcluster.core.device import to_device
+from deepcluster.core.precision import FP32, Precision
+from deepcluster.core.progress import progress_bar
 from deepcluster.data.source import ImageSource, as_source
 from deepcluster.data.transforms import normalize
-from deepcluster.device import to_device
-from deepcluster.precision import FP32, Precision
-from deepcluster.progress import progress_bar
 
 __all__ = ["extract_features", "iter_features"]
 

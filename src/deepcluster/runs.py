@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import pickle
 import socket
 import time
 from collections.abc import Iterator
@@ -29,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
-from deepcluster.config import TrainConfig, apply_overrides, config_to_dict, read_yaml
-from deepcluster.errors import ConfigError, TrainingError
-from deepcluster.io import read_jsonl, write_text
+from deepcluster.core.config import TrainConfig, apply_overrides, config_to_dict, read_yaml
+from deepcluster.core.errors import ConfigError, TrainingError, first_line
+from deepcluster.core.files import load_torch_file, read_jsonl, write_text
 from deepcluster.models import DeepClusterNet, build_model
 
-__all__ = ["RunFolder", "build_network", "check_output_folder", "load_weights_file"]
+__all__ = ["RunFolder", "build_network", "check_output_folder"]
 
 
 @dataclass
@@ -111,7 +109,7 @@ class RunFolder:
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise TrainingError(f"assignments file {path} is unreadable or holds pickled objects ({_first_line(e)}): "
+            raise TrainingError(f"assignments file {path} is unreadable or holds pickled objects ({first_line(e)}): "
                                 "it is not loaded; delete it or copy the folder again") from None
 
     def checkpoint_file(self, which: str = "last") -> Path:
@@ -142,8 +140,10 @@ class RunFolder:
     def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
         """``which``: ``last``, ``init`` or a cycle number. Loaded with ``weights_only=True``."""
         path = self.checkpoint_file(which)
-        ckpt = load_weights_file(path, hint=". deepcluster before 0.2 kept numpy arrays in checkpoints: retrain, "
-                                            "or re-save the file with tensors only if you trust it")
+        ckpt = load_torch_file(path, error=TrainingError,
+                               if_refused=". deepcluster before 0.2 kept numpy arrays in checkpoints: retrain, "
+                                          "or re-save the file with tensors only if you trust it",
+                               if_unreadable="delete it (resume from the previous checkpoint) or copy the folder again")
         if not isinstance(ckpt, dict) or "model" not in ckpt:
             raise TrainingError(f"checkpoint {path} is not a deepcluster checkpoint (no model weights): "
                                 "delete it and resume from the previous one")
@@ -192,29 +192,9 @@ class RunFolder:
             model.load_state_dict(ckpt["model"], strict=True)
         except RuntimeError as e:
             raise TrainingError(f"checkpoint {self.checkpoint_file(which)} does not fit the run's {cfg.model.arch} "
-                                f"({_first_line(e)}): it was written by another configuration") from None
+                                f"({first_line(e)}): it was written by another configuration") from None
         model.eval()
         return model
-
-
-def load_weights_file(path: str | Path, *, hint: str = "") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU: what a file holds beyond tensors, numbers,
-    strings, lists and dicts is refused (never run), with one error line naming the file (and ``hint``)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise TrainingError(
-            f"{path} holds objects other than tensors, numbers, strings, lists and dicts ({_first_line(e)}), "
-            f"so it is not loaded: loading it could run code{hint}"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - torch reports truncated or foreign files with many types
-        raise TrainingError(f"{path} is unreadable ({e.__class__.__name__}: {_first_line(e)}): "
-                            "delete it (resume from the previous checkpoint) or copy the folder again") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else e.__class__.__name__
 
 
 def check_output_folder(path: str | Path, option: str = "--out") -> Path:

@@ -18,13 +18,13 @@ from deepcluster.analysis.alignment import (
 from deepcluster.analysis.ia_report import write_ia_outputs
 from deepcluster.analysis.stacked import can_stack, stacked_embed
 from deepcluster.cluster import Preprocessor, kmeans, nmi
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.precision import Precision, run_precision
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.errors import ConfigError, DataError
 from deepcluster.features import extract_features
 from deepcluster.models import build_model
 from deepcluster.models.base import DeepClusterNet
-from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import build_network
 from deepcluster.train import train
 from deepcluster.train.cycle import cycle_seed

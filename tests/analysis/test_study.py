@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from deepcluster.analysis.study import load_spec, run_study, summarize_study
 from deepcluster.analysis.study_spec import expand_settings, trial_slug
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 from .study_helpers import (
     BASE,

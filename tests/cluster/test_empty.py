@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from deepcluster.cluster import resplit_empty
-from deepcluster.errors import ClusteringError
+from deepcluster.core.errors import ClusteringError
 
 
 def test_every_cluster_becomes_non_empty_with_identical_points():

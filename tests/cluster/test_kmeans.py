@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from deepcluster.cluster import ClusterResult, cluster_features, kmeans, nmi
-from deepcluster.errors import ClusteringError
+from deepcluster.core.errors import ClusteringError
 
 
 def blobs(n=600, k=5, d=16, spread=0.05, seed=0):

@@ -11,7 +11,7 @@ from deepcluster.cluster.pic_graph import (
     make_adjacency,
     make_graph,
 )
-from deepcluster.errors import ClusteringError
+from deepcluster.core.errors import ClusteringError
 
 
 def blobs_on_sphere(per, k, d=16, spread=0.3, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from deepcluster.cluster import Preprocessor, preprocess_features
-from deepcluster.errors import ClusteringError
+from deepcluster.core.errors import ClusteringError
 
 
 def _correlated(n=500, d=32, seed=0):
@@ -103,7 +103,7 @@ def test_truncate_keeps_only_non_degenerate_components():
 
 def test_cluster_relu_clusters_the_rectified_features_streamed_or_not():
     from deepcluster.cluster.pipeline import preprocess_and_cluster
-    from deepcluster.config import TrainConfig
+    from deepcluster.core.config import TrainConfig
 
     x = np.random.default_rng(0).normal(size=(400, 12)).astype(np.float32)
     plain = TrainConfig(k=5, pca_dim=6)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data import load_dataset
-from deepcluster.errors import DataError
 
 from .formats import CIFAR_NAMES, make_cifar_dataset
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from deepcluster.core.errors import DataError
 from deepcluster.data import DEFAULT_FOLDER_SIZE, FolderImageDataset, load_dataset
-from deepcluster.errors import DataError
 
 from .formats import make_image_folder, write_png
 

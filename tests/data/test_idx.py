@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data import DEFAULT_ROOTS, TensorImageDataset, load_dataset, registry
-from deepcluster.errors import DataError
 
 from .formats import idx_bytes, make_idx_dataset, write_idx_split
 

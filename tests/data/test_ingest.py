@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from deepcluster.core.errors import DataError
 from deepcluster.data import load_dataset
 from deepcluster.data.base import FolderImageDataset
-from deepcluster.data.ingest import ingest, verify
-from deepcluster.data.ingested import IngestedDataset
+from deepcluster.data.pool_reader import IngestedDataset
+from deepcluster.data.pool_writer import ingest, verify
 from deepcluster.data.source import ImageSource
-from deepcluster.errors import DataError
 
 from .formats import make_idx_dataset, make_image_folder
 

@@ -1,7 +1,7 @@
 import pytest
 
+from deepcluster.core.errors import DataError, DeepClusterError
 from deepcluster.data import DEFAULT_ROOTS, ImageDataset, available_datasets, dataset_stats, load_dataset
-from deepcluster.errors import DataError, DeepClusterError
 
 
 def test_available_datasets():

@@ -3,8 +3,8 @@ import pytest
 import scipy.io
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data import load_dataset
-from deepcluster.errors import DataError
 
 from .formats import make_svhn_file
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from deepcluster.core.errors import ConfigError
 from deepcluster.data import build_transforms, dataset_stats
-from deepcluster.errors import ConfigError
 
 
 def test_eval_single_and_batch():

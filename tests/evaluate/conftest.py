@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.train import train
 
 CONFIG = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"

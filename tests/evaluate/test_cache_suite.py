@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from deepcluster.errors import ConfigError, TrainingError
+from deepcluster.core.errors import ConfigError, TrainingError
 from deepcluster.evaluate import EvalCache, evaluate_suite, suite, write_suite_outputs
 from deepcluster.evaluate.tables import pivot_tables
 

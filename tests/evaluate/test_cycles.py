@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
+from deepcluster.core.files import save_npy
 from deepcluster.evaluate import cycle_metrics
 from deepcluster.evaluate.cycles import run_train_labels
-from deepcluster.io import save_npy
 
 
 def test_cycle_metrics_match_the_training_log(tiny_run):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.evaluate import knn_accuracies, knn_accuracy, lowshot_accuracy
 from deepcluster.evaluate.lowshot import feasible_shots, sample_per_class
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.evaluate import extract_pooled_features, pool_to_budget, pooled_side
 from deepcluster.evaluate.pooling import pixel_features, pooled_dim
 from deepcluster.features import extract_features

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
 from deepcluster.evaluate import sgd_linear_probe
 
 from .conftest import blobs

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from deepcluster.cli import compare as cli_compare
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
 from deepcluster.interpret.cka import cka_matrix, linear_cka
 
 

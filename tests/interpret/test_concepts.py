@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
 from deepcluster.interpret.broden import (
     BrodenDataset,
     BrodenWriter,

@@ -14,7 +14,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from deepcluster.cli.interpret import register
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.interpret.broden import BrodenDataset, BrodenWriter
 from deepcluster.interpret.concepts import make_concept_probe
 from deepcluster.interpret.dissect import cache_dir, dissect

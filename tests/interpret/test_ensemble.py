@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from deepcluster.cli import compare as cli_compare
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
 from deepcluster.evaluate.linear_probe import linear_probe
 from deepcluster.interpret.ensemble import (
     aggregate_by_group,

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from deepcluster.cli import compare as cli_compare
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
 from deepcluster.interpret.lce import (
     DissectProfile,
     build_profiles,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.models import available_models, build_model, register_model
 
 

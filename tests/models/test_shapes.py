@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.models import DeepClusterNet, build_model
 from deepcluster.models.base import InputTooSmallError, feature_output_shape
 

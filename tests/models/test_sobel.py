@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.models import Sobel, build_model, init_weights
 
 

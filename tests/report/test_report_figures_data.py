@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.report._plot import label_colors, new_figure, save_png, to_display
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import label_colors, new_figure, save_png, to_display
 from deepcluster.report.clusters import (
     cluster_purity,
     plot_cluster_gallery,

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.data.transforms import normalize
-from deepcluster.errors import ConfigError, DataError
 from deepcluster.models import build_model
 from deepcluster.report.activations import (
     plot_top_activations,

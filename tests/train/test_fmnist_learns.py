@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.precision import resolve_precision
 from deepcluster.data import dataset_stats
 from deepcluster.data.splits import load_train_data
 from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.features import extract_features
-from deepcluster.precision import resolve_precision
 from deepcluster.train import train
 
 CONFIG = Path(__file__).parents[2] / "configs" / "fmnist_lenet.yaml"

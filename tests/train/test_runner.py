@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.config import TrainConfig, build_config
+from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.data.splits import load_split
 from deepcluster.runs import RunFolder
 from deepcluster.train import train

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from data.formats import make_idx_dataset  # tests/data, on the path as the package "data"
-from deepcluster.config import TrainConfig, build_config
-from deepcluster.data.ingest import ingest
-from deepcluster.errors import ConfigError
+from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.errors import ConfigError
+from deepcluster.data.pool_writer import ingest
 from deepcluster.evaluate.cycles import cycle_metrics
 from deepcluster.runs import RunFolder
 from deepcluster.train import train

@@ -26,18 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster import distributed
 from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
 from deepcluster.cluster import nmi
 from deepcluster.cluster.pipeline import preprocess_and_cluster_many
-from deepcluster.config import TrainConfig, apply_overrides
+from deepcluster.core import distributed
+from deepcluster.core.config import TrainConfig, apply_overrides
+from deepcluster.core.device import resolve_device
+from deepcluster.core.errors import ClusteringError, ConfigError, DataError
+from deepcluster.core.precision import run_precision
+from deepcluster.core.progress import progress_bar
 from deepcluster.data import ImageDataset
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.device import resolve_device
-from deepcluster.errors import ClusteringError, ConfigError, DataError
 from deepcluster.features import extract_features
-from deepcluster.precision import run_precision
-from deepcluster.progress import progress_bar
 from deepcluster.runs import build_network
 from deepcluster.train.cycle import cycle_seed
 

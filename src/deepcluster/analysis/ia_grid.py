@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from deepcluster.analysis.alignment import IAResult, apply_setting, initial_alignment, labels_for_ia
-from deepcluster.config import TrainConfig
+from deepcluster.core.config import TrainConfig
+from deepcluster.core.errors import ConfigError
 from deepcluster.data.splits import load_train_data
-from deepcluster.errors import ConfigError
 
 __all__ = ["expand_grid", "ia_grid", "split_grid"]
 

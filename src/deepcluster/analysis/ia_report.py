@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from deepcluster.analysis.alignment import IAResult, recommend
-from deepcluster.io import atomic_path, write_csv, write_json, write_text
+from deepcluster.core.files import atomic_path, write_csv, write_json, write_text
 
 __all__ = ["plot_ia_distributions", "summary_rows", "write_ia_outputs"]
 

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster.core.precision import FP32, Precision
+from deepcluster.core.progress import progress_bar
 from deepcluster.data.transforms import normalize
 from deepcluster.models.base import DeepClusterNet
-from deepcluster.precision import FP32, Precision
-from deepcluster.progress import progress_bar
 
 __all__ = ["NotStackable", "StackedNet", "can_stack", "stacked_embed"]
 

@@ -55,15 +55,15 @@ from deepcluster.analysis.study_spec import (
     validate_spec,
 )
 from deepcluster.analysis.study_summary import StudySummary, summarize_study
-from deepcluster.config import TrainConfig, read_yaml
-from deepcluster.errors import (
+from deepcluster.core.config import TrainConfig, read_yaml
+from deepcluster.core.errors import (
     ClusteringError,
     ConfigError,
     DeepClusterError,
     TrainingError,
 )
-from deepcluster.io import append_jsonl, read_jsonl, write_json, write_text
-from deepcluster.progress import console, progress_bar
+from deepcluster.core.files import append_jsonl, read_jsonl, write_json, write_text
+from deepcluster.core.progress import console, progress_bar
 
 __all__ = ["StudyResult", "StudySpec", "StudySummary", "load_spec", "run_study", "summarize_study"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from deepcluster.io import atomic_path
+from deepcluster.core.files import atomic_path
 
 DPI = 100
 

@@ -1,7 +1,7 @@
 """The YAML description of a hyperparameter study, and the trials it expands to.
 
 A study is a grid of TrainConfig settings (dotted keys → lists of values) times a list of seeds.
-Every setting is turned into a full :class:`~deepcluster.config.TrainConfig` as soon as the spec
+Every setting is turned into a full :class:`~deepcluster.core.config.TrainConfig` as soon as the spec
 is read, so a misspelt key or a bad value stops the study before anything is trained.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from deepcluster.config import (
+from deepcluster.core.config import (
     EvalConfig,
     StrictModel,
     TrainConfig,
@@ -28,7 +28,7 @@ from deepcluster.config import (
     parse_overrides,
     read_yaml,
 )
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 Scalar = bool | int | float | str | None
 

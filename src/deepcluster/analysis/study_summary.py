@@ -20,8 +20,8 @@ from deepcluster.analysis.study_plots import (
     plot_median_ia_vs_accuracy,
     plot_metric_by_value,
 )
-from deepcluster.errors import ConfigError
-from deepcluster.io import write_csv, write_text
+from deepcluster.core.errors import ConfigError
+from deepcluster.core.files import write_csv, write_text
 
 TRIAL_COLUMNS = ["slug", "setting", "seed", "accuracy", "linear", "knn", "nmi", "ari", "kmeans_acc",
                  "nmi_labels_final", "ia", "cycles", "seconds", "train_starts"]

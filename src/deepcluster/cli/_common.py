@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deepcluster.errors import DeepClusterError, DeepClusterWarning, DiskFullError
+from deepcluster.core.errors import DeepClusterError, DeepClusterWarning, DiskFullError
 
 __all__ = ["QuietOption", "SetOption", "csv_option", "err_console", "fmt", "out_console", "user_errors"]
 
@@ -60,7 +60,7 @@ def _error(message: str, code: int = 2) -> None:
 
 
 def _on_rank(message: str) -> str:
-    from deepcluster import distributed
+    from deepcluster.core import distributed
 
     w = distributed.world()
     return f"rank {w.rank}: {message}" if w.distributed else message
@@ -68,7 +68,7 @@ def _on_rank(message: str) -> str:
 
 def _peer_lost(e: RuntimeError) -> bool:
     """A collective failed because another process of the run went away."""
-    from deepcluster import distributed
+    from deepcluster.core import distributed
 
     if not distributed.world().distributed and not distributed.launched_by_torchrun():
         return False

@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
         Writes profiles.csv, profile_counts.csv, abstracted_profile.csv, lce.csv, components.csv, correlations.csv, lce.json and PNG figures.
         """
-        from deepcluster.errors import ConfigError
+        from deepcluster.core.errors import ConfigError
         from deepcluster.interpret.lce import default_model_names, find_tally
 
         if name and len(name) != len(tallies):

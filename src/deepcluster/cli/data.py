@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Decode, resize and store every image of SOURCE in OUT: pixels in one file read at random
         by any number of processes, an index, a checksum, and the list of images that could not be read."""
-        from deepcluster.data.ingest import ingest as run_ingest
-        from deepcluster.data.ingested import SKIPPED
+        from deepcluster.data.pool_reader import SKIPPED
+        from deepcluster.data.pool_writer import ingest as run_ingest
 
         def log(message: str) -> None:
             err_console.print(escape(message), highlight=False, soft_wrap=True)
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         root: Annotated[Path, typer.Argument(help="An ingested dataset folder.")],
     ) -> None:
         """Recompute the checksums of an ingested dataset (exit 2 if a file was changed or damaged)."""
-        from deepcluster.data.ingest import verify as run_verify
+        from deepcluster.data.pool_writer import verify as run_verify
 
         m = run_verify(root)
         out_console.print(escape(f"{root}: ok, {m['n']} images, {m['channels']}×{m['size']}×{m['size']}"),

@@ -63,9 +63,9 @@ def evaluate(
 
     Writes evaluation.json, probe_table.csv/.md, cycle_metrics.csv and probe_<protocol>.png.
     """
-    from deepcluster import distributed
-    from deepcluster.config import EvalConfig, build_config
-    from deepcluster.errors import ConfigError
+    from deepcluster.core import distributed
+    from deepcluster.core.config import EvalConfig, build_config
+    from deepcluster.core.errors import ConfigError
     from deepcluster.evaluate import pivot_tables
     from deepcluster.evaluate.suite import evaluate_and_write
 

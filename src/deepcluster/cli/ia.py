@@ -33,11 +33,11 @@ def ia(
     """Initial Alignment: NMI(labels, k-means of a random network's features) over many initialisations."""
     import yaml
 
-    from deepcluster import distributed
     from deepcluster.analysis.ia_grid import ia_grid, split_grid
     from deepcluster.analysis.ia_report import summary_rows, write_ia_outputs
-    from deepcluster.config import TrainConfig, build_config, config_to_dict
-    from deepcluster.io import write_text
+    from deepcluster.core import distributed
+    from deepcluster.core.config import TrainConfig, build_config, config_to_dict
+    from deepcluster.core.files import write_text
 
     fixed, grid = split_grid(set_)
     base = build_config(TrainConfig, config, fixed)

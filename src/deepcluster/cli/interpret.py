@@ -48,7 +48,7 @@ def _per_model(values: list | None, n: int, option: str, *, once_ok: bool = True
         return values
     if len(values) == 1 and once_ok:
         return values * n
-    from deepcluster.errors import ConfigError
+    from deepcluster.core.errors import ConfigError
 
     raise ConfigError(f"{len(values)} {option} for {n} MODELs: give one {option} per MODEL, in order"
                       + (" (or one for all)" if once_ok else " (- for a model without)"))
@@ -113,13 +113,13 @@ def register(app: typer.Typer) -> None:
         Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
         thresholds.npy, iou.npy, concepts.csv and dissect.html per model; with --lce, the models'
         Learned Concepts Embedding."""
-        from deepcluster.device import resolve_device
-        from deepcluster.errors import ConfigError, DataError
+        from deepcluster.core.device import resolve_device
+        from deepcluster.core.errors import ConfigError, DataError
+        from deepcluster.core.precision import resolve_precision
         from deepcluster.interpret.broden import BrodenDataset
         from deepcluster.interpret.dissect import UNIONS, DissectTarget, default_concepts, dissect_many
         from deepcluster.interpret.dissect_report import write_dissection
         from deepcluster.interpret.model_source import load_model_source, resolve_layer
-        from deepcluster.precision import resolve_precision
         from deepcluster.runs import RunFolder
 
         start = time.perf_counter()

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOption = False,
     ) -> None:
         """One HTML page, trained vs random init: probes, kNN, low-shot, maps, neighbours, filters, top images, clusters, curves."""
-        from deepcluster.config import build_config
+        from deepcluster.core.config import build_config
         from deepcluster.report import ReportConfig, build_report
 
         overrides = list(set_ or [])

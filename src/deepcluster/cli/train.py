@@ -59,12 +59,12 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
-    from deepcluster import distributed
     from deepcluster.analysis.alignment import resolve_init
-    from deepcluster.config import TrainConfig, build_config, parse_overrides
-    from deepcluster.device import resolve_device
-    from deepcluster.errors import ConfigError
-    from deepcluster.precision import run_precision
+    from deepcluster.core import distributed
+    from deepcluster.core.config import TrainConfig, build_config, parse_overrides
+    from deepcluster.core.device import resolve_device
+    from deepcluster.core.errors import ConfigError
+    from deepcluster.core.precision import run_precision
     from deepcluster.runs import RunFolder, check_output_folder
     from deepcluster.train import train as run_training
     from deepcluster.train.runner import check_resumable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcluster.errors import ClusteringError
+from deepcluster.core.errors import ClusteringError
 
 
 def as_features(x: object, name: str = "features", *, allow_empty: bool = False) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcluster import distributed
 from deepcluster.cluster.faiss_kmeans import kmeans
 from deepcluster.cluster.pic_graph import pic
 from deepcluster.cluster.result import ClusterResult
+from deepcluster.core import distributed
 
 METHODS = ("kmeans", "pic")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcluster import distributed
-from deepcluster.errors import ClusteringError
+from deepcluster.core import distributed
+from deepcluster.core.errors import ClusteringError
 
 
 def resplit_empty(

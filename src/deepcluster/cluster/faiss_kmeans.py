@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from deepcluster import distributed
 from deepcluster.cluster._checks import as_features, check_int
 from deepcluster.cluster.empty import resplit_empty
 from deepcluster.cluster.result import ClusterResult
-from deepcluster.errors import ClusteringError
+from deepcluster.core import distributed
+from deepcluster.core.errors import ClusteringError
 
 
 def _gpu_available() -> bool:

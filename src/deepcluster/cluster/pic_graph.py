@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from deepcluster.cluster._checks import as_features, check_int, l2_normalize_rows
 from deepcluster.cluster.result import ClusterResult
-from deepcluster.errors import ClusteringError
+from deepcluster.core.errors import ClusteringError
 
 
 def make_graph(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:

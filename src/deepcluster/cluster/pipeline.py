@@ -18,7 +18,7 @@ import numpy as np
 from deepcluster.cluster.dispatch import cluster_features
 from deepcluster.cluster.preprocess import Preprocessor
 from deepcluster.cluster.result import ClusterResult
-from deepcluster.config import TrainConfig
+from deepcluster.core.config import TrainConfig
 
 __all__ = ["ClusterStep", "preprocess_and_cluster", "preprocess_and_cluster_many"]
 

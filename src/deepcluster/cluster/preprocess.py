@@ -7,7 +7,7 @@ The PCA is fitted from float64 moments -- the sum of the rows and the sum of the
 products, accumulated over blocks of 8,192 rows -- so it can be fitted from features that arrive
 a chunk at a time (:meth:`Preprocessor.partial_fit`) and never exist at full width all at once,
 with the same numbers as from all of them at once. With ``sharded=True`` each process holds only
-its own rows and the sums are all-reduced (:mod:`deepcluster.distributed`), so every rank
+its own rows and the sums are all-reduced (:mod:`deepcluster.core.distributed`), so every rank
 computes the same whitening and no rank ever holds all the features.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deepcluster import distributed
 from deepcluster.cluster._checks import as_features, check_int, l2_normalize_rows
-from deepcluster.errors import ClusteringError
+from deepcluster.core import distributed
+from deepcluster.core.errors import ClusteringError
 
 # A component is treated as degenerate (whitening would blow it up to unit variance, noise and
 # all) when its variance is below this fraction of the largest one. Exactly rank-deficient

@@ -1,7 +1,7 @@
 """Image dataset loaders.
 
 Every loader returns an :class:`ImageDataset` of uint8 images C×H×W (labels kept aside in
-``dataset.labels``). Bad input raises :class:`deepcluster.errors.DataError` with the file
+``dataset.labels``). Bad input raises :class:`deepcluster.core.errors.DataError` with the file
 and the fix in its message.
 
 >>> ds = load_dataset("digits", limit=100)

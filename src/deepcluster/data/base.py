@@ -11,7 +11,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
-from deepcluster.errors import DataError
+from deepcluster.core.errors import DataError
 
 # Resizing tens of thousands of images in one call would allocate a float copy of all of them.
 _RESIZE_CHUNK = 4096

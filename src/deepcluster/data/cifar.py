@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data.base import TensorImageDataset
-from deepcluster.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{k}" for k in range(1, 6)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcluster.core.errors import DataError
 from deepcluster.data.base import FolderImageDataset
-from deepcluster.errors import DataError
 
 # Same list as torchvision.datasets.folder.IMG_EXTENSIONS, kept here so the rule is visible.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

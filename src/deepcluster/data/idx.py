@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data.base import TensorImageDataset
-from deepcluster.errors import DataError
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801

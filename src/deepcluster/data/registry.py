@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deepcluster.core.errors import DataError
 from deepcluster.data.base import ImageDataset, check_image_size, finalize
-from deepcluster.errors import DataError
 
 #: Where each dataset is looked for when no root is given.
 #: Fashion-MNIST is what Debian's ``dataset-fashion-mnist`` package installs.
@@ -164,7 +164,7 @@ def load_dataset(
 
     path = _resolve_root(name, root)
     if name == "ingested":
-        from deepcluster.data.ingested import IngestedDataset
+        from deepcluster.data.pool_reader import IngestedDataset
 
         dataset = IngestedDataset(path)
         if image_size is not None and image_size != dataset.size:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepcluster.config import TrainConfig
+from deepcluster.core.config import TrainConfig
 from deepcluster.data.base import ImageDataset
 from deepcluster.data.registry import available_datasets, canonical_name, dataset_stats, load_dataset
 
@@ -27,7 +27,7 @@ def normalization(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], t
     ingested pool takes those of the dataset it was ingested from."""
     name = cfg.data.name
     if canonical_name(name) == "ingested" and cfg.data.root is not None:
-        from deepcluster.data.ingested import read_manifest
+        from deepcluster.data.pool_reader import read_manifest
 
         kind = read_manifest(cfg.data.root).get("source_kind")
         name = kind if kind in available_datasets() else name

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data.base import TensorImageDataset
-from deepcluster.errors import DataError
 
 SVHN_CLASSES = [str(d) for d in range(10)]
 _HINT = (

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torchvision.transforms import v2
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 #: Keys of the ``augment`` mapping that :func:`build_transforms` reads (others are ignored).
 AUGMENT_DEFAULTS = {"random_resized_crop": True, "crop_scale_min": 0.5, "hflip": True}

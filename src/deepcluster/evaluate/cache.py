@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepcluster.io import write_json
+from deepcluster.core.files import write_json
 
 #: Bumped when a protocol's implementation changes its numbers: every old entry becomes a miss.
 CACHE_FORMAT = 1

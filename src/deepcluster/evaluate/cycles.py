@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 
 from deepcluster.cluster import ari, clustering_accuracy, nmi
+from deepcluster.core.errors import DataError
 from deepcluster.data.splits import load_split
-from deepcluster.errors import DataError
 from deepcluster.runs import RunFolder
 
 

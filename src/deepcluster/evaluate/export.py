@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from deepcluster.core.device import resolve_device
+from deepcluster.core.files import save_npy, write_csv, write_json
+from deepcluster.core.precision import run_precision
 from deepcluster.data.splits import load_split, normalization
-from deepcluster.device import resolve_device
 from deepcluster.features import extract_features
-from deepcluster.io import save_npy, write_csv, write_json
-from deepcluster.precision import run_precision
 from deepcluster.runs import RunFolder
 
 

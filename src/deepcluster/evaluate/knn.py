@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
 
 #: The ks reported by default (Wu et al. 2018 use 200; 10 and 20 are common in small-data papers).
 DEFAULT_KS: tuple[int, ...] = (10, 20, 200)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.evaluate.linear_probe import fit_logistic_regression
 from deepcluster.evaluate.sgd_probe import standardizer
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from deepcluster.core.files import atomic_path
 from deepcluster.evaluate.tables import column_labels
-from deepcluster.io import atomic_path
 
 DPI = 100
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster.core.errors import ConfigError
+from deepcluster.core.precision import FP32, Precision
+from deepcluster.core.progress import progress_bar
 from deepcluster.data.source import ImageSource, as_source
 from deepcluster.data.transforms import normalize
-from deepcluster.errors import ConfigError
-from deepcluster.precision import FP32, Precision
-from deepcluster.progress import progress_bar
 
 #: Default budget: the dimension of the official AlexNet linear probes.
 DEFAULT_POOL_BUDGET = 9600

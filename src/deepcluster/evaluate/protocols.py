@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.config import EvalConfig
-from deepcluster.errors import ConfigError
+from deepcluster.core.config import EvalConfig
+from deepcluster.core.errors import ConfigError
 from deepcluster.evaluate.knn import knn_accuracies
 from deepcluster.evaluate.linear_probe import linear_probe
 from deepcluster.evaluate.lowshot import lowshot_accuracy

@@ -10,17 +10,17 @@ import numpy as np
 import torch
 
 from deepcluster.cluster import Preprocessor, ari, cluster_features, clustering_accuracy, nmi
-from deepcluster.config import EvalConfig, TrainConfig
+from deepcluster.core.config import EvalConfig, TrainConfig
+from deepcluster.core.device import resolve_device
+from deepcluster.core.errors import DataError
+from deepcluster.core.files import write_json
+from deepcluster.core.precision import run_precision
+from deepcluster.core.progress import console
 from deepcluster.data.source import ImageSource, choose_source
 from deepcluster.data.splits import load_split, normalization
-from deepcluster.device import resolve_device
-from deepcluster.errors import DataError
 from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.evaluate.linear_probe import linear_probe
 from deepcluster.features import extract_features
-from deepcluster.io import write_json
-from deepcluster.precision import run_precision
-from deepcluster.progress import console
 from deepcluster.runs import RunFolder
 
 

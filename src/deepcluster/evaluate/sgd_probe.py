@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepcluster.errors import DataError
-from deepcluster.progress import progress_bar
+from deepcluster.core.errors import DataError
+from deepcluster.core.progress import progress_bar
 
 Schedule = Literal["cosine", "constant"]
 

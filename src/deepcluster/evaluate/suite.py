@@ -19,14 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster import distributed
-from deepcluster.config import EvalConfig, TrainConfig, apply_overrides
+from deepcluster.core import distributed
+from deepcluster.core.config import EvalConfig, TrainConfig, apply_overrides
+from deepcluster.core.device import resolve_device
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.files import write_json
+from deepcluster.core.precision import Precision, run_precision
 from deepcluster.data.base import ImageDataset
 from deepcluster.data.source import ImageSource, choose_source
 from deepcluster.data.splits import load_split, normalization
 from deepcluster.data.transforms import normalize
-from deepcluster.device import resolve_device
-from deepcluster.errors import ConfigError, DataError
 from deepcluster.evaluate.cache import EvalCache, file_fingerprint
 from deepcluster.evaluate.cycles import cycle_metrics
 from deepcluster.evaluate.plots import write_bar_charts
@@ -47,9 +49,7 @@ from deepcluster.evaluate.tables import (
     write_table_csv,
     write_table_markdown,
 )
-from deepcluster.io import write_json
 from deepcluster.models import DeepClusterNet
-from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import RunFolder, build_network
 
 Log = Callable[[str], None]

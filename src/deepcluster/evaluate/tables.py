@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepcluster.io import write_csv, write_text
+from deepcluster.core.files import write_csv, write_text
 
 #: Column order of ``probe_table.csv``.
 CSV_FIELDS: tuple[str, ...] = ("run_name", "checkpoint", "label", "cycle", "layer", "dim", "protocol", "metric",

@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from deepcluster import io as dio
-from deepcluster.errors import DataError
+from deepcluster.core import files as dio
+from deepcluster.core.errors import DataError
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.io import write_csv, write_json
-from deepcluster.precision import FP32, Precision, run_precision
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.files import write_csv, write_json
+from deepcluster.core.precision import FP32, Precision, run_precision
 
 Method = Literal["auto", "features", "gram"]
 
@@ -363,8 +363,8 @@ def similarity_for_runs(
     pool_budget : conv-map dimension budget (default: the first run's ``eval.pool_budget``)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
     """
+    from deepcluster.core.device import resolve_device
     from deepcluster.data.splits import load_split, normalization
-    from deepcluster.device import resolve_device
     from deepcluster.interpret.ensemble import load_runs
 
     loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False)
@@ -419,7 +419,7 @@ def write_similarity_outputs(result: SimilarityResult, out: str | Path, *, figur
 
 def _heatmap(mat: np.ndarray, rows: list[str], cols: list[str], path: Path, title: str, *,
              blocks: list[str] | None = None, xlabel: str = "", ylabel: str = "") -> Path:
-    from deepcluster.report._plot import new_figure, save_png
+    from deepcluster.core.plot import new_figure, save_png
 
     fig = new_figure(2.5 + 0.45 * len(cols), 1.8 + 0.4 * len(rows))
     ax = fig.add_subplot()

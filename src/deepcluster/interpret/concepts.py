@@ -45,10 +45,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage.color import rgb2lab
 
-from deepcluster import io as dio
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core import files as dio
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.progress import progress_bar
 from deepcluster.interpret.broden import INDEX_FILE, BrodenWriter
-from deepcluster.progress import progress_bar
 
 #: Bump when the generator changes what it draws, so cached probes are regenerated.
 PROBE_VERSION = 2

@@ -84,14 +84,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster.device import resolve_device
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.device import resolve_device
+from deepcluster.core.errors import ConfigError, DataError, first_line
+from deepcluster.core.precision import FP32, Precision
+from deepcluster.core.progress import progress_bar
 from deepcluster.interpret.broden import BrodenDataset
 from deepcluster.interpret.model_source import resolve_layer
 from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
 from deepcluster.models.hooks import capture_outputs
-from deepcluster.precision import FP32, Precision
-from deepcluster.progress import progress_bar
 
 __all__ = [
     "IOU_THRESHOLD",
@@ -320,9 +320,8 @@ def _read_layer(model: nn.Module, path: str, module: nn.Module, x: torch.Tensor,
     except (RuntimeError, ValueError, TypeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ConfigError(
-            f"the model fails on inputs of shape {tuple(x.shape)} ({first}): check its input size "
+            f"the model fails on inputs of shape {tuple(x.shape)} ({first_line(exc)}): check its input size "
             "(--input-size) and channels"
         ) from None
     out = outputs.get(path)

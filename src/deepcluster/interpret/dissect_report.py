@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepcluster import io as dio
+from deepcluster.core import files as dio
+from deepcluster.core.progress import progress_bar
 from deepcluster.interpret.broden import BrodenDataset, BrodenSample
 from deepcluster.interpret.dissect import DissectResult
 from deepcluster.interpret.tally import format_count, write_tally
-from deepcluster.progress import progress_bar
 from deepcluster.report.html import Page
 
 __all__ = ["render_unit_strip", "write_dissect_html", "write_dissection"]

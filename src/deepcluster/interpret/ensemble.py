@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
 
 __all__ = [
     "EnsembleResult",
@@ -339,11 +339,11 @@ def ensembles_for_runs(
     train_limit, test_limit : images of each split (default: the first run's eval settings)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
     """
+    from deepcluster.core.device import resolve_device
+    from deepcluster.core.precision import run_precision
     from deepcluster.data.splits import load_split, normalization
-    from deepcluster.device import resolve_device
     from deepcluster.evaluate.pooling import extract_pooled_features
     from deepcluster.interpret.lce import read_lce_groups
-    from deepcluster.precision import run_precision
 
     log = log or (lambda m: None)
     loaded = load_runs(runs, names=names, checkpoint=checkpoint)
@@ -405,7 +405,7 @@ def write_ensemble_outputs(result: EnsembleResult, out: str | Path, *, figures: 
     """Write ``ensemble.csv`` (one row per pair), ``ensemble_groups.csv`` (with groups),
     ``ensemble.json`` and the heatmaps ``ensemble_gain.png`` (model × model) and
     ``ensemble_groups.png`` (group × group, the thesis' Figure 3.8)."""
-    from deepcluster.io import write_csv, write_json
+    from deepcluster.core.files import write_csv, write_json
 
     out = Path(out)
     paths: dict[str, Path] = {}
@@ -449,7 +449,7 @@ def write_ensemble_outputs(result: EnsembleResult, out: str | Path, *, figures: 
 
 
 def _gain_heatmap(mat: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
-    from deepcluster.report._plot import new_figure, save_png
+    from deepcluster.core.plot import new_figure, save_png
 
     finite = mat[np.isfinite(mat)]
     lim = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-3)

@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.files import csv_text, write_json, write_text
 from deepcluster.interpret.tally import read_tally
-from deepcluster.io import csv_text, write_json, write_text
 
 #: IoU a unit's best concept must reach for the unit to count as labelled (NetDissect, thesis).
 DEFAULT_IOU_THRESHOLD = 0.04
@@ -672,7 +672,7 @@ def write_lce_outputs(result: LCEResult, out: str | Path, *, figures: bool = Tru
 
 
 def _lce_figures(result: LCEResult, out: Path) -> dict[str, Path]:
-    from deepcluster.report._plot import label_colors, new_figure, save_png
+    from deepcluster.core.plot import label_colors, new_figure, save_png
 
     paths: dict[str, Path] = {}
     p = result.profiles

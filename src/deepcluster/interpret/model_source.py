@@ -10,7 +10,7 @@
 * a torchvision model name (``resnet18``, or ``tv:resnet18``): built with
   ``torchvision.models.get_model(name, weights=None)`` -- nothing is ever downloaded -- then the
   backbone of ``weights`` (a local file: a state dict or a published self-supervised checkpoint,
-  see :mod:`deepcluster.models.checkpoints`) is loaded strictly; ImageNet normalisation;
+  see :mod:`deepcluster.models.published`) is loaded strictly; ImageNet normalisation;
 * ``module:attribute`` (or ``path/to/file.py:attribute``): the attribute is an ``nn.Module`` or
   a callable returning one; ``weights`` is loaded into it when given. Input channels are those
   of its first ``Conv2d`` (3 when it has none); normalisation is ImageNet's for 3 channels and
@@ -33,8 +33,8 @@ from pathlib import Path
 
 from torch import nn
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.models.checkpoints import LoadReport, load_backbone_state
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.models.published import LoadReport, load_backbone_state
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LAST_CONV", "ModelInfo", "last_conv_layer", "layer_names", "load_model_source",
            "resolve_layer"]
@@ -268,7 +268,7 @@ def load_model_source(
     weights : str or Path, optional
         A local weights file (torchvision and ``module:attribute`` models only): a state dict or a
         published checkpoint (MoCo, SwAV, DINO, solo-learn, VISSL, BYOL, Lightning, ``.safetensors``,
-        see :mod:`deepcluster.models.checkpoints`); its backbone is loaded strictly and
+        see :mod:`deepcluster.models.published`); its backbone is loaded strictly and
         ``info.weights_report`` says how.
     checkpoint : str
         For run folders: ``last``, ``init`` or a cycle number with a kept checkpoint.

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from deepcluster import io as dio
-from deepcluster.errors import DataError
+from deepcluster.core import files as dio
+from deepcluster.core.errors import DataError
 
 __all__ = ["TALLY_FIELDS", "TallySource", "format_count", "read_tally", "tally_fields", "write_tally"]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.models.base import feature_output_shape
 
 __all__ = ["ConvSpec", "conv_body", "flat_dim"]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.models.base import DeepClusterNet, InputTooSmallError
 from deepcluster.models.init import init_weights
 from deepcluster.models.sobel import SOBEL_CHANNELS, Sobel

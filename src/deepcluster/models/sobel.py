@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 __all__ = ["Sobel", "SOBEL_CHANNELS"]
 

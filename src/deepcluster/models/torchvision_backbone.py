@@ -5,7 +5,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 from deepcluster.models.base import DeepClusterNet, InputTooSmallError, feature_output_shape
 
 __all__ = ["build_torchvision_backbone"]

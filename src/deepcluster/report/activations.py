@@ -15,17 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.data.transforms import normalize
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.precision import FP32, Precision
-from deepcluster.progress import progress_bar
-from deepcluster.report._plot import (
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import (
     as_numpy,
     image_batch,
     image_grid,
     new_figure,
     save_png,
 )
+from deepcluster.core.precision import FP32, Precision
+from deepcluster.core.progress import progress_bar
+from deepcluster.data.transforms import normalize
 
 __all__ = ["check_layer", "model_device", "plot_top_activations", "top_activating", "unit_scores"]
 

@@ -18,10 +18,10 @@ import torch
 import yaml
 
 from deepcluster import __version__
-from deepcluster.config import config_to_dict
-from deepcluster.errors import ConfigError
-from deepcluster.io import write_text
-from deepcluster.precision import run_precision
+from deepcluster.core.config import config_to_dict
+from deepcluster.core.errors import ConfigError
+from deepcluster.core.files import write_text
+from deepcluster.core.precision import run_precision
 from deepcluster.report.config import ReportConfig
 from deepcluster.report.html import Page, Section
 
@@ -99,7 +99,7 @@ def build_report(
     rcfg : ReportConfig, optional
         What to draw; defaults to ``ReportConfig()``.
     """
-    from deepcluster.device import resolve_device
+    from deepcluster.core.device import resolve_device
     from deepcluster.evaluate.suite import run_names
     from deepcluster.runs import RunFolder
 
@@ -206,7 +206,7 @@ def _curves(ctx: _Context, runs: list[_Run]) -> None:
 
 
 def _numbers(ctx: _Context, runs: list[_Run]) -> None:
-    from deepcluster.errors import DataError
+    from deepcluster.core.errors import DataError
     from deepcluster.evaluate.suite import evaluate_and_write
     from deepcluster.evaluate.tables import pivot_tables
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.report._plot import (
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import (
     DIFFERENT,
     SAME,
     as_labels,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from deepcluster.config import StrictModel
+from deepcluster.core.config import StrictModel
 
 
 class ReportConfig(StrictModel):

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from deepcluster.errors import DataError
-from deepcluster.report._plot import label_colors, new_figure, save_png
+from deepcluster.core.errors import DataError
+from deepcluster.core.plot import label_colors, new_figure, save_png
 
 # metrics.jsonl key → panel title
 TRAINING_PANELS = {

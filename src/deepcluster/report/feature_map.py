@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 from matplotlib.lines import Line2D
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.report._plot import (
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import (
     as_labels,
     as_numpy,
     class_name,

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.report._plot import as_numpy, image_grid, new_figure, save_png
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import as_numpy, image_grid, new_figure, save_png
 
 __all__ = ["first_conv", "first_layer_filters", "plot_filters"]
 

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import as_numpy, new_figure, save_png
+from deepcluster.core.progress import progress_bar
 from deepcluster.models.hooks import capture_outputs
-from deepcluster.progress import progress_bar
-from deepcluster.report._plot import as_numpy, new_figure, save_png
 from deepcluster.report.activations import check_layer, model_device
 
 __all__ = [

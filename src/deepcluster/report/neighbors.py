@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcluster.errors import ConfigError, DataError
-from deepcluster.report._plot import (
+from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.plot import (
     DIFFERENT,
     QUERY,
     SAME,

@@ -21,17 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster import distributed
 from deepcluster.cluster import ClusterStep, preprocess_and_cluster
-from deepcluster.config import TrainConfig
+from deepcluster.core import distributed
+from deepcluster.core.config import TrainConfig
+from deepcluster.core.device import to_device
+from deepcluster.core.errors import TrainingError
+from deepcluster.core.precision import FP32, Precision
+from deepcluster.core.progress import progress_bar
 from deepcluster.data.base import TensorImageDataset
 from deepcluster.data.source import ImageSource, default_memory_budget
 from deepcluster.data.transforms import normalize
-from deepcluster.device import to_device
-from deepcluster.errors import TrainingError
 from deepcluster.features import iter_features
-from deepcluster.precision import FP32, Precision
-from deepcluster.progress import progress_bar
 from deepcluster.train.augment import apply_crop_flip, crop_flip_params
 from deepcluster.train.sampler import UniformClusterSampler
 

@@ -21,18 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster import __version__, distributed
+from deepcluster import __version__
 from deepcluster.cluster import ClusterResult, ari, cluster_size_summary, clustering_accuracy, nmi
-from deepcluster.config import TrainConfig
+from deepcluster.core import distributed
+from deepcluster.core.config import TrainConfig
+from deepcluster.core.device import resolve_device
+from deepcluster.core.errors import ClusteringError, ConfigError, DataError, TrainingError
+from deepcluster.core.files import append_jsonl, save_npy, torch_save, write_json, write_text
+from deepcluster.core.precision import Precision, run_precision
 from deepcluster.data import ImageDataset
 from deepcluster.data.source import ImageSource, choose_source
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.device import resolve_device
-from deepcluster.errors import ClusteringError, ConfigError, DataError, TrainingError
-from deepcluster.io import append_jsonl, save_npy, torch_save, write_json, write_text
 from deepcluster.models import DeepClusterNet
 from deepcluster.models.sync_batchnorm import convert_sync_batchnorm
-from deepcluster.precision import Precision, run_precision
 from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
 

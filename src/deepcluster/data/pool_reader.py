@@ -10,7 +10,7 @@
 
 Images are read with ``os.pread`` (no memory map), so a process only holds what it reads:
 DataLoader workers and the ranks of a distributed run read the same file at once.
-``deepcluster data ingest`` writes one (:mod:`deepcluster.data.ingest`), ``deepcluster data verify``
+``deepcluster data ingest`` writes one (:mod:`deepcluster.data.pool_writer`), ``deepcluster data verify``
 checks its checksum.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepcluster.core.errors import DataError
 from deepcluster.data.base import ImageDataset, as_index_array
-from deepcluster.errors import DataError
 
 __all__ = ["FORMAT", "IngestedDataset", "read_manifest"]
 

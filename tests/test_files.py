@@ -1,6 +1,6 @@
 import numpy as np
 
-from deepcluster.io import append_jsonl, read_jsonl, save_npy, write_json, write_text
+from deepcluster.core.files import append_jsonl, read_jsonl, save_npy, write_json, write_text
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path):
@@ -18,7 +18,7 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
 def test_failed_write_keeps_old_content(tmp_path):
     import pytest
 
-    from deepcluster.io import atomic_path
+    from deepcluster.core.files import atomic_path
 
     target = tmp_path / "keep.txt"
     write_text(target, "old")
@@ -34,7 +34,7 @@ def test_importing_io_leaves_the_umask_alone_and_files_follow_it(tmp_path):
     import importlib
     import os
 
-    import deepcluster.io as dio
+    import deepcluster.core.files as dio
 
     old = os.umask(0o027)
     try:
@@ -58,7 +58,7 @@ def test_append_jsonl_appends_in_place(tmp_path):
 
 
 def test_csv_text_rows_of_mappings_or_sequences():
-    from deepcluster.io import csv_text
+    from deepcluster.core.files import csv_text
 
     rows = [{"a": 1, "b": None, "extra": 5}, {"a": 0.5, "b": float("nan")}]
     assert csv_text(rows, ["a", "b"]) == "a,b\n1,\n0.5,nan\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 __all__ = ["FP32", "PRECISIONS", "Precision", "bf16_supported", "resolve_precision", "run_precision"]
 

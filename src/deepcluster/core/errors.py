@@ -36,3 +36,10 @@ class DiskFullError(DeepClusterError):
 
 class DeepClusterWarning(UserWarning):
     """Something the user should know that does not stop the command (the CLI prints one line)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its class name
+    when it has none: what a one-line error quotes of a library's own error."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else e.__class__.__name__

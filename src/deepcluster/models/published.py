@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import pickle
-import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -65,7 +63,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError, first_line
+from deepcluster.core.files import load_torch_file
 
 __all__ = ["HEAD_NAMES", "LAYOUTS", "Layout", "LoadReport", "classifier_name", "load_backbone_state", "read_weights"]
 
@@ -191,21 +190,11 @@ def read_weights(path: str | Path) -> Any:
         raise DataError(f"weights file {path} does not exist: pass a local checkpoint (.pth, .pt, .ckpt, .safetensors)")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    try:
-        if safe_globals is None:  # torch < 2.5: no allow-list, only the defaults
-            return torch.load(path, map_location="cpu", weights_only=True)
-        with safe_globals(list(_SAFE_OBJECTS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise DataError(
-            f"{path} holds objects other than tensors, numbers, strings, lists and dicts ({_refused(e)}), so it "
-            "is not loaded: loading it could run code; if you trust the file, save the state dict it holds as a "
-            "plain dict of tensors (torch.save(state_dict, NEW.pth)) and pass that"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - torch reports truncated or foreign files with many types
-        raise DataError(f"weights file {path} is unreadable ({e.__class__.__name__}: {_first_line(e)}): "
-                        "download or copy it again") from None
+    return load_torch_file(
+        path, error=DataError, what="weights file ", allowed=_SAFE_OBJECTS, if_unreadable="download or copy it again",
+        if_refused="; if you trust the file, save the state dict it holds as a plain dict of tensors "
+                   "(torch.save(state_dict, NEW.pth)) and pass that",
+    )
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -216,23 +205,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad headers
-        raise DataError(f"weights file {path} is not a readable safetensors file ({_first_line(e)}): "
+        raise DataError(f"weights file {path} is not a readable safetensors file ({first_line(e)}): "
                         "download or copy it again") from None
-
-
-def _refused(e: BaseException) -> str:
-    """What ``torch.load(weights_only=True)`` refused, in a few words (its message is a page)."""
-    text = str(e)
-    found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
-    if found:
-        return f"it refers to {found.group(1)}"
-    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
-    return found.group(1)[:200] if found else "refused by torch.load(weights_only=True)"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else e.__class__.__name__
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError, first_line
 
 __all__ = [
     "World",
@@ -107,8 +107,7 @@ def init(backend: str = "auto", device: str = "auto", timeout_s: float = 600.0) 
         dist.init_process_group(chosen, timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError, TimeoutError) as e:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot join the process group at {where} ({first}): check that every machine reaches "
+        raise ConfigError(f"cannot join the process group at {where} ({first_line(e)}): check that every machine reaches "
                           "the rendezvous address and port, and started with the same --nnodes") from None
     return world()
 

@@ -17,8 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from deepcluster.errors import DataError
-from deepcluster.io import write_bytes
+from deepcluster.core.errors import DataError
+from deepcluster.core.files import write_bytes
 
 matplotlib.use("Agg")  # no display needed, and no GUI backend is ever picked up
 

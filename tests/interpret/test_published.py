@@ -1,4 +1,4 @@
-"""Published self-supervised checkpoints load into a torchvision ResNet-18 (deepcluster.models.checkpoints).
+"""Published self-supervised checkpoints load into a torchvision ResNet-18 (deepcluster.models.published).
 
 Each layout is synthesised from one random ResNet-18 state dict, with the heads and second
 networks its publisher saves beside the backbone; the loaded network must compute what the
@@ -19,9 +19,9 @@ import torchvision
 from torch import nn
 from typer.testing import CliRunner
 
-from deepcluster.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.interpret.model_source import load_model_source
-from deepcluster.models.checkpoints import load_backbone_state
+from deepcluster.models.published import load_backbone_state
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Typed, validated configuration: YAML files plus ``--set key=value`` overrides.
 
 One config object per command. Unknown keys and bad values are rejected with a
-:class:`~deepcluster.errors.ConfigError` that names the key and what would be valid.
+:class:`~deepcluster.core.errors.ConfigError` that names the key and what would be valid.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 M = TypeVar("M", bound="StrictModel")
 
@@ -158,7 +158,7 @@ class TrainConfig(StrictModel):
 
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
-    # Arithmetic of forward passes (deepcluster.precision): bf16 where the CPU has AMX/AVX-512
+    # Arithmetic of forward passes (deepcluster.core.precision): bf16 where the CPU has AMX/AVX-512
     # BF16 or the GPU native bf16 ("auto"), fp32 elsewhere; weights and optimiser stay fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # NHWC layout for inference passes: "auto" = with bf16 (measured faster), not with fp32 (so

@@ -5,7 +5,7 @@ writes them (``{key}.jpg|jpeg|png|webp``, optional ``{key}.cls`` with the class 
 dataset deepcluster reads already (Fashion-MNIST / MNIST IDX files, CIFAR-10 pickles, SVHN .mat,
 scikit-learn's digits). Every image is decoded and resized to ``size`` × ``size`` (as the folder
 loader does) in DataLoader worker processes and written to the layout of
-:mod:`deepcluster.data.ingested`.
+:mod:`deepcluster.data.pool_reader`.
 
 Tar shards are read with the standard library's ``tarfile``: one pass lists the members and
 their offsets, then workers read each image's bytes at its offset (random access, any number of
@@ -38,11 +38,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from deepcluster import __version__
-from deepcluster import io as dio
+from deepcluster.core import files as dio
+from deepcluster.core.errors import DataError, first_line
+from deepcluster.core.progress import progress_bar
 from deepcluster.data.folder import IMG_EXTENSIONS, load_folder
-from deepcluster.data.ingested import FORMAT, INDEX, MANIFEST, PIXELS, SKIPPED, read_manifest
-from deepcluster.errors import DataError
-from deepcluster.progress import progress_bar
+from deepcluster.data.pool_reader import FORMAT, INDEX, MANIFEST, PIXELS, SKIPPED, read_manifest
 
 __all__ = ["ingest", "verify"]
 
@@ -142,7 +142,7 @@ class _Decode(torch.utils.data.Dataset):
             return i, tensor.numpy(), original, ""
         # PIL reports broken files with many types: any failure means "this image is bad"
         except Exception as e:  # noqa: BLE001 - see above
-            return i, None, (0, 0), f"{e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            return i, None, (0, 0), f"{e.__class__.__name__}: {first_line(e)}"
 
 
 def _known_dataset(kind: str, source: Path, split: str, size: int | None, channels: int | None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deepcluster.errors import ConfigError
+from deepcluster.core.errors import ConfigError
 
 __all__ = ["resolve_device", "to_device"]
 

@@ -4,6 +4,9 @@ Everything is written to a temporary file in the same directory, flushed, then r
 target (``os.replace`` is atomic on POSIX), so readers see either the old or the new content.
 Files get the modes of any other file the process creates (``0666`` less the umask).
 JSON-lines logs are appended to (one ``write`` of the whole line, then ``fsync``).
+
+Reading is as careful: :func:`load_torch_file` is the one ``torch.load`` of the package, and it never
+runs code from the file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import io
 import json
 import math
 import os
+import pickle
+import re
 import secrets
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from deepcluster.errors import DataError, DeepClusterWarning, DiskFullError
+from deepcluster.core.errors import DataError, DeepClusterError, DeepClusterWarning, DiskFullError, first_line
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -206,3 +211,60 @@ def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any] | Sequence[Any]
     """Write :func:`csv_text` to ``path`` atomically; returns ``path``."""
     write_text(path, csv_text(rows, columns, float_format=float_format))
     return Path(path)
+
+
+def load_torch_file(
+    path: str | Path,
+    *,
+    error: type[DeepClusterError] = DataError,
+    if_refused: str = "",
+    if_unreadable: str = "copy the file again",
+    what: str = "",
+    allowed: Sequence[Any] = (),
+) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: nothing in the file is ever run.
+
+    What a file holds beyond tensors, numbers, strings, lists and dicts (and the classes of
+    ``allowed``) is refused. Every failure is one ``error`` line naming the file, in the caller's words.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    error : DeepClusterError subclass
+        What to raise (the run folder raises :class:`~deepcluster.core.errors.TrainingError`,
+        published weights :class:`~deepcluster.core.errors.DataError`).
+    if_refused : str
+        Appended to the message of a file that holds other objects (e.g. how to re-save it).
+    if_unreadable : str
+        The fix named when the file is truncated or not a torch file.
+    what : str
+        Words before the path in the unreadable message (e.g. ``"weights file "``).
+    allowed : sequence
+        Classes ``torch.serialization.safe_globals`` may rebuild (e.g. ``argparse.Namespace``).
+    """
+    import torch
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    try:
+        if safe_globals is None or not allowed:  # torch < 2.5 has no allow-list: only the defaults
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise error(
+            f"{path} holds objects other than tensors, numbers, strings, lists and dicts ({_refused(e)}), "
+            f"so it is not loaded: loading it could run code{if_refused}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch reports truncated or foreign files with many types
+        raise error(f"{what}{path} is unreadable ({e.__class__.__name__}: {first_line(e)}): {if_unreadable}") from None
+
+
+def _refused(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words (its message is a page)."""
+    text = str(e)
+    found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
+    if found:
+        return f"it refers to {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return found.group(1)[:200] if found else "refused by torch.load(weights_only=True)"
