@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -13,6 +14,11 @@ from deepcluster.cluster.empty import resplit_empty
 from deepcluster.cluster.result import ClusterResult
 from deepcluster.core import distributed
 from deepcluster.core.errors import ClusteringError
+
+_NO_GPU_FAISS = (
+    "use_gpu=True but this faiss has no GPU support (or sees no GPU): "
+    "install faiss-gpu, or set use_gpu to false/None"
+)
 
 
 def _gpu_available() -> bool:
@@ -27,10 +33,7 @@ def _make_index(d: int, use_gpu: bool | None) -> tuple[faiss.Index, object]:
     if not use_gpu:
         return faiss.IndexFlatL2(d), None
     if not _gpu_available():
-        raise ValueError(
-            "use_gpu=True but this faiss has no GPU support (or sees no GPU): "
-            "install faiss-gpu, or set use_gpu to false/None"
-        )
+        raise ValueError(_NO_GPU_FAISS)
     res = faiss.StandardGpuResources()
     config = faiss.GpuIndexFlatConfig()
     config.useFloat16 = False  # as official: fp16 distances change the assignments
@@ -49,6 +52,35 @@ def _sq_error(x: np.ndarray, centroids: np.ndarray, assignments: np.ndarray) -> 
     return total
 
 
+@dataclass(frozen=True)
+class _Backend:
+    """Where one k-means call computes, chosen once by :func:`_choose_backend`.
+
+    ``torch_device`` set: :func:`~deepcluster.cluster.torch_kmeans.torch_kmeans` fits and torch
+    assigns on that GPU. Otherwise faiss fits, with its GPU index when ``fit_gpu``, and the rows
+    are assigned with faiss's GPU index when ``assign_gpu``, else by BLAS on the CPU.
+    """
+
+    fit_gpu: bool
+    assign_gpu: bool
+    torch_device: str | None
+    verbose: bool
+
+
+def _choose_backend(use_gpu: bool | None, device: str | None, verbose: bool) -> _Backend:
+    """The backend of :func:`kmeans`'s ``use_gpu`` and ``device`` (see there)."""
+    on_gpu = device is not None and str(device).startswith("cuda")
+    if on_gpu and not _gpu_available():
+        return _Backend(fit_gpu=False, assign_gpu=False, torch_device=device, verbose=verbose)
+    if on_gpu:
+        use_gpu = True
+    if use_gpu and not _gpu_available():
+        raise ValueError(_NO_GPU_FAISS)
+    # use_gpu=None: faiss's GPU index for the fit when faiss sees a GPU; the assignment on the CPU.
+    fit_gpu = _gpu_available() if use_gpu is None else bool(use_gpu)
+    return _Backend(fit_gpu=fit_gpu, assign_gpu=bool(use_gpu), torch_device=None, verbose=verbose)
+
+
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -62,6 +94,11 @@ def kmeans(
     device: str | None = None,
 ) -> ClusterResult:
     """Cluster ``x`` into ``k`` non-empty clusters with faiss k-means.
+
+    This function validates its inputs and chooses the backend; the private functions below it
+    compute: draw the fit rows (:func:`_fit_rows`), fit the centroids on them
+    (:func:`_fit_centroids`), assign every row to its nearest centroid (:func:`assign_nearest`),
+    re-split the empty clusters and total the loss (:func:`_resplit_and_gather`).
 
     With ``sharded``, ``x`` holds this process's rows of the features (contiguous, in rank order)
     and the processes of the distributed run cluster them together without any of them holding
@@ -88,7 +125,7 @@ def kmeans(
         ``round(fit_fraction * N)`` samples, then all N samples are assigned to their
         nearest centroid (Caron's thesis, §4.6.2).
     use_gpu : bool or None
-        faiss GPU index; ``None`` uses one if faiss sees a GPU.
+        faiss GPU index; ``None`` fits with one if faiss sees a GPU (and assigns on the CPU).
     verbose : bool
         Let faiss print its progress.
     sharded : bool
@@ -114,76 +151,117 @@ def kmeans(
         ``fit_fraction`` outside (0, 1], ``use_gpu=True`` without GPU faiss (a caller's bug).
     """
     x = as_features(x, allow_empty=sharded)
-    n_local, d = x.shape
     k = check_int(k, "k", 1)
     niter = check_int(niter, "niter", 1)
     seed = check_int(seed, "seed", 0)
-    counts = [int(c) for c in distributed.all_gather_objects(n_local)] if sharded else [n_local]
-    me = distributed.world().rank if sharded else 0
-    n, offset = sum(counts), sum(counts[:me])
+    n, offset = _row_span(len(x), sharded)
     if k > n:
         raise ClusteringError(
             f"k={k} is larger than the number of samples ({n}): lower k or use more data"
         )
+    n_fit = _fit_count(fit_fraction, n, k)
+    backend = _choose_backend(use_gpu, device, verbose)
+
+    rng = np.random.default_rng(seed)  # draws the fit rows, then the empty-cluster re-splits
+    x_fit = _fit_rows(x, n, offset, n_fit, rng, sharded=sharded)
+    centroids, faiss_splits = _fit_centroids(x_fit, k, niter=niter, seed=seed, backend=backend, sharded=sharded)
+    # Every sample goes to its nearest centroid, fit subset or not; each rank assigns its own.
+    local = assign_nearest(x, centroids, use_gpu=backend.assign_gpu, device=backend.torch_device, offset=offset)
+    return _resplit_and_gather(local, x, k, centroids, rng, sharded=sharded, faiss_splits=faiss_splits)
+
+
+def _row_span(n_local: int, sharded: bool) -> tuple[int, int]:
+    """The number of rows of all ranks, and the global number of this rank's first row."""
+    counts = [int(c) for c in distributed.all_gather_objects(n_local)] if sharded else [n_local]
+    me = distributed.world().rank if sharded else 0
+    return sum(counts), sum(counts[:me])
+
+
+def _fit_count(fit_fraction: object, n: int, k: int) -> int | None:
+    """The number of rows k-means is fitted on, or None for all ``n`` (``fit_fraction`` 1).
+
+    Raises ValueError for a ``fit_fraction`` outside (0, 1], ClusteringError when it leaves fewer
+    than ``k`` rows.
+    """
     try:
-        frac = float(fit_fraction)
+        frac = float(fit_fraction)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         frac = float("nan")
     if not 0.0 < frac <= 1.0:
         raise ValueError(
             f"fit_fraction={fit_fraction!r} must be in (0, 1]: use 1.0 to fit on all samples"
         )
-    fit_fraction = frac
-    rng = np.random.default_rng(seed)
-    if fit_fraction < 1.0:
-        n_fit = int(round(fit_fraction * n))
-        if n_fit < k:
-            raise ClusteringError(
-                f"fit_fraction={fit_fraction} keeps {n_fit} of {n} samples to fit, fewer "
-                f"than k={k}: raise fit_fraction or lower k"
-            )
-        chosen = np.sort(rng.choice(n, n_fit, replace=False))
-        mine = chosen[(chosen >= offset) & (chosen < offset + n_local)] - offset
-        x_fit = np.ascontiguousarray(x[mine])
-    else:
+    if frac == 1.0:
+        return None
+    n_fit = int(round(frac * n))
+    if n_fit < k:
+        raise ClusteringError(
+            f"fit_fraction={frac} keeps {n_fit} of {n} samples to fit, fewer "
+            f"than k={k}: raise fit_fraction or lower k"
+        )
+    return n_fit
+
+
+def _fit_rows(x: np.ndarray, n: int, offset: int, n_fit: int | None, rng: np.random.Generator, *,
+              sharded: bool) -> np.ndarray | None:
+    """The rows k-means is fitted on: all of ``x``, or the ``n_fit`` rows drawn by ``rng`` among
+    the ``n`` global row numbers. Sharded: those of every rank, in order, on rank 0 (None elsewhere)."""
+    if n_fit is None:
         x_fit = x
+    else:
+        chosen = np.sort(rng.choice(n, n_fit, replace=False))
+        mine = chosen[(chosen >= offset) & (chosen < offset + len(x))] - offset
+        x_fit = np.ascontiguousarray(x[mine])
     if sharded:
         x_fit = distributed.gather_rows(x_fit)  # on rank 0 only: the fit rows of every rank, in order
+    return x_fit
 
-    on_gpu = device is not None and str(device).startswith("cuda")
-    in_torch = on_gpu and not _gpu_available()
-    if on_gpu and not in_torch:
-        use_gpu = True
+
+def _fit_centroids(x_fit: np.ndarray | None, k: int, *, niter: int, seed: int, backend: _Backend,
+                   sharded: bool) -> tuple[np.ndarray, int]:
+    """Centroids (k × d float32) fitted on ``x_fit`` and the empty-cluster splits made on the way;
+    sharded: fitted on rank 0 (the one holding ``x_fit``) and broadcast."""
     centroids, faiss_splits = None, 0
-    if x_fit is not None and in_torch:
+    if x_fit is not None and backend.torch_device is not None:
         from deepcluster.cluster.torch_kmeans import torch_kmeans
 
-        centroids, faiss_splits = torch_kmeans(x_fit, k, niter=niter, seed=seed, device=device)
+        centroids, faiss_splits = torch_kmeans(x_fit, k, niter=niter, seed=seed, device=backend.torch_device)
     elif x_fit is not None:
-        clus = faiss.Clustering(d, k)
-        # faiss takes a 32-bit seed; mask so any Python int is accepted deterministically.
-        clus.seed = seed & 0x7FFFFFFF
-        clus.niter = niter
-        # As official: never let faiss subsample the fit points silently (it would above
-        # 256 points per centroid), and do not warn about few points per centroid.
-        clus.max_points_per_centroid = 10**7
-        clus.min_points_per_centroid = 1
-        clus.verbose = bool(verbose)
-        index, _gpu_res = _make_index(d, use_gpu)  # _gpu_res: must outlive the index
-        with _faiss_blas():
-            clus.train(x_fit, index)
-        stats = clus.iteration_stats
-        faiss_splits = sum(int(stats.at(i).nsplit) for i in range(stats.size()))
-        centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+        centroids, faiss_splits = _fit_faiss(x_fit, k, niter=niter, seed=seed, backend=backend)
     if sharded:
         centroids = distributed.broadcast_array(centroids)
         faiss_splits = int(distributed.broadcast_object(faiss_splits))
+    return centroids, faiss_splits
 
-    # Every sample goes to its nearest centroid, fit subset or not; each rank assigns its own.
-    local = assign_nearest(x, centroids, use_gpu=use_gpu, device=device if in_torch else None, offset=offset)
+
+def _fit_faiss(x_fit: np.ndarray, k: int, *, niter: int, seed: int, backend: _Backend) -> tuple[np.ndarray, int]:
+    """faiss k-means on ``x_fit``, set up as the official DeepCluster's ``run_kmeans``."""
+    d = x_fit.shape[1]
+    clus = faiss.Clustering(d, k)
+    # faiss takes a 32-bit seed; mask so any Python int is accepted deterministically.
+    clus.seed = seed & 0x7FFFFFFF
+    clus.niter = niter
+    # As official: never let faiss subsample the fit points silently (it would above
+    # 256 points per centroid), and do not warn about few points per centroid.
+    clus.max_points_per_centroid = 10**7
+    clus.min_points_per_centroid = 1
+    clus.verbose = bool(backend.verbose)
+    index, _gpu_res = _make_index(d, backend.fit_gpu)  # _gpu_res: must outlive the index
+    with _faiss_blas():
+        clus.train(x_fit, index)
+    stats = clus.iteration_stats
+    faiss_splits = sum(int(stats.at(i).nsplit) for i in range(stats.size()))
+    return faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32), faiss_splits
+
+
+def _resplit_and_gather(local: np.ndarray, x: np.ndarray, k: int, centroids: np.ndarray, rng: np.random.Generator,
+                        *, sharded: bool, faiss_splits: int) -> ClusterResult:
+    """Re-split the empty clusters of the assignments ``local`` of the rows ``x``, total the loss,
+    and (sharded) gather the assignments of every rank."""
     local, centroids, ours = resplit_empty(local, x, k, centroids, rng, sharded=sharded)
-    loss = float(distributed.all_reduce_sum(np.array([_sq_error(x, centroids.astype(np.float64), local)]))[0]
-                 if sharded else _sq_error(x, centroids.astype(np.float64), local))
+    loss = _sq_error(x, centroids.astype(np.float64), local)
+    if sharded:
+        loss = float(distributed.all_reduce_sum(np.array([loss]))[0])
     assignments = (distributed.all_gather_rows(local.astype(np.int32)).astype(np.int64) if sharded else local)
     return ClusterResult(
         assignments=assignments,
