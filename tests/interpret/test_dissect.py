@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from deepcluster.cli.interpret import register
 from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.interpret.broden import BrodenDataset, BrodenWriter
 from deepcluster.interpret.concepts import make_concept_probe
-from deepcluster.interpret.dissect import cache_dir, dissect
+from deepcluster.interpret.dissect import DissectOptions, cache_dir, dissect
 from deepcluster.interpret.dissect_report import write_dissection
 from deepcluster.interpret.model_source import load_model_source, resolve_layer
 from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
@@ -96,7 +98,7 @@ def test_planted_units_are_labelled_with_their_concepts(planted):
     root, squares = planted
     # binary maps: any quantile above the concepts' coverage puts the threshold on the low value,
     # so "> threshold" is the mask itself (indoor covers half the pixels, the square 3.5 %)
-    res = dissect(Planted(), "act", root, quantile=0.6, show_progress=False, top_images=4)
+    res = dissect(Planted(), "act", root, DissectOptions(quantile=0.6, show_progress=False, top_images=4))
     col, score = res.best()
     names = [res.label_names[c] for c in col]
     assert names[:2] == ["square", "indoor"]
@@ -124,13 +126,13 @@ def test_default_quantile_on_binary_maps_fires_nowhere(planted):
     # the 0.5 % top quantile of a 0/1 map with > 0.5 % ones is the high value itself: strictly
     # above it there is nothing (NetDissect-Lite's `>` too)
     root, _ = planted
-    res = dissect(Planted(), "act", root, show_progress=False)
+    res = dissect(Planted(), "act", root, DissectOptions(show_progress=False))
     assert not res.labelled().any() and np.all(res.iou == 0)
 
 
 def test_upsampled_maps_still_find_the_square(planted):
     root, _ = planted
-    res = dissect(Planted(pool=2), "pool", root, quantile=0.035, show_progress=False)
+    res = dissect(Planted(pool=2), "pool", root, DissectOptions(quantile=0.035, show_progress=False))
     col, score = res.best()
     assert res.feature_shape == (SIZE // 2, SIZE // 2) and res.mask_shape == (SIZE, SIZE)
     assert res.label_names[col[0]] == "square" and score[0] > 0.8
@@ -147,9 +149,43 @@ def test_vector_layers_cover_the_whole_image(planted):
         def forward(self, x):
             return self.fc(x[:, 1].mean((1, 2))[:, None])  # one value per image: indoor or not
 
-    res = dissect(Vec(), "fc", root, quantile=0.6, show_progress=False)
+    res = dissect(Vec(), "fc", root, DissectOptions(quantile=0.6, show_progress=False))
     col, score = res.best()
     assert res.feature_shape == (1, 1) and res.label_names[col[0]] == "indoor" and score[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("quantile", 1.0, "quantile must lie in"),
+    ("iou_threshold", -0.1, "iou_threshold must lie in"),
+    ("batch_size", 0, "batch_size must be >= 1"),
+    ("method", "median", "method must be auto, exact or sketch"),
+    ("top_images", 0, "top_images must be >= 1"),
+    ("union", "all", "union must be annotated or lite"),
+])
+def test_options_are_checked_when_a_dissection_starts(planted, field, value, message):
+    root, _ = planted
+    options = DissectOptions(**{field: value})  # stored as given: checked by validate(), at the start
+    with pytest.raises(ConfigError, match=message):
+        dissect(Planted(), "act", root, options)
+    assert DissectOptions().validate() == DissectOptions()
+
+
+def test_keyword_settings_are_options_fields(planted):
+    root, _ = planted
+    by_options = dissect(Planted(), "act", root, DissectOptions(quantile=0.6, show_progress=False, top_images=4))
+    by_keywords = dissect(Planted(), "act", root, DissectOptions(quantile=0.6), show_progress=False, top_images=4)
+    np.testing.assert_array_equal(by_options.iou, by_keywords.iou)
+    assert by_options.tally_rows() == by_keywords.tally_rows() and by_keywords.top_images.shape[1] == 4
+    with pytest.raises(TypeError, match="quantiles"):
+        dissect(Planted(), "act", root, quantiles=0.6)
+
+
+def test_the_dissect_module_keeps_its_name():
+    import deepcluster.interpret
+    import deepcluster.interpret.dissect as module
+
+    assert inspect.ismodule(module) and module.dissect is dissect
+    assert inspect.ismodule(deepcluster.interpret.dissect)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,11 +217,12 @@ def test_exact_and_sketch_dissections_agree(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
     feats = []
     hook = model[2].register_forward_hook(lambda m, i, o: feats.append(o.detach()))
-    kw = {"batch_size": 16, "show_progress": False, "mean": (0.5,), "std": (0.5,)}
-    exact = dissect(model, "2", root, method="exact", **kw)
+    options = DissectOptions(batch_size=16, show_progress=False)
+    kw = {"mean": (0.5,), "std": (0.5,)}
+    exact = dissect(model, "2", root, replace(options, method="exact"), **kw)
     hook.remove()
     assert len(feats) == 3  # one pass: pass 2 reused the cached activations
-    sketch = dissect(model, "2", root, method="sketch", feature_cache_mb=0, **kw)
+    sketch = dissect(model, "2", root, replace(options, method="sketch", feature_cache_mb=0), **kw)
     acts = torch.cat(feats).transpose(0, 1).reshape(8, -1).double().numpy()
     np.testing.assert_allclose(exact.thresholds, np.percentile(acts, 99.5, axis=1), rtol=1e-5, atol=1e-6)
     span = acts.max(1) - acts.min(1)
@@ -201,7 +238,7 @@ def test_exact_and_sketch_dissections_agree(tmp_path):
 
 def test_tally_has_netdissect_lite_columns_and_round_trips(planted, tmp_path):
     root, _ = planted
-    res = dissect(Planted(), "act", root, quantile=0.6, show_progress=False, model_name="planted")
+    res = dissect(Planted(), "act", root, DissectOptions(quantile=0.6, show_progress=False), model_name="planted")
     paths = write_dissection(res, tmp_path / "out", show_progress=False)
     with open(paths["tally"], newline="") as f:
         header = f.readline().strip()

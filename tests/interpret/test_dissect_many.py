@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from deepcluster.cli import app
 from deepcluster.interpret.broden import BrodenDataset
 from deepcluster.interpret.concepts import make_concept_probe
-from deepcluster.interpret.dissect import DissectTarget, dissect, dissect_many
+from deepcluster.interpret.dissect import DissectOptions, DissectTarget, dissect, dissect_many
 from deepcluster.interpret.model_source import last_conv_layer, resolve_layer
 from deepcluster.models import build_model
 
@@ -44,11 +44,11 @@ def _nets():
 def test_dissect_many_equals_one_dissection_per_model(probe, union, cache_mb):
     lenet, alexnet = _nets()
     ds = BrodenDataset(probe)
-    kw = dict(device="cpu", show_progress=False, union=union, feature_cache_mb=cache_mb)
+    options = DissectOptions(device="cpu", show_progress=False, union=union, feature_cache_mb=cache_mb)
     together = dissect_many([DissectTarget(lenet, "conv2", input_size=28, grey=True),
-                             DissectTarget(alexnet, "last-conv", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))], ds, **kw)
-    alone = [dissect(lenet, "conv2", ds, input_size=28, grey=True, **kw),
-             dissect(alexnet, "last-conv", ds, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), **kw)]
+                             DissectTarget(alexnet, "last-conv", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))], ds, options)
+    alone = [dissect(lenet, "conv2", ds, options, input_size=28, grey=True),
+             dissect(alexnet, "last-conv", ds, options, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))]
     for a, b in zip(together, alone):
         for field in ("thresholds", "intersect", "activation", "truth", "iou", "unit_pixels", "top_images", "top_masks"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)

@@ -1,4 +1,4 @@
-"""``dissect(union="lite")`` against a transcription of NetDissect-Lite's tally arithmetic.
+"""``dissect(..., DissectOptions(union="lite"))`` against a transcription of NetDissect-Lite's tally arithmetic.
 
 ``lite_tally`` below follows ``FeatureOperator.tally_job`` and ``FeatureOperator.tally`` of
 CSAILVision/NetDissect-Lite (``feature_operation.py``) and ``primary_categories_per_index`` of its
@@ -12,6 +12,7 @@ starts its category tally at 0 (Lite reuses the previous unit's ``tally_cat`` th
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from torch import nn
 
 from deepcluster.interpret.broden import BrodenDataset, BrodenWriter
 from deepcluster.interpret.concepts import make_concept_probe
-from deepcluster.interpret.dissect import dissect
+from deepcluster.interpret.dissect import DissectOptions, dissect
 
 QUANTILE = 0.05
 SIZE = 32
@@ -180,8 +181,8 @@ def test_union_lite_equals_netdissect_lite_tally(which, request):
     root = request.getfixturevalue(which)
     probe = BrodenDataset(root)
     model = _net()
-    res = dissect(model, "2", probe, quantile=QUANTILE, device="cpu", show_progress=False, union="lite",
-                  feature_cache_mb=0)
+    res = dissect(model, "2", probe, DissectOptions(quantile=QUANTILE, device="cpu", show_progress=False, union="lite",
+                                                   feature_cache_mb=0))
     features = _features(model, probe)
     threshold = np.percentile(features, 100 * (1 - QUANTILE), axis=[0, 2, 3])  # Lite's quantile_threshold
     np.testing.assert_allclose(res.thresholds, threshold, rtol=1e-6, atol=1e-6)
@@ -220,8 +221,9 @@ def test_union_lite_differs_from_the_default_where_lite_does(shared_probe):
     """The default counts a unit's pixels against a category on every image annotating it; Lite
     only where the unit's pixels land on one of its labels -- so Lite's unions are no larger."""
     probe = BrodenDataset(shared_probe)
-    ours = dissect(_net(), "2", probe, quantile=QUANTILE, device="cpu", show_progress=False)
-    lite = dissect(_net(), "2", probe, quantile=QUANTILE, device="cpu", show_progress=False, union="lite")
+    options = DissectOptions(quantile=QUANTILE, device="cpu", show_progress=False)
+    ours = dissect(_net(), "2", probe, options)
+    lite = dissect(_net(), "2", probe, replace(options, union="lite"))
     assert ours.union == "annotated" and lite.union == "lite" and lite.summary()["union"] == "lite"
     assert not np.allclose(ours.iou, lite.iou)
     stripes = ours.label_names.index("stripes")

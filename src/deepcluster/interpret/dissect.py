@@ -58,6 +58,10 @@ Lite resizes with ``scipy.misc.imresize(mode='F')`` (PIL's bilinear filter); for
 equals the bilinear ``align_corners=False`` used here. Lite's result differs from ours on units
 scoring 0 only in which (meaningless) label it names.
 
+The settings named above (``quantile``, ``method``, ``memory_budget_mb``, ``top_images``,
+``iou_threshold``, ``union``) are fields of :class:`DissectOptions`, passed to :func:`dissect`
+(one model) or :func:`dissect_many` (several, the probe read once per pass for all).
+
 Everything is float32 on the model's side and float64 counts; CUDA is used when present.
 Output files: :func:`deepcluster.interpret.dissect_report.write_dissection`; ``tally.csv`` is
 read back by :func:`deepcluster.interpret.tally.read_tally`.
@@ -66,6 +70,7 @@ read back by :func:`deepcluster.interpret.tally.read_tally`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -97,6 +102,7 @@ __all__ = [
     "IOU_THRESHOLD",
     "QUANTILE",
     "UNIONS",
+    "DissectOptions",
     "DissectResult",
     "DissectTarget",
     "cache_dir",
@@ -110,7 +116,7 @@ __all__ = [
 QUANTILE = 0.005
 #: Minimum IoU for a unit to be labelled (NetDissect-Lite's SCORE_THRESHOLD).
 IOU_THRESHOLD = 0.04
-#: How activated pixels enter a concept's union (:func:`dissect`'s ``union``).
+#: How activated pixels enter a concept's union (:attr:`DissectOptions.union`).
 UNIONS = ("annotated", "lite")
 #: Top images kept per unit (strips of the HTML page).
 TOP_IMAGES = 8
@@ -191,7 +197,7 @@ class DissectResult:
     precision: str = "fp32"
     #: True when pass 2 reused pass 1's activations instead of running the model again.
     cached_features: bool = False
-    #: How activated pixels enter the unions: ``annotated`` or ``lite`` (:func:`dissect`).
+    #: How activated pixels enter the unions: ``annotated`` or ``lite`` (:attr:`DissectOptions.union`).
     union: str = "annotated"
 
     @property
@@ -554,71 +560,113 @@ class DissectTarget:
     name: str = ""
 
 
+@dataclass(frozen=True)
+class DissectOptions:
+    """How one dissection runs: the settings shared by every model of :func:`dissect_many`.
+
+    The fields are stored as given and checked once, by :meth:`validate`, when a dissection
+    starts (as scikit-learn checks an estimator's parameters in ``fit``);
+    :func:`dissect` and :func:`dissect_many` call it. ``dataclasses.replace(options, ...)``
+    derives a variant.
+    """
+
+    #: Top quantile of each unit's activations that counts as active, in (0, 1)
+    #: (NetDissect-Lite's ``QUANTILE``, 0.005).
+    quantile: float = QUANTILE
+    #: Minimum IoU for a unit to be labelled, in [0, 1] (NetDissect-Lite's ``SCORE_THRESHOLD``, 0.04).
+    iou_threshold: float = IOU_THRESHOLD
+    #: Images per forward pass (>= 1).
+    batch_size: int = 64
+    #: How pass 1 computes the thresholds: ``auto``, ``exact`` or ``sketch`` (module docstring).
+    method: str = "auto"
+    #: ``auto`` (CUDA when present), ``cpu``, ``cuda``... or a ``torch.device``.
+    device: str | torch.device = "auto"
+    #: Progress bars for the two passes.
+    show_progress: bool = True
+    #: Top-activating images kept per unit, with the unit's region on them (>= 1).
+    top_images: int = TOP_IMAGES
+    #: Extra threads decoding the probe's PNG files (one background thread always reads ahead).
+    num_workers: int = 0
+    #: Memory the ``exact`` method may use in ``auto`` mode, per model.
+    memory_budget_mb: float = 256
+    #: When the layers' activations over the whole probe take at most this much (all models
+    #: together, first come first cached), pass 1 keeps them (on the CPU) and pass 2 skips its
+    #: forward passes; ``0`` always recomputes them.
+    feature_cache_mb: float = 512
+    #: How a unit's activated pixels enter a concept's union (module docstring): ``annotated``,
+    #: over the images where the concept's category is annotated (NetDissect's rule), or
+    #: ``lite``, NetDissect-Lite's exact arithmetic.
+    union: str = "annotated"
+
+    def validate(self) -> DissectOptions:
+        """``self`` when every field is in range, else :class:`~deepcluster.core.errors.ConfigError`."""
+        if not 0.0 < self.quantile < 1.0:
+            raise ConfigError(f"quantile must lie in (0, 1), got {self.quantile}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise ConfigError(f"iou_threshold must lie in [0, 1], got {self.iou_threshold}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.method not in ("auto", "exact", "sketch"):
+            raise ConfigError(f"method must be auto, exact or sketch, got {self.method!r}")
+        if self.top_images < 1:
+            raise ConfigError(f"top_images must be >= 1, got {self.top_images}")
+        if self.union not in UNIONS:
+            raise ConfigError(f"union must be {' or '.join(UNIONS)}, got {self.union!r}")
+        return self
+
+
+def _options(options: DissectOptions | None, settings: dict[str, Any]) -> DissectOptions:
+    """``options`` (default: :class:`DissectOptions`'s defaults) with the fields in ``settings``
+    replaced; an unknown name is a ``TypeError``, as for any unexpected keyword."""
+    options = DissectOptions() if options is None else options
+    if not isinstance(options, DissectOptions):
+        raise TypeError(f"options must be a DissectOptions, got {type(options).__name__}")
+    return dataclasses.replace(options, **settings) if settings else options
+
+
 def dissect(
     model: nn.Module,
     layer: str,
     concepts: BrodenDataset | str | Path,
+    options: DissectOptions | None = None,
     *,
-    quantile: float = QUANTILE,
-    iou_threshold: float = IOU_THRESHOLD,
-    batch_size: int = 64,
     input_size: int | None = None,
     mean: Sequence[float] = (0.5,),
     std: Sequence[float] = (0.5,),
     grey: bool = False,
-    method: str = "auto",
-    device: str | torch.device = "auto",
-    show_progress: bool = True,
-    top_images: int = TOP_IMAGES,
-    num_workers: int = 0,
-    memory_budget_mb: float = 256,
-    feature_cache_mb: float = 512,
-    model_name: str = "",
     precision: Precision = FP32,
-    union: str = "annotated",
+    model_name: str = "",
+    **settings: Any,
 ) -> DissectResult:
     """Dissect ``layer`` of ``model`` on the Broden-format probe ``concepts`` (module docstring).
 
     Parameters
     ----------
     model : nn.Module
-        Run in eval mode (moved to ``device``); only the forward up to ``layer`` is computed.
+        Run in eval mode (moved to the options' ``device``); only the forward up to ``layer`` is
+        computed.
     layer : str
         Module name (``dict(model.named_modules())``) or, for our nets, a probe name (``conv2``).
         Its output must be (B, C, H, W) maps or (B, C) vectors (one value per image).
     concepts : BrodenDataset or path
         The probe; all its images must share one size, and so must their masks.
-    quantile, iou_threshold : float
-        NetDissect-Lite's top activation quantile (0.005) and labelling threshold (0.04).
-    batch_size : int
-        Images per forward.
+    options : DissectOptions, optional
+        Quantile, IoU threshold, union rule, threshold method, batch size, device...
+        (:class:`DissectOptions`; default: its defaults, NetDissect-Lite's settings).
     input_size : int, optional
         Side the images are resized to (bilinear, anti-aliased when shrinking); default: as stored.
     mean, std : sequence of float
         Normalisation of [0, 1] pixels, one value or one per input channel.
     grey : bool
         Convert the RGB images to one grey channel (ITU-R 601 luma) first.
-    method : {"auto", "exact", "sketch"}
-        How pass 1 computes the thresholds (module docstring).
-    device : str or torch.device
-        ``auto`` (CUDA when present), ``cpu``, ``cuda``...
-    top_images : int
-        Top-activating images kept per unit, with the unit's region on them.
-    num_workers : int
-        Extra threads decoding the probe's PNG files (one background thread always reads ahead).
-    memory_budget_mb : float
-        Memory the ``exact`` method may use in ``auto`` mode.
-    feature_cache_mb : float
-        When the layer's activations over the whole probe take at most this much, pass 1 keeps
-        them (on the CPU) and pass 2 skips its forward passes; ``0`` always recomputes them.
-    model_name : str
-        Name recorded in the result (default: the model's class name).
     precision : Precision
         Arithmetic of the forward passes (activations are compared in float32).
-    union : {"annotated", "lite"}
-        How a unit's activated pixels enter a concept's union (module docstring): over the
-        images where the concept's category is annotated (NetDissect's rule, the default), or
-        NetDissect-Lite's exact arithmetic.
+    model_name : str
+        Name recorded in the result (default: the model's class name).
+    **settings
+        Fields of :class:`DissectOptions` given directly, replacing those of ``options``:
+        ``dissect(m, "conv2", probe, quantile=0.01)`` is
+        ``dissect(m, "conv2", probe, DissectOptions(quantile=0.01))``.
 
     Returns
     -------
@@ -626,28 +674,14 @@ def dissect(
     """
     target = DissectTarget(model, layer, input_size=input_size, mean=mean, std=std, grey=grey, precision=precision,
                            name=model_name)
-    return dissect_many(
-        [target], concepts, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, method=method,
-        device=device, show_progress=show_progress, top_images=top_images, num_workers=num_workers,
-        memory_budget_mb=memory_budget_mb, feature_cache_mb=feature_cache_mb, union=union,
-    )[0]
+    return dissect_many([target], concepts, _options(options, settings))[0]
 
 
 def dissect_many(
     targets: Sequence[DissectTarget],
     concepts: BrodenDataset | str | Path,
-    *,
-    quantile: float = QUANTILE,
-    iou_threshold: float = IOU_THRESHOLD,
-    batch_size: int = 64,
-    method: str = "auto",
-    device: str | torch.device = "auto",
-    show_progress: bool = True,
-    top_images: int = TOP_IMAGES,
-    num_workers: int = 0,
-    memory_budget_mb: float = 256,
-    feature_cache_mb: float = 512,
-    union: str = "annotated",
+    options: DissectOptions | None = None,
+    **settings: Any,
 ) -> list[DissectResult]:
     """Dissect several networks on one probe, reading and decoding it once per pass for all.
 
@@ -656,33 +690,59 @@ def dissect_many(
     tabulated once; each target keeps its own thresholds and counts, so every result is the
     one :func:`dissect` gives for that target alone. ``memory_budget_mb`` (exact thresholds)
     applies to each target, ``feature_cache_mb`` to all of them together (first come, first
-    cached). Timings are those of the shared passes. Other arguments: :func:`dissect`.
+    cached). Timings are those of the shared passes. ``options`` and ``settings``: :func:`dissect`.
     """
     t_start = time.perf_counter()
     if not targets:
         raise ConfigError("no model to dissect")
-    if not 0.0 < quantile < 1.0:
-        raise ConfigError(f"quantile must lie in (0, 1), got {quantile}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ConfigError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if method not in ("auto", "exact", "sketch"):
-        raise ConfigError(f"method must be auto, exact or sketch, got {method!r}")
+    options = _options(options, settings).validate()
     for t in targets:
         if t.input_size is not None and t.input_size < 1:
             raise ConfigError(f"input_size must be >= 1, got {t.input_size}")
-    if top_images < 1:
-        raise ConfigError(f"top_images must be >= 1, got {top_images}")
-    if union not in UNIONS:
-        raise ConfigError(f"union must be {' or '.join(UNIONS)}, got {union!r}")
-    probe = concepts if isinstance(concepts, BrodenDataset) else BrodenDataset(concepts)
-    n_images = len(probe)
-    if n_images == 0:
-        raise DataError(f"the probe {probe.root} has no images: its index.csv lists none")
-    (image_h, image_w), mask_shape = _check_uniform(probe)
+    probe = _open_probe(concepts)
     paths = [resolve_layer(t.model, t.layer) for t in targets]
-    dev = resolve_device(device)
+    dev = resolve_device(options.device)
+    readers = _readers(targets, paths, dev)
+    table = _Concepts(probe.data, lite=options.union == "lite")
+    if not table.categories:
+        raise DataError(f"the probe {probe.data.root} has no categories: its category.csv lists none")
+
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for t in targets:  # NHWC weights while inside; each read runs under its own model's autocast
+            stack.enter_context(t.precision.layout(t.model))
+        firsts = _threshold_pass(probe.data, readers, options, dev)
+        t1 = time.perf_counter()
+        seconds = _iou_pass(probe.data, table, readers, firsts, probe.mask_shape, options, dev)
+    t2 = time.perf_counter()
+    results = []
+    for t, path, first, second in zip(targets, paths, firsts, seconds):
+        timings = {"thresholds": t1 - t0, "iou": t2 - t1, "total": time.perf_counter() - t_start,
+                   **({"models": len(targets)} if len(targets) > 1 else {})}
+        results.append(_result(t, path, first, second, probe, table, options, dev, timings))
+    return results
+
+
+@dataclass
+class _Probe:
+    """The probe of a dissection, with the one image size and mask size of its images."""
+
+    data: BrodenDataset
+    image_shape: tuple[int, int]
+    mask_shape: tuple[int, int]
+
+
+def _open_probe(concepts: BrodenDataset | str | Path) -> _Probe:
+    """``concepts`` read (when a path) and checked: images there, all of one size, masks too."""
+    probe = concepts if isinstance(concepts, BrodenDataset) else BrodenDataset(concepts)
+    if len(probe) == 0:
+        raise DataError(f"the probe {probe.root} has no images: its index.csv lists none")
+    image_shape, mask_shape = _check_uniform(probe)
+    return _Probe(probe, image_shape, mask_shape)
+
+
+def _readers(targets: Sequence[DissectTarget], paths: Sequence[str], dev: torch.device) -> list[_Reader]:
+    """Each target's model in eval mode on ``dev``, and how it turns probe images into its layer's maps."""
     readers = []
     for t, path in zip(targets, paths):
         t.model.eval()
@@ -691,64 +751,47 @@ def dissect_many(
             read=functools.partial(_read_layer, t.model, path, t.model.get_submodule(path), precision=t.precision),
             prepare=_Prepare(dev, t.grey, t.input_size, t.mean, t.std), layer=t.layer,
         ))
-    table = _Concepts(probe, lite=union == "lite")
-    if not table.categories:
-        raise DataError(f"the probe {probe.root} has no categories: its category.csv lists none")
+    return readers
 
-    t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        for t in targets:  # NHWC weights while inside; each read runs under its own model's autocast
-            stack.enter_context(t.precision.layout(t.model))
-        firsts = _threshold_pass(
-            probe, readers, quantile=quantile, method=method, n_top=min(top_images, n_images), batch_size=batch_size,
-            num_workers=num_workers, memory_budget_mb=memory_budget_mb, feature_cache_mb=feature_cache_mb,
-            device=dev, show_progress=show_progress,
-        )
-        t1 = time.perf_counter()
-        seconds = _iou_pass(
-            probe, table, readers, firsts, mask_shape=mask_shape, batch_size=batch_size, num_workers=num_workers,
-            device=dev, show_progress=show_progress,
-        )
-    t2 = time.perf_counter()
-    results = []
-    for t, path, first, second in zip(targets, paths, firsts, seconds):
-        results.append(DissectResult(
-            model=t.name or type(t.model).__name__,
-            layer=t.layer,
-            module=path,
-            quantile=float(quantile),
-            iou_threshold=float(iou_threshold),
-            method=first.method,
-            concepts_root=str(probe.root),
-            n_images=n_images,
-            categories=tuple(table.categories),
-            label_numbers=table.numbers,
-            label_names=table.names,
-            label_primary=table.primary,
-            label_categories=table.cats,
-            thresholds=first.thresholds.cpu().numpy().astype(np.float32),
-            intersect=second.intersect,
-            activation=second.activation,
-            truth=second.truth,
-            iou=second.iou,
-            unit_pixels=second.unit_pixels,
-            top_images=first.top_images.cpu().numpy(),
-            top_values=first.top_values.cpu().numpy(),
-            top_masks=second.top_masks,
-            feature_shape=first.feature_shape,
-            mask_shape=mask_shape,
-            image_shape=(image_h, image_w),
-            input_shape=first.input_shape,
-            preprocess={"input_size": t.input_size, "grey": bool(t.grey), "mean": [float(m) for m in t.mean],
-                        "std": [float(s) for s in t.std]},
-            timings={"thresholds": t1 - t0, "iou": t2 - t1, "total": time.perf_counter() - t_start,
-                     **({"models": len(targets)} if len(targets) > 1 else {})},
-            device=str(dev),
-            precision=t.precision.label,
-            cached_features=first.features is not None,
-            union=union,
-        ))
-    return results
+
+def _result(t: DissectTarget, path: str, first: _ThresholdPass, second: _IouPass, probe: _Probe,
+            table: _Concepts, options: DissectOptions, dev: torch.device, timings: dict[str, float]) -> DissectResult:
+    """One target's :class:`DissectResult` from its two passes."""
+    return DissectResult(
+        model=t.name or type(t.model).__name__,
+        layer=t.layer,
+        module=path,
+        quantile=float(options.quantile),
+        iou_threshold=float(options.iou_threshold),
+        method=first.method,
+        concepts_root=str(probe.data.root),
+        n_images=len(probe.data),
+        categories=tuple(table.categories),
+        label_numbers=table.numbers,
+        label_names=table.names,
+        label_primary=table.primary,
+        label_categories=table.cats,
+        thresholds=first.thresholds.cpu().numpy().astype(np.float32),
+        intersect=second.intersect,
+        activation=second.activation,
+        truth=second.truth,
+        iou=second.iou,
+        unit_pixels=second.unit_pixels,
+        top_images=first.top_images.cpu().numpy(),
+        top_values=first.top_values.cpu().numpy(),
+        top_masks=second.top_masks,
+        feature_shape=first.feature_shape,
+        mask_shape=probe.mask_shape,
+        image_shape=probe.image_shape,
+        input_shape=first.input_shape,
+        preprocess={"input_size": t.input_size, "grey": bool(t.grey), "mean": [float(m) for m in t.mean],
+                    "std": [float(s) for s in t.std]},
+        timings=timings,
+        device=str(dev),
+        precision=t.precision.label,
+        cached_features=first.features is not None,
+        union=options.union,
+    )
 
 
 @dataclass
@@ -847,30 +890,21 @@ class _Thresholds:
         )
 
 
-def _threshold_pass(
-    probe: BrodenDataset,
-    readers: Sequence[_Reader],
-    *,
-    quantile: float,
-    method: str,
-    n_top: int,
-    batch_size: int,
-    num_workers: int,
-    memory_budget_mb: float,
-    feature_cache_mb: float,
-    device: torch.device,
-    show_progress: bool,
-) -> list[_ThresholdPass]:
-    """Pass 1: every unit's threshold, its ``n_top`` top images by maximum activation and, when
-    they fit ``feature_cache_mb``, the layer's activations (module docstring), per target."""
+def _threshold_pass(probe: BrodenDataset, readers: Sequence[_Reader], options: DissectOptions,
+                    device: torch.device) -> list[_ThresholdPass]:
+    """Pass 1: every unit's threshold, its ``options.top_images`` top images by maximum activation
+    and, when they fit ``options.feature_cache_mb``, the layer's activations (module docstring),
+    per target."""
     n_images = len(probe)
-    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-    states = [_Thresholds(r.layer, n_images=n_images, quantile=quantile, method=method, n_top=n_top,
-                          memory_budget_mb=memory_budget_mb, device=device) for r in readers]
-    cache_left = feature_cache_mb * 2**20
+    pool = ThreadPoolExecutor(options.num_workers) if options.num_workers > 0 else None
+    states = [_Thresholds(r.layer, n_images=n_images, quantile=options.quantile, method=options.method,
+                          n_top=min(options.top_images, n_images), memory_budget_mb=options.memory_budget_mb,
+                          device=device) for r in readers]
+    cache_left = options.feature_cache_mb * 2**20
     try:
-        with torch.inference_mode(), progress_bar("dissect: thresholds", n_images, enabled=show_progress) as advance:
-            for indices, images in _prefetch(_image_batches(probe, batch_size, pool)):
+        with torch.inference_mode(), progress_bar("dissect: thresholds", n_images,
+                                                  enabled=options.show_progress) as advance:
+            for indices, images in _prefetch(_image_batches(probe, options.batch_size, pool)):
                 prepared: dict[tuple, torch.Tensor] = {}
                 for reader, state in zip(readers, states):
                     inputs, feats = reader(images, prepared)
@@ -987,18 +1021,8 @@ class _IouCounts:
                         unit_pixels=self.unit_pixels.cpu().numpy(), top_masks=self.top_masks)
 
 
-def _iou_pass(
-    probe: BrodenDataset,
-    table: _Concepts,
-    readers: Sequence[_Reader],
-    firsts: Sequence[_ThresholdPass],
-    *,
-    mask_shape: tuple[int, int],
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-    show_progress: bool,
-) -> list[_IouPass]:
+def _iou_pass(probe: BrodenDataset, table: _Concepts, readers: Sequence[_Reader], firsts: Sequence[_ThresholdPass],
+              mask_shape: tuple[int, int], options: DissectOptions, device: torch.device) -> list[_IouPass]:
     """Pass 2: intersections and unions of every unit's thresholded maps with the concepts, and
     the units' regions on their top images (module docstring), per target; the concept masks
     of each batch are decoded and tabulated once for all targets."""
@@ -1007,8 +1031,8 @@ def _iou_pass(
     truth = torch.zeros(n_concepts + 1, dtype=torch.float64, device=device)
     set_members = torch.from_numpy(table.set_members).to(device)
     counts = [_IouCounts(table, first, mask_shape, device) for first in firsts]
-    with torch.inference_mode(), progress_bar("dissect: IoU", len(probe), enabled=show_progress) as advance:
-        for batch in _prefetch(probe.batches(batch_size, num_workers=num_workers)):
+    with torch.inference_mode(), progress_bar("dissect: IoU", len(probe), enabled=options.show_progress) as advance:
+        for batch in _prefetch(probe.batches(options.batch_size, num_workers=options.num_workers)):
             pix, img, annotated = table.batch(batch, mask_pixels, device)
             truth += torch.bincount(pix.reshape(-1), minlength=n_concepts + 1).double()
             truth += torch.bincount(img.reshape(-1), minlength=n_concepts + 1).double() * mask_pixels
