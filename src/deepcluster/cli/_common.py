@@ -104,3 +104,36 @@ def csv_option(value: str | None) -> list[str] | None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     return items or None
+
+
+def command_from_fields(fields: type, run: Any) -> Any:
+    """A command for typer whose parameters are the fields of the dataclass ``fields``.
+
+    Typer builds a command's arguments and options from ``inspect.signature`` of its function:
+    here that signature lists the fields, in order, each with its type (an ``Annotated[...,
+    typer.Option(...)]`` or ``typer.Argument(...)``, as a command's parameter would carry it) and
+    its default. Called by typer with the parsed values, the command returns
+    ``run(fields(**values))``: ``run``, a function of one argument, gets the whole command line
+    as one object. The command's name and help are ``run``'s.
+    """
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(fields, include_extras=True)
+    params = []
+    for f in dataclasses.fields(fields):
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{fields.__name__}.{f.name}: a command's field needs a plain default, not a factory")
+        default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=hints[f.name]))
+
+    def command(**values: Any) -> Any:
+        return run(fields(**values))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__name__ = command.__qualname__ = run.__name__
+    command.__doc__ = run.__doc__
+    command.__module__ = run.__module__
+    return command

@@ -5,6 +5,7 @@ No ``from __future__ import annotations``: typer reads the annotations (see cli/
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from deepcluster.cli._common import QuietOption, err_console, out_console, user_errors
+from deepcluster.cli._common import QuietOption, command_from_fields, err_console, out_console, user_errors
 
 
 def summary_table(summary: dict) -> Table:
@@ -75,141 +76,206 @@ def _out_folder(out: Path | None, info, layer: str, name: str, *, several: bool)
     return Path("dissect") / _slug(f"{name}_{layer}")
 
 
+@dataclass(frozen=True)
+class DissectArgs:
+    """The command line of ``deepcluster dissect``: its argument and options, in ``--help`` order."""
+
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help="One or more models, each a run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one). Several models are dissected together: the probe is read and decoded once per pass for all.")]
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), for our nets a probe name such as conv2, or last-conv (the top conv block: layer4 of a ResNet, features of AlexNet/VGG, conv5 of our AlexNet). Once for all models, or once per MODEL in order.")]
+    concepts: Annotated[Path | None, typer.Option("--concepts", help="A Broden-format folder (default: the built-in probe, generated once into the cache folder, $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None
+    weights: Annotated[list[str] | None, typer.Option("--weights", help="Local weights file for a torchvision or module:attribute model (nothing is downloaded): a state dict, or a MoCo, SwAV/DeepCluster-v2, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint (.pth, .pth.tar, .ckpt, .safetensors); its backbone is loaded strictly, heads are dropped. With several models: once per MODEL in order, - for a model without.")] = None
+    weights_prefix: Annotated[list[str] | None, typer.Option("--weights-prefix", metavar="PREFIX", help="The key prefix of the backbone in --weights, for a checkpoint layout that is not recognised (e.g. module.encoder.). Once for all, or once per MODEL (- for none).")] = None
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names (output folders, the LCE), one per MODEL in order (default: the run folder, or the model and weights file names).")] = None
+    checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last"
+    quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005
+    iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04
+    union: Annotated[str, typer.Option("--union", help="annotated: a unit's activated pixels enter a concept's union on the images where its category is annotated (NetDissect); lite: NetDissect-Lite's exact arithmetic (per labelled pixel, one category per concept, no de-duplication).")] = "annotated"
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER); with several models, the folder holding one sub-folder per model (NAME_LAYER).")] = None
+    lce: Annotated[bool, typer.Option("--lce", help="With several models: then their Dissect profiles and Learned Concepts Embedding, in OUT/lce (default ./dissect/lce), as `deepcluster lce` makes them.")] = False
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64
+    input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None
+    method: Annotated[str, typer.Option(help="Thresholds: auto, exact (streaming top-k) or sketch (histograms, for huge probes).")] = "auto"
+    feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layers' activations between the two passes when they fit in this many MB, all models together (0: always run the models twice, nothing held).")] = 512
+    max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto"
+    precision: Annotated[str | None, typer.Option(help="Forward passes in fp32, bf16 or auto (bf16 where the hardware has it); default: a run folder's own, else auto.")] = None
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None
+    quiet: QuietOption = False
+
+
+@dataclass
+class _PerModel:
+    """The per-model options of a ``dissect`` command line, one entry per MODEL."""
+
+    layers: list[str]
+    weights: list[Path | None]
+    prefixes: list[str | None]
+    #: ``None`` when no --name was given.
+    names: list[str] | None
+
+
+def _per_model_options(args: DissectArgs) -> _PerModel:
+    """--layer, --weights, --weights-prefix and --name spread over the MODELs (after the checks of
+    the single options: --max-units, --union)."""
+    from deepcluster.core.errors import ConfigError
+    from deepcluster.interpret.dissect import UNIONS
+
+    n = len(args.models)
+    if args.max_units < 0:
+        raise ConfigError(f"--max-units must be >= 0, got {args.max_units}")
+    if args.union not in UNIONS:
+        raise ConfigError(f"--union must be {' or '.join(UNIONS)}, got {args.union!r}")
+    layers = _per_model(args.layer, n, "--layer")
+    weight_files = ([None if w in ("-", "") else Path(w) for w in _per_model(args.weights, n, "--weights", once_ok=False)]
+                    if args.weights else [None] * n)
+    prefixes = [None if p in (None, "-", "") else p for p in _per_model(args.weights_prefix or [None], n, "--weights-prefix")]
+    names = _per_model(args.name, n, "--name") if args.name else None
+    if args.lce and n < 2:
+        raise ConfigError("--lce compares models: give at least 2 MODELs (or run `deepcluster lce` on dissections made earlier)")
+    return _PerModel(layers, weight_files, prefixes, names)
+
+
+def _load_targets(args: DissectArgs, per: _PerModel) -> tuple[list, list]:
+    """Each MODEL loaded (its weights report printed), its precision chosen and its layer checked:
+    the :class:`~deepcluster.interpret.dissect.DissectTarget` list and the models' ``ModelInfo``."""
+    from deepcluster.core.device import resolve_device
+    from deepcluster.core.precision import resolve_precision
+    from deepcluster.interpret.dissect import DissectTarget
+    from deepcluster.interpret.model_source import load_model_source, resolve_layer
+    from deepcluster.runs import RunFolder
+
+    targets, infos = [], []
+    for spec, lay, w, prefix in zip(args.models, per.layers, per.weights, per.prefixes):
+        net, info = load_model_source(spec, weights=w, checkpoint=args.checkpoint, weights_prefix=prefix)
+        if info.weights_report is not None:
+            err_console.print(escape(info.weights_report.summary()), highlight=False, soft_wrap=True)
+        if args.precision is None and info.run_dir is not None:
+            run_cfg = RunFolder(info.run_dir).load_config()
+            chosen = resolve_precision(run_cfg.precision, resolve_device(args.device), run_cfg.channels_last)
+        else:
+            chosen = resolve_precision(args.precision or "auto", resolve_device(args.device))
+        resolve_layer(net, lay)  # a bad layer fails before the probe is generated or read
+        size = args.input_size if args.input_size is not None else info.input_size
+        targets.append(DissectTarget(net, lay, input_size=size, mean=info.mean, std=info.std, grey=info.grey,
+                                     precision=chosen, name=info.spec))
+        infos.append(info)
+    return targets, infos
+
+
+def _labels_and_folders(args: DissectArgs, per: _PerModel, infos: list) -> tuple[list[str], list[Path]]:
+    """The models' names and output folders, each distinct."""
+    from deepcluster.core.errors import ConfigError
+
+    n = len(args.models)
+    labels = per.names or _default_names(infos, per.weights)
+    if len(set(labels)) < n:
+        raise ConfigError(f"models {', '.join(sorted({x for x in labels if labels.count(x) > 1}))} share a name: "
+                          "give each MODEL a --name")
+    outs = [_out_folder(args.out, info, lay, label, several=n > 1) for info, lay, label in zip(infos, per.layers, labels)]
+    if len(set(outs)) < n:
+        raise ConfigError("two models would write the same folder: give each MODEL a --name, or dissect them apart")
+    return labels, outs
+
+
+def _probe_root(concepts: Path | None, *, quiet: bool) -> Path:
+    """The probe folder: --concepts, else the built-in probe (generated on first use)."""
+    from deepcluster.core.errors import DataError
+    from deepcluster.interpret.dissect import default_concepts
+
+    if concepts is None:
+        return default_concepts(show_progress=not quiet)
+    if not concepts.is_dir():
+        raise DataError(f"concept folder {concepts} does not exist: pass a Broden-format folder (e.g. NetDissect's "
+                        "broden1_224), or make one with `deepcluster concepts make DIR`")
+    return concepts
+
+
+def _dissect_options(args: DissectArgs):
+    """The :class:`~deepcluster.interpret.dissect.DissectOptions` of the command line."""
+    from deepcluster.interpret.dissect import DissectOptions
+
+    return DissectOptions(quantile=args.quantile, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
+                          method=args.method, device=args.device, show_progress=not args.quiet,
+                          feature_cache_mb=args.feature_cache_mb, union=args.union)
+
+
+def _write_results(results: list, outs: list[Path], args: DissectArgs, start: float) -> None:
+    """Each model's files and table, then one line of totals."""
+    from deepcluster.interpret.dissect_report import write_dissection
+
+    for res, folder in zip(results, outs):
+        paths = write_dissection(res, folder, max_units=args.max_units, show_progress=not args.quiet)
+        out_console.print(summary_table(res.summary()))
+        out_console.print(f"wrote {folder}: " + ", ".join(p.name for p in paths.values()) + ", units/",
+                          highlight=False, soft_wrap=True)
+    n = len(results)
+    t = results[0].timings
+    what = f"{results[0].units} units" if n == 1 else f"{n} models ({sum(r.units for r in results)} units)"
+    out_console.print(
+        f"dissected {what} on {results[0].n_images} images in {time.perf_counter() - start:.1f} s "
+        f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {results[0].device}, "
+        f"{', '.join(sorted({r.precision for r in results}))})", highlight=False)
+
+
+@user_errors
+def dissect_cmd(args: DissectArgs) -> None:
+    """Network dissection (NetDissect-Lite): label each unit of a layer with the concept of a
+    Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
+    thresholds.npy, iou.npy, concepts.csv and dissect.html per model; with --lce, the models'
+    Learned Concepts Embedding."""
+    from deepcluster.interpret.broden import BrodenDataset
+    from deepcluster.interpret.dissect import dissect_many
+
+    start = time.perf_counter()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    per = _per_model_options(args)
+    targets, infos = _load_targets(args, per)
+    labels, outs = _labels_and_folders(args, per, infos)
+    ds = BrodenDataset(_probe_root(args.concepts, quiet=args.quiet))
+    results = dissect_many(targets, ds, _dissect_options(args))
+    _write_results(results, outs, args, start)
+    if args.lce:
+        from deepcluster.cli.compare import run_lce
+
+        run_lce(labels, [folder / "tally.csv" for folder in outs], (args.out or Path("dissect")) / "lce",
+                threshold=args.iou_threshold)
+
+
+@user_errors
+def concepts_make(
+    out: Annotated[Path, typer.Argument(help="Folder to create (or reuse, when it holds the same probe).")],
+    n_images: Annotated[int, typer.Option(help="Number of images.")] = 1000,
+    size: Annotated[int, typer.Option(help="Image and mask side in pixels (>= 24).")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed: same arguments, same files.")] = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Generate the built-in synthetic concept probe (Broden layout): shapes, their parts,
+    textures, colours and photo scenes, with their masks."""
+    from deepcluster.interpret.broden import BrodenDataset
+    from deepcluster.interpret.concepts import make_concept_probe
+
+    start = time.perf_counter()
+    root = make_concept_probe(out, n_images=n_images, size=size, seed=seed, show_progress=not quiet)
+    ds = BrodenDataset(root)
+    per_cat = ", ".join(f"{c} {len(cat.labels)}" for c, cat in ds.categories.items())
+    out_console.print(f"concept probe → {root}: {len(ds)} images of {size}×{size}, {len(ds.labels)} concepts "
+                      f"({per_cat}) in {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``dissect`` command and the ``concepts`` group to ``app``."""
-
-    @app.command("dissect", epilog=(
+    app.command("dissect", epilog=(
         "Examples: deepcluster dissect runs/demo --layer conv5;  "
         "deepcluster dissect resnet18 --weights resnet18.pth --layer layer4 --concepts broden1_224 --input-size 224;  "
         "deepcluster dissect resnet50 resnet50 resnet50 --weights moco.pth.tar --weights swav.pth --weights dino.pth "
         "--name moco --name swav --name dino --layer last-conv --concepts broden1_224 --input-size 224 --out thesis --lce;  "
         "deepcluster dissect mynets.py:build --layer features.8"
-    ))
-    @user_errors
-    def dissect_cmd(
-        models: Annotated[list[str], typer.Argument(metavar="MODEL", help="One or more models, each a run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one). Several models are dissected together: the probe is read and decoded once per pass for all.")],
-        layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), for our nets a probe name such as conv2, or last-conv (the top conv block: layer4 of a ResNet, features of AlexNet/VGG, conv5 of our AlexNet). Once for all models, or once per MODEL in order.")],
-        concepts: Annotated[Path | None, typer.Option("--concepts", help="A Broden-format folder (default: the built-in probe, generated once into the cache folder, $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None,
-        weights: Annotated[list[str] | None, typer.Option("--weights", help="Local weights file for a torchvision or module:attribute model (nothing is downloaded): a state dict, or a MoCo, SwAV/DeepCluster-v2, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint (.pth, .pth.tar, .ckpt, .safetensors); its backbone is loaded strictly, heads are dropped. With several models: once per MODEL in order, - for a model without.")] = None,
-        weights_prefix: Annotated[list[str] | None, typer.Option("--weights-prefix", metavar="PREFIX", help="The key prefix of the backbone in --weights, for a checkpoint layout that is not recognised (e.g. module.encoder.). Once for all, or once per MODEL (- for none).")] = None,
-        name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names (output folders, the LCE), one per MODEL in order (default: the run folder, or the model and weights file names).")] = None,
-        checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last",
-        quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005,
-        iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04,
-        union: Annotated[str, typer.Option("--union", help="annotated: a unit's activated pixels enter a concept's union on the images where its category is annotated (NetDissect); lite: NetDissect-Lite's exact arithmetic (per labelled pixel, one category per concept, no de-duplication).")] = "annotated",
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER); with several models, the folder holding one sub-folder per model (NAME_LAYER).")] = None,
-        lce: Annotated[bool, typer.Option("--lce", help="With several models: then their Dissect profiles and Learned Concepts Embedding, in OUT/lce (default ./dissect/lce), as `deepcluster lce` makes them.")] = False,
-        batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-        input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None,
-        method: Annotated[str, typer.Option(help="Thresholds: auto, exact (streaming top-k) or sketch (histograms, for huge probes).")] = "auto",
-        feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layers' activations between the two passes when they fit in this many MB, all models together (0: always run the models twice, nothing held).")] = 512,
-        max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64,
-        device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
-        precision: Annotated[str | None, typer.Option(help="Forward passes in fp32, bf16 or auto (bf16 where the hardware has it); default: a run folder's own, else auto.")] = None,
-        threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None,
-        quiet: QuietOption = False,
-    ) -> None:
-        """Network dissection (NetDissect-Lite): label each unit of a layer with the concept of a
-        Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
-        thresholds.npy, iou.npy, concepts.csv and dissect.html per model; with --lce, the models'
-        Learned Concepts Embedding."""
-        from deepcluster.core.device import resolve_device
-        from deepcluster.core.errors import ConfigError, DataError
-        from deepcluster.core.precision import resolve_precision
-        from deepcluster.interpret.broden import BrodenDataset
-        from deepcluster.interpret.dissect import UNIONS, DissectTarget, default_concepts, dissect_many
-        from deepcluster.interpret.dissect_report import write_dissection
-        from deepcluster.interpret.model_source import load_model_source, resolve_layer
-        from deepcluster.runs import RunFolder
-
-        start = time.perf_counter()
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        n = len(models)
-        if max_units < 0:
-            raise ConfigError(f"--max-units must be >= 0, got {max_units}")
-        if union not in UNIONS:
-            raise ConfigError(f"--union must be {' or '.join(UNIONS)}, got {union!r}")
-        layers = _per_model(layer, n, "--layer")
-        weight_files = [None if w in ("-", "") else Path(w) for w in _per_model(weights, n, "--weights", once_ok=False)] if weights else [None] * n
-        prefixes = [None if p in (None, "-", "") else p for p in _per_model(weights_prefix or [None], n, "--weights-prefix")]
-        names = _per_model(name, n, "--name") if name else None
-        if lce and n < 2:
-            raise ConfigError("--lce compares models: give at least 2 MODELs (or run `deepcluster lce` on dissections made earlier)")
-
-        targets, infos = [], []
-        for spec, lay, w, prefix in zip(models, layers, weight_files, prefixes):
-            net, info = load_model_source(spec, weights=w, checkpoint=checkpoint, weights_prefix=prefix)
-            if info.weights_report is not None:
-                err_console.print(escape(info.weights_report.summary()), highlight=False, soft_wrap=True)
-            if precision is None and info.run_dir is not None:
-                run_cfg = RunFolder(info.run_dir).load_config()
-                chosen = resolve_precision(run_cfg.precision, resolve_device(device), run_cfg.channels_last)
-            else:
-                chosen = resolve_precision(precision or "auto", resolve_device(device))
-            resolve_layer(net, lay)  # a bad layer fails before the probe is generated or read
-            size = input_size if input_size is not None else info.input_size
-            targets.append(DissectTarget(net, lay, input_size=size, mean=info.mean, std=info.std, grey=info.grey,
-                                         precision=chosen, name=info.spec))
-            infos.append(info)
-        labels = names or _default_names(infos, weight_files)
-        if len(set(labels)) < n:
-            raise ConfigError(f"models {', '.join(sorted({x for x in labels if labels.count(x) > 1}))} share a name: "
-                              "give each MODEL a --name")
-        outs = [_out_folder(out, info, lay, label, several=n > 1) for info, lay, label in zip(infos, layers, labels)]
-        if len(set(outs)) < n:
-            raise ConfigError("two models would write the same folder: give each MODEL a --name, or dissect them apart")
-        if concepts is None:
-            root = default_concepts(show_progress=not quiet)
-        elif not concepts.is_dir():
-            raise DataError(f"concept folder {concepts} does not exist: pass a Broden-format folder (e.g. NetDissect's "
-                            "broden1_224), or make one with `deepcluster concepts make DIR`")
-        else:
-            root = concepts
-        ds = BrodenDataset(root)
-        results = dissect_many(
-            targets, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size, method=method,
-            device=device, show_progress=not quiet, feature_cache_mb=feature_cache_mb, union=union,
-        )
-        for res, folder in zip(results, outs):
-            paths = write_dissection(res, folder, max_units=max_units, show_progress=not quiet)
-            out_console.print(summary_table(res.summary()))
-            out_console.print(f"wrote {folder}: " + ", ".join(p.name for p in paths.values()) + ", units/",
-                              highlight=False, soft_wrap=True)
-        t = results[0].timings
-        what = f"{results[0].units} units" if n == 1 else f"{n} models ({sum(r.units for r in results)} units)"
-        out_console.print(
-            f"dissected {what} on {results[0].n_images} images in {time.perf_counter() - start:.1f} s "
-            f"(thresholds {t['thresholds']:.1f} s, IoU {t['iou']:.1f} s, {results[0].device}, "
-            f"{', '.join(sorted({r.precision for r in results}))})", highlight=False)
-        if lce:
-            from deepcluster.cli.compare import run_lce
-
-            run_lce(labels, [folder / "tally.csv" for folder in outs], (out or Path("dissect")) / "lce",
-                    threshold=iou_threshold)
+    ))(command_from_fields(DissectArgs, dissect_cmd))
 
     concepts_app = typer.Typer(no_args_is_help=True, help="Concept probes for `deepcluster dissect`.")
     app.add_typer(concepts_app, name="concepts")
-
-    @concepts_app.command("make", epilog="Example: deepcluster concepts make probes/small --n-images 200 --size 48")
-    @user_errors
-    def concepts_make(
-        out: Annotated[Path, typer.Argument(help="Folder to create (or reuse, when it holds the same probe).")],
-        n_images: Annotated[int, typer.Option(help="Number of images.")] = 1000,
-        size: Annotated[int, typer.Option(help="Image and mask side in pixels (>= 24).")] = 64,
-        seed: Annotated[int, typer.Option(help="Random seed: same arguments, same files.")] = 0,
-        quiet: QuietOption = False,
-    ) -> None:
-        """Generate the built-in synthetic concept probe (Broden layout): shapes, their parts,
-        textures, colours and photo scenes, with their masks."""
-        from deepcluster.interpret.broden import BrodenDataset
-        from deepcluster.interpret.concepts import make_concept_probe
-
-        start = time.perf_counter()
-        root = make_concept_probe(out, n_images=n_images, size=size, seed=seed, show_progress=not quiet)
-        ds = BrodenDataset(root)
-        per_cat = ", ".join(f"{c} {len(cat.labels)}" for c, cat in ds.categories.items())
-        out_console.print(f"concept probe → {root}: {len(ds)} images of {size}×{size}, {len(ds.labels)} concepts "
-                          f"({per_cat}) in {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
+    concepts_app.command("make", epilog="Example: deepcluster concepts make probes/small --n-images 200 --size 48")(
+        concepts_make)
