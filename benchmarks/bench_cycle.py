@@ -16,11 +16,12 @@ from torchvision.transforms import v2
 from deepcluster.cluster import Preprocessor, kmeans
 from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.data import dataset_stats, load_dataset
+from deepcluster.data.source import as_source
 from deepcluster.data.transforms import normalize
-from deepcluster.features import extract_features
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import build_network
 from deepcluster.train.augment import random_resized_crop_flip
-from deepcluster.train.cycle import cluster_step, make_optimizer, make_top_optimizer, train_epoch
+from deepcluster.train.cycle import make_optimizer, run_cycle
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")
 cfg = build_config(TrainConfig, "configs/fmnist_lenet.yaml", [f"data.root={ROOT}"])
@@ -30,15 +31,12 @@ stats = dataset_stats("fashion-mnist")
 model = build_network(cfg, 1, 28)
 print(f"torch threads: {torch.get_num_threads()}, images: {tuple(images.shape)}")
 
+reader = FeatureOptions(*stats, batch_size=cfg.feature_batch_size, show_progress=False)
 t = time.perf_counter()
-step = cluster_step(model, images, cfg, stats, device=torch.device("cpu"), seed=0, show_progress=False)
-model.reset_top_layer(step.result.k)
-opt, top = make_optimizer(model, cfg), make_top_optimizer(model, cfg)
-t1 = time.perf_counter()
-train_epoch(model, images, step.result.assignments, opt, top, cfg, stats, device=torch.device("cpu"),
-            generator=torch.Generator().manual_seed(0), sampler_seed=0, show_progress=False)
+outcome = run_cycle(model, as_source(images), make_optimizer(model, cfg), cfg, reader, cycle=1,
+                    generator=torch.Generator().manual_seed(0))
 t2 = time.perf_counter()
-phases = {**step.seconds, "training": t2 - t1}
+phases = outcome.seconds
 print("cycle phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()) + f"; total {t2 - t:.2f}")
 
 # augmentation: batched vs per-image torchvision
@@ -58,7 +56,7 @@ print(f"augmentation of 4096 images: batched {ours:.3f}s, torchvision per-image 
 
 # k-means: faiss vs scikit-learn on the whitened features of this cycle
 
-x = extract_features(model, images, *stats, show_progress=False)["embed"]
+x = extract_features(model, images, reader)["embed"]
 x = Preprocessor(pca_dim=cfg.pca_dim, on_degenerate="truncate").fit_transform(x)
 t = time.perf_counter()
 kmeans(x, 10, niter=20, seed=0)

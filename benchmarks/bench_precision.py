@@ -22,11 +22,13 @@ from deepcluster.analysis.alignment import initial_alignment
 from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.core.device import resolve_device
 from deepcluster.core.precision import run_precision
+from deepcluster.data.source import as_source
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.evaluate.suite import evaluate_suite
+from deepcluster.features import FeatureOptions
 from deepcluster.runs import build_network
 from deepcluster.train import train
-from deepcluster.train.cycle import cluster_step, make_optimizer, make_top_optimizer, train_epoch
+from deepcluster.train.cycle import make_optimizer, run_cycle
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")
 CPU = torch.device("cpu")
@@ -41,13 +43,9 @@ def one_cycle(sets: list[str], precision: str) -> dict[str, float]:
     stats = normalization(cfg, int(images.shape[1]))
     prec = run_precision(cfg, CPU)
     model = build_network(cfg, int(images.shape[1]), int(images.shape[-1]))
-    step = cluster_step(model, images, cfg, stats, device=CPU, seed=0, show_progress=False, precision=prec)
-    model.reset_top_layer(step.result.k)
-    opt, top = make_optimizer(model, cfg), make_top_optimizer(model, cfg)
-    t = time.perf_counter()
-    train_epoch(model, images, step.result.assignments, opt, top, cfg, stats, device=CPU,
-                generator=torch.Generator().manual_seed(0), sampler_seed=0, show_progress=False, precision=prec)
-    phases = {**step.seconds, "training": time.perf_counter() - t}
+    reader = FeatureOptions(*stats, device=CPU, precision=prec, batch_size=cfg.feature_batch_size, show_progress=False)
+    phases = dict(run_cycle(model, as_source(images), make_optimizer(model, cfg), cfg, reader, cycle=1,
+                            generator=torch.Generator().manual_seed(0)).seconds)
     phases["total"] = sum(phases.values())
     phases["n"] = len(images)
     phases["label"] = prec.label

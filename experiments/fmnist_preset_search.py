@@ -19,8 +19,10 @@ from pathlib import Path
 
 from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.core.files import append_jsonl, read_jsonl
+from deepcluster.core.precision import run_precision
 from deepcluster.data import dataset_stats, load_dataset
 from deepcluster.evaluate.run_eval import evaluate_model
+from deepcluster.features import FeatureOptions
 from deepcluster.runs import RunFolder
 from deepcluster.train import train
 
@@ -74,7 +76,9 @@ def main() -> None:
                    "last_nmi_labels": run.metrics()[-1].get("nmi_labels")}
             for which in ("last", "init"):
                 model = run.build_model(which, cfg)
-                res = evaluate_model(model, cfg, ecfg, tr, te, stats, name=which, show_progress=False)
+                reader = FeatureOptions(*stats, precision=run_precision(cfg, "cpu"), batch_size=cfg.feature_batch_size,
+                                        show_progress=False)
+                res = evaluate_model(model, cfg, ecfg, tr, te, reader, name=which)
                 rec["trained" if which == "last" else "random"] = flatten(res)
             append_jsonl(results, rec)
             t, r = rec["trained"], rec["random"]
@@ -96,7 +100,9 @@ def reeval_nmi(out: Path) -> None:
         run = RunFolder(out / f"{rec['setting']}_s{rec['seed']}")
         cfg = run.load_config()
         for which, key in (("last", "trained"), ("init", "random")):
-            rec[key]["nmi"] = clustering_quality(run.build_model(which, cfg), images, ds.labels, cfg, stats, k=10)["nmi"]
+            reader = FeatureOptions(*stats, precision=run_precision(cfg, "cpu"), batch_size=cfg.feature_batch_size,
+                                    show_progress=False)
+            rec[key]["nmi"] = clustering_quality(run.build_model(which, cfg), images, ds.labels, cfg, reader, k=10)["nmi"]
         print(rec["setting"], rec["seed"], rec["trained"]["nmi"], rec["random"]["nmi"], flush=True)
     write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
 

@@ -19,7 +19,7 @@ from deepcluster.cluster.preprocess import Preprocessor
 from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.core.precision import resolve_precision
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.features import extract_features
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import build_network
 
 torch.set_num_threads(2)
@@ -28,8 +28,8 @@ cfg = build_config(TrainConfig, "configs/fmnist_lenet.yaml", [f"data.root={root}
 data = load_train_data(cfg)
 images = data.images_tensor()
 model = build_network(cfg, 1, 28)
-x = next(iter(extract_features(model, images, *normalization(cfg, 1), layers=None,
-                               precision=resolve_precision("fp32", "cpu"), show_progress=False).values()))
+x = next(iter(extract_features(model, images, FeatureOptions(*normalization(cfg, 1), show_progress=False,
+                                                              precision=resolve_precision("fp32", "cpu"))).values()))
 x = np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("core", ""),  # the bottom layer ("" = deepcluster/__init__.py)
     ("data", "models", "cluster"),
     ("features", "runs"),
+    ("environment",),  # RunEnv: threads, device, precision, image source, FeatureOptions
     ("train", "evaluate"),
     ("analysis",),
     ("report",),

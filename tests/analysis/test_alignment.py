@@ -22,7 +22,7 @@ from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.core.precision import Precision, run_precision
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.features import extract_features
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.models import build_model
 from deepcluster.models.base import DeepClusterNet
 from deepcluster.runs import build_network
@@ -46,8 +46,8 @@ def test_ia_is_nmi_of_kmeans_on_random_features(cfg, data, precision):
     cfg = apply_setting(cfg, {"precision": precision})
     seed = 7
     model = build_network(cfg, 1, 28, seed=seed)
-    x = extract_features(model, data.images_tensor(), *normalization(cfg, 1), show_progress=False,
-                         precision=run_precision(cfg, "cpu"))["embed"]
+    x = extract_features(model, data.images_tensor(), FeatureOptions(*normalization(cfg, 1), show_progress=False,
+                                                                     precision=run_precision(cfg, "cpu")))["embed"]
     x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5, on_degenerate="truncate").fit_transform(x)
     expected = nmi(data.labels, kmeans(x, cfg.k, niter=cfg.kmeans_iters, seed=cycle_seed(seed, 1)).assignments)
     loop = initial_alignment(cfg, [seed], data=data, method="loop", show_progress=False)
@@ -88,7 +88,8 @@ def test_stacked_features_equal_single_network_features(arch, size, sobel):
     models = [build_model(arch, in_channels=ch, input_size=size, sobel=sobel, num_classes=None, seed=s) for s in range(3)]
     mean, std = (0.5,) * ch, (0.25,) * ch
     stacked = stacked_embed(models, images, mean, std, batch_size=16, show_progress=False)
-    single = np.stack([extract_features(m, images, mean, std, show_progress=False)["embed"] for m in models])
+    single = np.stack([extract_features(m, images, FeatureOptions(mean, std, show_progress=False))["embed"]
+                       for m in models])
     np.testing.assert_allclose(stacked, single, rtol=1e-4, atol=1e-5 * np.abs(single).max())
     # bf16 (with the fused first conv + pool GEMM for LeNet-like bodies): within bf16's rounding
     bf16 = stacked_embed(models, images, mean, std, batch_size=16, show_progress=False,

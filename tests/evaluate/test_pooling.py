@@ -5,7 +5,7 @@ import torch
 from deepcluster.core.errors import ConfigError
 from deepcluster.evaluate import extract_pooled_features, pool_to_budget, pooled_side
 from deepcluster.evaluate.pooling import pixel_features, pooled_dim
-from deepcluster.features import extract_features
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.models import build_model
 
 
@@ -54,14 +54,12 @@ def test_layer_outputs_unflattened_keeps_default():
 def test_pooled_extraction_matches_plain_extraction_within_budget():
     model = build_model("tiny_cnn", in_channels=1, input_size=28, seed=0)
     images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
-    stats = ((0.5,), (0.5,))
-    plain = extract_features(model, images, *stats, layers=["conv1", "fc1"], batch_size=4, show_progress=False)
-    pooled = extract_pooled_features(model, images, *stats, layers=["conv1", "fc1"], budget=10**6, batch_size=4,
-                                     show_progress=False)
+    reader = FeatureOptions((0.5,), (0.5,), batch_size=4, show_progress=False)
+    plain = extract_features(model, images, reader, layers=["conv1", "fc1"])
+    pooled = extract_pooled_features(model, images, reader, layers=["conv1", "fc1"], budget=10**6)
     for k in plain:
         np.testing.assert_allclose(pooled[k], plain[k], rtol=1e-6)
-    small = extract_pooled_features(model, images, *stats, layers=["conv1", "fc1"], budget=16 * 9, batch_size=4,
-                                    show_progress=False)
+    small = extract_pooled_features(model, images, reader, layers=["conv1", "fc1"], budget=16 * 9)
     assert small["conv1"].shape == (10, 144) and small["fc1"].shape == (10, 64)
     assert small["conv1"].dtype == np.float32 and small["conv1"].flags.c_contiguous
 

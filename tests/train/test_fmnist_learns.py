@@ -21,7 +21,7 @@ from deepcluster.core.precision import resolve_precision
 from deepcluster.data import dataset_stats
 from deepcluster.data.splits import load_train_data
 from deepcluster.evaluate.knn import knn_accuracy
-from deepcluster.features import extract_features
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.train import train
 
 CONFIG = Path(__file__).parents[2] / "configs" / "fmnist_lenet.yaml"
@@ -37,8 +37,9 @@ def test_training_raises_nmi_to_labels_above_the_random_network(fmnist_dir, tmp_
 
     def fc1_knn(which: str) -> float:
         model = run.build_model(which)
-        x = extract_features(model, images, *dataset_stats("fashion-mnist"), layers=["fc1"],
-                             precision=resolve_precision("fp32", "cpu"), show_progress=False)["fc1"]
+        reader = FeatureOptions(*dataset_stats("fashion-mnist"), precision=resolve_precision("fp32", "cpu"),
+                                show_progress=False)
+        x = extract_features(model, images, reader, layers=["fc1"])["fc1"]
         x = np.asarray(x).reshape(len(x), -1)
         return knn_accuracy(x[train_idx], labels[train_idx], x[test_idx], labels[test_idx])
 

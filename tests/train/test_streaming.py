@@ -114,6 +114,7 @@ def test_evaluation_features_stream_the_same(tmp_path):
     from deepcluster.data import load_dataset
     from deepcluster.data.source import ImageSource
     from deepcluster.evaluate.pooling import extract_pooled_features, pixel_features
+    from deepcluster.features import FeatureOptions
     from deepcluster.models import build_model
 
     make_idx_dataset(tmp_path / "idx", n_train=70, n_test=8)
@@ -122,7 +123,8 @@ def test_evaluation_features_stream_the_same(tmp_path):
     streamed = ImageSource(load_dataset("ingested", tmp_path / "pool"), streamed=True, workers=2)
     model = build_model("lenet5", in_channels=1, input_size=28, num_classes=None, seed=0)
     layers = list(model.probe_layers())
-    a = extract_pooled_features(model, in_memory, (0.5,), (0.5,), layers=layers, batch_size=16, show_progress=False)
-    b = extract_pooled_features(model, streamed, (0.5,), (0.5,), layers=layers, batch_size=16, show_progress=False)
+    reader = FeatureOptions((0.5,), (0.5,), batch_size=16, show_progress=False)
+    a = extract_pooled_features(model, in_memory, reader, layers=layers)
+    b = extract_pooled_features(model, streamed, reader, layers=layers)
     assert all(np.array_equal(a[name], b[name]) for name in layers)
     assert np.array_equal(pixel_features(in_memory), pixel_features(streamed))

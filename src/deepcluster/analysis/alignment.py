@@ -37,7 +37,7 @@ from deepcluster.core.precision import run_precision
 from deepcluster.core.progress import progress_bar
 from deepcluster.data import ImageDataset
 from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.features import extract_features
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import build_network
 from deepcluster.train.cycle import cycle_seed
 
@@ -278,9 +278,9 @@ def initial_alignment(
                 feats = stacked_embed(models, images, *stats, device=device, show_progress=False, precision=precision)
             else:
                 layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
-                feats = [next(iter(extract_features(m, images, *stats, layers=layers, batch_size=cfg.feature_batch_size,
-                                                    device=device, show_progress=False, precision=precision).values()))
-                         for m in models]
+                reader = FeatureOptions(*stats, device=device, precision=precision, batch_size=cfg.feature_batch_size,
+                                        show_progress=False)
+                feats = [next(iter(extract_features(m, images, reader, layers=layers).values())) for m in models]
             del models
             phases["features"] += time.perf_counter() - t
             t = time.perf_counter()

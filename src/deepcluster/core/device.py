@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from deepcluster.core import distributed
 from deepcluster.core.errors import ConfigError
 
-__all__ = ["resolve_device", "to_device"]
+__all__ = ["rank_device", "resolve_device", "to_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -42,6 +43,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"unsupported device {name!r}: use auto, cpu or cuda[:N]")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 or auto")
+    return dev
+
+
+def rank_device(device: str | torch.device = "auto") -> torch.device:
+    """:func:`resolve_device`, then, under torchrun on CUDA, this process's own GPU
+    (``cuda:LOCAL_RANK``, modulo the GPUs there are)."""
+    dev = resolve_device(device)
+    world = distributed.world()
+    if world.distributed and dev.type == "cuda":
+        dev = torch.device("cuda", world.local_rank % torch.cuda.device_count())
     return dev
 
 

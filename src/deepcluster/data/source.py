@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from deepcluster.core.config import TrainConfig
 from deepcluster.data.base import ImageDataset, TensorImageDataset
 
-__all__ = ["ImageSource", "as_source", "choose_source", "default_memory_budget"]
+__all__ = ["ImageSource", "as_source", "choose_source", "default_memory_budget", "memory_budget", "source_for"]
 
 
 def default_memory_budget() -> int:
@@ -27,6 +28,11 @@ def default_memory_budget() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (ValueError, OSError):  # pragma: no cover - not POSIX
         return 4 << 30
+
+
+def memory_budget(memory_budget_mb: float | None) -> int:
+    """``data.memory_budget_mb`` in bytes; None: :func:`default_memory_budget`."""
+    return int(memory_budget_mb * 2**20) if memory_budget_mb is not None else default_memory_budget()
 
 
 def _nbytes(dataset: ImageDataset) -> int:
@@ -67,13 +73,29 @@ class ImageSource:
     """
 
     def __init__(self, dataset: ImageDataset, *, streamed: bool = False, workers: int = 2, pin: bool = False) -> None:
-        self.dataset = dataset
-        self.streamed = streamed
+        self._set(dataset, None if streamed else dataset.images_tensor(), workers=workers, pin=pin)
+
+    def _set(self, dataset: ImageDataset, images: torch.Tensor | None, *, workers: int, pin: bool) -> None:
+        """The one constructor behind ``__init__``, :meth:`view` and :meth:`subset`."""
+        self.dataset, self.images = dataset, images
+        self.streamed = images is None
         self.workers, self.pin = int(workers), bool(pin)
-        self.images = None if streamed else dataset.images_tensor()
-        h, w = dataset.image_size
-        self.channels, self.size = int(dataset.channels), int(h)
+        self.height, self.width = (int(s) for s in dataset.image_size)
+        self.channels = int(dataset.channels)
         self.nbytes = _nbytes(dataset)
+
+    @property
+    def size(self) -> int:
+        """The image height (the side of square images), as models are built with."""
+        return self.height
+
+    def _derived(self, dataset: ImageDataset | None = None, images: torch.Tensor | None = None) -> ImageSource:
+        """A source over ``images`` (in memory) or ``dataset`` (streamed), read like this one."""
+        sub = ImageSource.__new__(ImageSource)
+        if images is not None:
+            dataset = TensorImageDataset(self.dataset.name, images)
+        sub._set(dataset, images, workers=self.workers, pin=self.pin)
+        return sub
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -119,32 +141,26 @@ class ImageSource:
         """Images ``start..stop``: a view of the tensor in memory, a subset when streamed."""
         if self.images is None:
             return self.subset(np.arange(start, stop))
-        sub = ImageSource.__new__(ImageSource)
-        sub.__dict__.update(self.__dict__)
-        sub.images = self.images[start:stop]
-        sub.dataset = TensorImageDataset(self.dataset.name, sub.images)
-        sub.nbytes = (stop - start) * self.channels * self.size * self.size
-        return sub
+        return self._derived(images=self.images[start:stop])
 
     def subset(self, indices) -> ImageSource:
         """The images at ``indices`` (a cycle's sample of the pool), read the same way."""
-        sub = ImageSource.__new__(ImageSource)
-        sub.dataset = self.dataset if self.images is not None else self.dataset.subset(indices)
-        sub.streamed, sub.workers, sub.pin = self.streamed, self.workers, self.pin
-        sub.images = None if self.images is None else self.images[torch.as_tensor(np.asarray(indices, np.int64))]
-        sub.channels, sub.size = self.channels, self.size
-        sub.nbytes = len(indices) * self.channels * self.size * self.size
-        if sub.images is not None:
-            sub.dataset = TensorImageDataset(self.dataset.name, sub.images)
-        return sub
+        if self.images is None:
+            return self._derived(dataset=self.dataset.subset(indices))
+        return self._derived(images=self.images[torch.as_tensor(np.asarray(indices, np.int64))])
 
 
 def choose_source(dataset: ImageDataset, *, memory_budget_mb: int | None = None, workers: int = 2,
                   pin: bool = False) -> ImageSource:
     """In memory when the dataset is in memory already or its pixels fit the budget, else streamed."""
-    budget = memory_budget_mb * 2**20 if memory_budget_mb is not None else default_memory_budget()
-    streamed = not isinstance(dataset, TensorImageDataset) and _nbytes(dataset) > budget
+    streamed = not isinstance(dataset, TensorImageDataset) and _nbytes(dataset) > memory_budget(memory_budget_mb)
     return ImageSource(dataset, streamed=streamed, workers=workers, pin=pin)
+
+
+def source_for(cfg: TrainConfig, dataset: ImageDataset, *, pin: bool = False) -> ImageSource:
+    """The source a run reads ``dataset`` from: :func:`choose_source` with the run's
+    ``data.memory_budget_mb`` and ``data.workers`` (``pin`` for a GPU)."""
+    return choose_source(dataset, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers, pin=pin)
 
 
 def as_source(images: torch.Tensor | ImageSource) -> ImageSource:

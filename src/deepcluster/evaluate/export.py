@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from deepcluster.core.device import resolve_device
 from deepcluster.core.files import save_npy, write_csv, write_json
-from deepcluster.core.precision import run_precision
-from deepcluster.data.splits import load_split, normalization
+from deepcluster.data.splits import load_split
+from deepcluster.environment import RunEnv
 from deepcluster.features import extract_features
 from deepcluster.runs import RunFolder
 
@@ -37,12 +36,10 @@ def export_run(
     assignments = run.load_assignments()
     data = load_split(cfg)
     images = data.images_tensor()
-    device = resolve_device(cfg.device)
-    model.to(device)
-    feats = extract_features(model, images, *normalization(cfg, int(images.shape[1])),
-                             layers=None if layer is None else [layer], batch_size=cfg.feature_batch_size,
-                             device=device, description="export features", show_progress=show_progress,
-                             precision=run_precision(cfg, device))
+    env = RunEnv.from_config(cfg, show_progress=show_progress)
+    model.to(env.device)
+    feats = extract_features(model, images, env.features(int(images.shape[1])),
+                             layers=None if layer is None else [layer], description="export features")
     x = next(iter(feats.values()))
     save_npy(out_dir / "features.npy", x)
     key = "path" if data.paths is not None else "index"

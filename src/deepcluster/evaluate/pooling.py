@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcluster.core.errors import ConfigError
-from deepcluster.core.precision import FP32, Precision
 from deepcluster.core.progress import progress_bar
 from deepcluster.data.source import ImageSource, as_source
-from deepcluster.data.transforms import normalize
+from deepcluster.features import FeatureOptions
 
 #: Default budget: the dimension of the official AlexNet linear probes.
 DEFAULT_POOL_BUDGET = 9600
@@ -109,16 +108,11 @@ def pool_to_budget(x: torch.Tensor, budget: int = DEFAULT_POOL_BUDGET) -> torch.
 def extract_pooled_features(
     model: nn.Module,
     images: torch.Tensor | ImageSource,
-    mean: Sequence[float],
-    std: Sequence[float],
+    options: FeatureOptions,
     *,
     layers: Sequence[str],
     budget: int = DEFAULT_POOL_BUDGET,
-    batch_size: int = 1024,
-    device: torch.device | str = "cpu",
     description: str = "features",
-    show_progress: bool = True,
-    precision: Precision = FP32,
 ) -> dict[str, np.ndarray]:
     """Run ``model`` over uint8 ``images`` and return each probe layer pooled to ``budget`` dims.
 
@@ -130,22 +124,15 @@ def extract_pooled_features(
     images : torch.Tensor or ImageSource
         uint8 images N×C×H×W, or a source that streams them (a pool larger than memory: only
         the pooled features, N × D floats per layer, are ever held).
-    mean, std : Sequence[float]
-        Per-channel normalisation.
+    options : FeatureOptions
+        Normalisation, device, precision (pooling and the returned features are float32),
+        batch size and progress bar of the pass.
     layers : Sequence[str]
         Probe layer names.
     budget : int
         Dimension budget of conv maps (see :func:`pooled_side`).
-    batch_size : int
-        Images per forward pass.
-    device : torch.device or str
-        Where the model runs.
     description : str
         Label of the progress bar.
-    show_progress : bool
-        Show a progress bar.
-    precision : Precision
-        Arithmetic of the forward pass (pooling and the returned features are float32).
 
     Returns
     -------
@@ -154,15 +141,16 @@ def extract_pooled_features(
     """
     was_training = model.training
     model.eval()
-    device = torch.device(device)
+    precision = options.precision
     names = list(dict.fromkeys(layers))
     outputs: dict[str, np.ndarray] = {}
     source = as_source(images)
     start = 0
     try:
-        with precision.inference(model), progress_bar(description, total=len(source), enabled=show_progress) as advance:
-            for raw in source.chunks(0, len(source), batch_size):
-                batch = precision.input(normalize(raw.to(device), mean, std))
+        with (precision.inference(model),
+              progress_bar(description, total=len(source), enabled=options.show_progress) as advance):
+            for raw in source.chunks(0, len(source), options.batch_size):
+                batch = precision.input(options.prepare(raw))
                 res = model.layer_outputs(batch, names, flatten=False)
                 for name, value in res.items():
                     chunk = pool_to_budget(value.float(), budget).cpu().numpy()

@@ -21,14 +21,11 @@ import torch
 
 from deepcluster.core import distributed
 from deepcluster.core.config import EvalConfig, TrainConfig, apply_overrides
-from deepcluster.core.device import resolve_device
-from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.errors import ConfigError
 from deepcluster.core.files import write_json
-from deepcluster.core.precision import Precision, run_precision
-from deepcluster.data.base import ImageDataset
-from deepcluster.data.source import ImageSource, choose_source
-from deepcluster.data.splits import load_split, normalization
-from deepcluster.data.transforms import normalize
+from deepcluster.data.source import ImageSource
+from deepcluster.data.splits import load_eval_splits
+from deepcluster.environment import RunEnv
 from deepcluster.evaluate.cache import EvalCache, file_fingerprint
 from deepcluster.evaluate.cycles import cycle_metrics
 from deepcluster.evaluate.plots import write_bar_charts
@@ -49,6 +46,7 @@ from deepcluster.evaluate.tables import (
     write_table_csv,
     write_table_markdown,
 )
+from deepcluster.features import FeatureOptions
 from deepcluster.models import DeepClusterNet
 from deepcluster.runs import RunFolder, build_network
 
@@ -72,7 +70,7 @@ class _Split:
 class _RunData:
     train: _Split
     test: _Split
-    stats: tuple[tuple[float, ...], tuple[float, ...]]
+    reader: FeatureOptions  # normalisation, device, precision, batch size of the feature passes
 
 
 def run_names(runs: Sequence[str | Path]) -> list[str]:
@@ -102,22 +100,11 @@ def data_identity(cfg: TrainConfig, ecfg: EvalConfig) -> dict[str, Any]:
             "seed": cfg.seed}
 
 
-def _load_data(cfg: TrainConfig, ecfg: EvalConfig) -> _RunData:
-    if cfg.data.test_split is None:
-        raise DataError(f"dataset {cfg.data.name} has no test split configured: set data.test_split to evaluate")
-    train = load_split(cfg, cfg.data.split, ecfg.train_limit or cfg.data.limit)
-    test = load_split(cfg, cfg.data.test_split, ecfg.test_limit)
-    if train.labels is None or test.labels is None:
-        raise DataError(
-            f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
-            "linear probes, kNN and low-shot need labels; use `deepcluster export` for label-free outputs"
-        )
-    def source(split: ImageDataset) -> ImageSource:
-        return choose_source(split, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers)
-
-    images = source(train)
-    return _RunData(_Split(images, np.asarray(train.labels)), _Split(source(test), np.asarray(test.labels)),
-                    normalization(cfg, images.channels))
+def _load_data(env: RunEnv, ecfg: EvalConfig) -> _RunData:
+    train, test = load_eval_splits(env.cfg, ecfg.train_limit, ecfg.test_limit)
+    images = env.source(train)
+    return _RunData(_Split(images, np.asarray(train.labels)), _Split(env.source(test), np.asarray(test.labels)),
+                    env.features(images.channels))
 
 
 def _load_model(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[DeepClusterNet, int]:
@@ -138,7 +125,7 @@ def checkpoint_label(checkpoint: str) -> str:
 def _layer_groups(model: DeepClusterNet, layers: list[str], data: _RunData, budget: int) -> list[list[str]]:
     """Split ``layers`` into extraction passes whose features fit in :data:`FEATURE_MEMORY_BYTES`."""
     with torch.no_grad():
-        probe = normalize(data.train.images.take([0, 1]), *data.stats)
+        probe = data.reader.prepare(data.train.images.take([0, 1]))
         shapes = {n: tuple(v.shape[1:]) for n, v in model.layer_outputs(probe, layers, flatten=False).items()}
     n_rows = len(data.train.images) + len(data.test.images)
     groups: list[list[str]] = [[]]
@@ -237,13 +224,8 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
                   use_cache: bool, show_progress: bool, log: Log) -> list[dict[str, Any]]:
     cfg = run.load_config()
     ecfg = run_eval_config(cfg, eval_cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     world = distributed.world()
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
-    precision = run_precision(cfg, device)
+    env = RunEnv.from_config(cfg, show_progress=show_progress and world.is_main)
     cache = EvalCache.for_run(run.path)
     files = {c: run.checkpoint_file(c) for c in checkpoints}
     available = _probe_layers(run, cfg, checkpoints[0])
@@ -258,7 +240,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         nonlocal data
         if data is None:
             log(f"{name}: loading {cfg.data.name} ({cfg.data.split} / {cfg.data.test_split})")
-            data = _load_data(cfg, ecfg)
+            data = _load_data(env, ecfg)
         return data
 
     jobs: list[tuple[str, list[str], dict[str, Any] | None]] = [
@@ -271,7 +253,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         label = checkpoint_label(checkpoint)
         params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
                              "data": data_id, "checkpoint": fingerprint,
-                             **({} if checkpoint == PIXELS else {"precision": precision.label})}
+                             **({} if checkpoint == PIXELS else {"precision": env.precision.label})}
                   for lyr in ck_layers for p in protocols}
         entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         if use_cache and world.is_main:  # rank 0 owns the cache and the outputs
@@ -283,8 +265,8 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         log(f"{name} {label}: {len(entries)} cached, {len(missing)} to compute"
             + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
         if missing:
-            entries.update(_compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache, device,
-                                    precision, f"{name} {label}", show_progress, log))
+            entries.update(_compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache,
+                                    f"{name} {label}", log))
         for (layer, protocol), (entry, source) in sorted(
                 entries.items(), key=lambda kv: (ck_layers.index(kv[0][0]), protocols.index(kv[0][1]))):
             result = entry["result"]
@@ -297,8 +279,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
 
 
 def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str, missing: list[tuple[str, str]],
-             params: dict[tuple[str, str], dict[str, Any]], data: _RunData, cache: EvalCache, device: torch.device,
-             precision: Precision, title: str, show_progress: bool,
+             params: dict[tuple[str, str], dict[str, Any]], data: _RunData, cache: EvalCache, title: str,
              log: Log) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
     """Extract the features of the layers in ``missing`` (in memory-bounded passes) and run their protocols.
 
@@ -306,6 +287,7 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
     gathers them, runs the protocols and fills the cache (the other ranks return nothing).
     """
     world = distributed.world()
+    device, show_progress = data.reader.device, data.reader.show_progress
     layers = list(dict.fromkeys(layer for layer, _ in missing))
     extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels)}
     if checkpoint == PIXELS:
@@ -324,11 +306,9 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
             ftr = {PIXELS: pixel_features(data.train.images, ecfg.pool_budget)}
             fte = {PIXELS: pixel_features(data.test.images, ecfg.pool_budget)}
         else:
-            kw: dict[str, Any] = {"layers": group, "budget": ecfg.pool_budget, "batch_size": cfg.feature_batch_size,
-                                  "device": device, "show_progress": show_progress and world.is_main,
-                                  "precision": precision}
-            ftr = _sharded_features(model, data.train.images, data.stats, f"{title}: train features", kw)
-            fte = _sharded_features(model, data.test.images, data.stats, f"{title}: test features", kw)
+            kw: dict[str, Any] = {"layers": group, "budget": ecfg.pool_budget}
+            ftr = _sharded_features(model, data.train.images, data.reader, f"{title}: train features", kw)
+            fte = _sharded_features(model, data.test.images, data.reader, f"{title}: test features", kw)
             if not world.is_main:
                 continue
         for layer in group:
@@ -348,11 +328,11 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
     return out
 
 
-def _sharded_features(model: DeepClusterNet, images: ImageSource, stats, description: str,
+def _sharded_features(model: DeepClusterNet, images: ImageSource, reader: FeatureOptions, description: str,
                       kw: dict[str, Any]) -> dict[str, np.ndarray] | None:
     """Pooled features of every image: this rank's share, gathered on rank 0 (``None`` elsewhere)."""
     share = distributed.shard(len(images))
-    feats = extract_pooled_features(model, images.view(share.start, share.stop), *stats, description=description,
+    feats = extract_pooled_features(model, images.view(share.start, share.stop), reader, description=description,
                                     **kw)
     if not distributed.world().distributed:
         return feats

@@ -300,6 +300,7 @@ def layer_similarity(
     SimilarityResult
     """
     from deepcluster.evaluate.pooling import extract_pooled_features
+    from deepcluster.features import FeatureOptions
 
     if not models:
         raise DataError("give at least one model to compare")
@@ -320,11 +321,10 @@ def layer_similarity(
         if not wanted:
             raise ConfigError(f"no layer to compare for model {name}")
         model.to(device)
-        feats = extract_pooled_features(model, images, mean, std, layers=wanted,
-                                        budget=pool_budget if pool_budget is not None else sys.maxsize,
-                                        batch_size=batch_size, device=device, description=f"{name}: features",
-                                        show_progress=show_progress,
-                                        precision=precision[name] if isinstance(precision, Mapping) else precision)
+        reader = FeatureOptions(mean, std, device=device, batch_size=batch_size, show_progress=show_progress,
+                                precision=precision[name] if isinstance(precision, Mapping) else precision)
+        feats = extract_pooled_features(model, images, reader, layers=wanted, description=f"{name}: features",
+                                        budget=pool_budget if pool_budget is not None else sys.maxsize)
         for layer in wanted:
             x = feats.pop(layer)
             dims[(name, layer)] = int(x.shape[1])

@@ -343,6 +343,7 @@ def ensembles_for_runs(
     from deepcluster.core.precision import run_precision
     from deepcluster.data.splits import load_split, normalization
     from deepcluster.evaluate.pooling import extract_pooled_features
+    from deepcluster.features import FeatureOptions
     from deepcluster.interpret.lce import read_lce_groups
 
     log = log or (lambda m: None)
@@ -376,10 +377,11 @@ def ensembles_for_runs(
     for r in loaded:
         lay = layer or default_layer(r.model)
         r.model.to(dev)
-        kw = {"layers": [lay], "budget": r.cfg.eval.pool_budget, "batch_size": r.cfg.feature_batch_size,
-              "device": dev, "show_progress": show_progress, "precision": run_precision(r.cfg, dev)}
-        ftr = extract_pooled_features(r.model, xtr_img, *stats, description=f"{r.name}: train features", **kw)[lay]
-        fte = extract_pooled_features(r.model, xte_img, *stats, description=f"{r.name}: test features", **kw)[lay]
+        reader = FeatureOptions(*stats, device=dev, precision=run_precision(r.cfg, dev),
+                                batch_size=r.cfg.feature_batch_size, show_progress=show_progress)
+        kw = {"layers": [lay], "budget": r.cfg.eval.pool_budget}
+        ftr = extract_pooled_features(r.model, xtr_img, reader, description=f"{r.name}: train features", **kw)[lay]
+        fte = extract_pooled_features(r.model, xte_img, reader, description=f"{r.name}: test features", **kw)[lay]
         probes[r.name] = probe_probabilities(ftr, ytr, fte, yte, n_classes=n_classes,
                                              weight_decay=r.cfg.eval.probe_weight_decay,
                                              max_iter=r.cfg.eval.probe_max_iter, seed=r.cfg.seed)

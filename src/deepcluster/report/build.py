@@ -22,6 +22,7 @@ from deepcluster.core.config import config_to_dict
 from deepcluster.core.errors import ConfigError
 from deepcluster.core.files import write_text
 from deepcluster.core.precision import run_precision
+from deepcluster.features import FeatureOptions
 from deepcluster.report.config import ReportConfig
 from deepcluster.report.html import Page, Section
 
@@ -40,13 +41,13 @@ class _Run:
     labels: np.ndarray | None
     classes: list[str] | None
     index: np.ndarray  # sample → position in the run's training set
-    stats: tuple[tuple[float, ...], tuple[float, ...]]
+    reader: FeatureOptions  # how the run's networks read the images (normalisation, device, precision)
     metrics: list[dict[str, Any]]
     assignments: dict[int, np.ndarray]  # cycle → full assignment
     features: dict[str, np.ndarray] | None = None  # clustering features of the sample, per model
 
 
-def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device) -> _Run:
+def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device, show_progress: bool) -> _Run:
     from deepcluster.data.splits import load_split, normalization
     from deepcluster.runs import RunFolder
 
@@ -67,7 +68,9 @@ def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device) -
                               "the dataset changed since training; point data.root at the original images")
     return _Run(name=name, path=run.path, cfg=cfg, models=models, images=sub.images_tensor(),
                 labels=None if data.labels is None else data.labels[index], classes=data.classes,
-                index=index, stats=normalization(cfg, data.channels), metrics=run.metrics(), assignments=assignments)
+                index=index, metrics=run.metrics(), assignments=assignments,
+                reader=FeatureOptions(*normalization(cfg, data.channels), device=device, show_progress=show_progress,
+                                      precision=run_precision(cfg, device), batch_size=cfg.feature_batch_size))
 
 
 def _label(model_name: str, rcfg: ReportConfig) -> str:
@@ -121,7 +124,7 @@ def build_report(
     loaded = []
     for p, name in zip(paths, names):
         log(f"loading {p}")
-        loaded.append(_load_run(p, name, rcfg, dev))
+        loaded.append(_load_run(p, name, rcfg, dev, show_progress))
     fig_dir.mkdir(parents=True, exist_ok=True)
 
     page = Page(
@@ -250,12 +253,8 @@ def _features(ctx: _Context, r: _Run) -> dict[str, np.ndarray]:
     if r.features is None:
         from deepcluster.features import extract_features
 
-        r.features = {
-            m: extract_features(model, r.images, *r.stats, batch_size=r.cfg.feature_batch_size, device=ctx.device,
-                                precision=run_precision(r.cfg, ctx.device),
-                                description=f"{r.name} {m}: features", show_progress=ctx.show_progress)["embed"]
-            for m, model in r.models.items()
-        }
+        r.features = {m: extract_features(model, r.images, r.reader, description=f"{r.name} {m}: features")["embed"]
+                      for m, model in r.models.items()}
     return r.features
 
 
@@ -316,8 +315,8 @@ def _top_images(ctx: _Context, runs: list[_Run]) -> None:
     for r in runs:
         for m, model in r.models.items():
             layer = rc.activation_layer or _default_layer(model)
-            idx, vals = top_activating(model, r.images, *r.stats, layer, units=list(range(min(rc.units, _layer_width(model, layer)))),
-                                       n=9, show_progress=ctx.show_progress, precision=run_precision(r.cfg, ctx.device))
+            idx, vals = top_activating(model, r.images, *r.reader.stats, layer, units=list(range(min(rc.units, _layer_width(model, layer)))),
+                                       n=9, show_progress=ctx.show_progress, precision=r.reader.precision)
             title = f"{r.name}: {_label(m, rc)}, layer {layer}"
             path = plot_top_activations(r.images, idx, ctx.png(f"top9_{r.name}_{m}"), values=vals, title=title)
             ctx.figure(sec, path, title + ".")
@@ -353,8 +352,8 @@ def _ascent(ctx: _Context, runs: list[_Run]) -> None:
         for m, model in r.models.items():
             layer = rc.activation_layer or _default_layer(model)
             channels = list(range(min(rc.ascent_channels, _layer_width(model, layer))))
-            imgs = visualize_channels(model, layer, channels, input_shape=tuple(r.images.shape[1:]), mean=r.stats[0],
-                                      std=r.stats[1], steps=rc.ascent_steps, seed=rc.seed,
+            imgs = visualize_channels(model, layer, channels, input_shape=tuple(r.images.shape[1:]), mean=r.reader.mean,
+                                      std=r.reader.std, steps=rc.ascent_steps, seed=rc.seed,
                                       show_progress=ctx.show_progress)
             title = f"{r.name}: {_label(m, rc)}, layer {layer}"
             path = plot_channel_visualizations(imgs, ctx.png(f"ascent_{r.name}_{m}"), channels=channels, title=title)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,28 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+@dataclass(frozen=True)
+class Ascent:
+    """How the gradient ascent of :func:`visualize_channels` is regularised.
+
+    Attributes
+    ----------
+    lr : float
+        Adam learning rate, in normalised input units.
+    l2 : float
+        Weight of the L2 penalty on the (normalised) image.
+    blur_every : int
+        Blur period in steps; 0 disables the blur.
+    blur_sigma : float
+        Standard deviation of the blur in pixels; 0 disables it.
+    """
+
+    lr: float = 0.05
+    l2: float = 1e-4
+    blur_every: int = 4
+    blur_sigma: float = 0.5
+
+
 def visualize_channels(
     model: nn.Module,
     layer: str,
@@ -152,18 +175,16 @@ def visualize_channels(
     mean: Sequence[float],
     std: Sequence[float],
     steps: int = 200,
-    lr: float = 0.05,
-    l2: float = 1e-4,
-    blur_every: int = 4,
-    blur_sigma: float = 0.5,
     seed: int = 0,
+    regularisation: Ascent | None = None,
     show_progress: bool = False,
 ) -> np.ndarray:
     """Images maximising the mean activation of channels of a layer, by gradient ascent on the input.
 
     Each image starts as small Gaussian noise (std 0.01, drawn from ``seed``) in normalised input
-    space and takes ``steps`` Adam steps on ``-activation + l2 · ||x||²``; every ``blur_every``
-    steps it is blurred (Gaussian, ``blur_sigma`` px), and after every step clipped to the range of
+    space and takes ``steps`` Adam steps (learning rate ``lr``) on ``-activation + l2 · ||x||²``;
+    every ``blur_every`` steps it is blurred (Gaussian, ``blur_sigma`` px) -- the settings of
+    :class:`Ascent` -- and after every step clipped to the range of
     valid pixels. During the first :data:`REDIRECT_STEPS` steps the gradient of every ``nn.ReLU``
     is redirected where it would be all zero (Lucid's redirected ReLU), so that units that are off
     on the starting noise still move. The model runs in eval mode with frozen weights, its mode and the weights'
@@ -184,16 +205,10 @@ def visualize_channels(
         Per-channel normalisation statistics of the input (as in training).
     steps : int
         Optimisation steps (0 returns the starting noise).
-    lr : float
-        Adam learning rate, in normalised input units.
-    l2 : float
-        Weight of the L2 penalty on the (normalised) image.
-    blur_every : int
-        Blur period in steps; 0 disables the blur.
-    blur_sigma : float
-        Standard deviation of the blur in pixels; 0 disables it.
     seed : int
         Seed of the starting noise.
+    regularisation : Ascent, optional
+        Learning rate, L2 weight and blur (default :class:`Ascent`'s).
     show_progress : bool
         Show a progress bar.
 
@@ -209,6 +224,8 @@ def visualize_channels(
         shape, statistics or optimisation settings.
     """
     check_layer(model, layer)
+    reg = regularisation or Ascent()
+    lr, l2, blur_every, blur_sigma = reg.lr, reg.l2, reg.blur_every, reg.blur_sigma
     chans = [int(c) for c in channels]
     if not chans:
         raise ConfigError("channels must name at least one channel to visualise")

@@ -1,4 +1,4 @@
-"""One DeepCluster cycle, as in Caron et al.'s Algorithm 1.
+"""One DeepCluster cycle, as in Caron et al.'s Algorithm 1: :func:`run_cycle`.
 
     for each cycle:
         features  <- f_theta(x) for every image            (eval mode, no augmentation)
@@ -8,12 +8,16 @@
         train f_theta + top layer for one epoch on (x, pseudo),
               sampling uniformly over clusters, with augmentation
 
-Everything around it (checkpoints, logging, resuming) lives in :mod:`deepcluster.train.runner`.
+With ``pool_subset`` each cycle clusters and trains on a fresh sample of the pool (Algorithm 2).
+Everything around the cycle (seeding, processes, checkpoints, logging, resuming) lives in
+:mod:`deepcluster.train.runner`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,31 +25,113 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster.cluster import ClusterStep, preprocess_and_cluster
+from deepcluster.cluster import ClusterResult, ClusterStep, preprocess_and_cluster
 from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig
-from deepcluster.core.device import to_device
 from deepcluster.core.errors import TrainingError
-from deepcluster.core.precision import FP32, Precision
 from deepcluster.core.progress import progress_bar
-from deepcluster.data.base import TensorImageDataset
-from deepcluster.data.source import ImageSource, default_memory_budget
-from deepcluster.data.transforms import normalize
-from deepcluster.features import iter_features
+from deepcluster.data.source import ImageSource, as_source, memory_budget
+from deepcluster.features import FeatureOptions, iter_features
+from deepcluster.models import DeepClusterNet
 from deepcluster.train.augment import apply_crop_flip, crop_flip_params
 from deepcluster.train.sampler import UniformClusterSampler
+
+__all__ = ["CycleTargets", "cluster_step", "cluster_targets", "cycle_seed", "make_optimizer", "make_top_optimizer",
+           "pool_sample", "run_cycle", "train_epoch"]
+
+
+@dataclass
+class CycleTargets:
+    """What one cycle trains on: one target per image, and how they were obtained."""
+
+    assignments: np.ndarray  # one per image of the pool; -1 for those outside the cycle's sample
+    k: int
+    clustered: bool  # False: halted clustering (kept pseudo-labels) or the supervised labels
+    result: ClusterResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    pca_dim: int | None = None
+    positions: np.ndarray | None = None  # Algorithm 2: the images of the cycle's sample (None: all)
+
+
+@dataclass
+class CycleOutcome:
+    """What :func:`run_cycle` gives the runner to record: the targets and the epoch's loss and accuracy."""
+
+    targets: CycleTargets
+    epoch: dict[str, Any]  # loss, train_acc of the cycle's last epoch
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase: features, pca, clustering (when clustered), training."""
+        return self.targets.seconds
+
+
+def run_cycle(
+    model: DeepClusterNet,
+    source: ImageSource,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    reader: FeatureOptions,
+    *,
+    cycle: int,
+    generator: torch.Generator,
+    kept: CycleTargets | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> CycleOutcome:
+    """One cycle of DeepCluster: cluster, a new top layer and its optimiser, one sampled epoch.
+
+    ``kept`` trains on fixed targets instead of clustering (halted clustering, the supervised
+    baseline): their top layer is the model's own. ``wrap`` puts the network under
+    DistributedDataParallel once its new top layer exists.
+    """
+    seed = cycle_seed(cfg.seed, cycle)
+    if kept is None:
+        targets = cluster_targets(model, source, cfg, reader, seed)  # features → PCA/L2 → k-means
+        model.reset_top_layer(targets.k, generator=generator)  # a new top layer ...
+    else:
+        targets = kept
+    model.top_layer.to(reader.device)
+    top_optimizer = make_top_optimizer(model, cfg)  # ... with its own fresh SGD
+    net = model if wrap is None else wrap(model)
+    t = time.perf_counter()
+    for epoch in range(cfg.epochs_per_cycle):  # uniform over clusters, augmented
+        stats = train_epoch(net, source, targets.assignments, optimizer, top_optimizer, cfg, reader,
+                            generator=generator, sampler_seed=seed + epoch, positions=targets.positions)
+    targets.seconds["training"] = time.perf_counter() - t
+    return CycleOutcome(targets=targets, epoch=stats)
+
+
+def cluster_targets(model: nn.Module, source: ImageSource, cfg: TrainConfig, reader: FeatureOptions,
+                    seed: int) -> CycleTargets:
+    """The clusters of a cycle's images (all of them, or Algorithm 2's sample drawn by ``seed``),
+    as one assignment per image of the pool (-1 outside the sample)."""
+    positions = pool_sample(len(source), cfg.pool_subset, seed)
+    step = cluster_step(model, source if positions is None else source.subset(positions), cfg, reader, seed=seed)
+    assignments = step.result.assignments
+    if positions is not None:
+        assignments = np.full(len(source), -1, dtype=np.int64)
+        assignments[positions] = step.result.assignments
+    return CycleTargets(assignments=assignments, k=step.result.k, clustered=True, result=step.result,
+                        seconds=step.seconds, pca_dim=step.pca_dim if cfg.pca_dim is not None else None,
+                        positions=positions)
+
+
+def pool_sample(n: int, size: int | None, seed: int) -> np.ndarray | None:
+    """Caron's Algorithm 2: the sorted positions of the ``size`` images a cycle clusters and trains
+    on, drawn from the pool of ``n`` by ``seed`` (the cycle's seed, so a resumed run draws the same);
+    None for every image."""
+    if size is None or size >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
 def cluster_step(
     model: nn.Module,
     images: torch.Tensor | ImageSource,
     cfg: TrainConfig,
-    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    reader: FeatureOptions,
     *,
-    device: torch.device,
     seed: int,
-    show_progress: bool = True,
-    precision: Precision = FP32,
 ) -> ClusterStep:
     """Features of the whole dataset → PCA-whitening + L2 → clusters.
 
@@ -56,18 +142,15 @@ def cluster_step(
     (``data.memory_budget_mb``), the network makes a second pass (the first fits the PCA) and only
     N × pca_dim floats are ever held.
     """
-    times: dict[str, float] = {}
     world = distributed.world()
-    source = images if isinstance(images, ImageSource) else ImageSource(TensorImageDataset("images", images))
+    source = as_source(images)
     mine = distributed.shard(len(source), world)
     layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
-
     spent = [0.0]  # seconds in the network's forward passes
 
     def chunks():
-        parts = iter_features(model, source.view(mine.start, mine.stop), *stats, layers=layers,
-                              batch_size=cfg.feature_batch_size, device=device, description="features",
-                              show_progress=show_progress, precision=precision)
+        parts = iter_features(model, source.view(mine.start, mine.stop), reader, layers=layers,
+                              description="features")
         while True:
             t0 = time.perf_counter()
             part = next(parts, None)
@@ -76,11 +159,10 @@ def cluster_step(
                 return
             yield next(iter(part.values()))
 
-    budget = cfg.data.memory_budget_mb * 2**20 if cfg.data.memory_budget_mb is not None else default_memory_budget()
-    step = preprocess_and_cluster(chunks, cfg, seed=seed, sharded=world.distributed, hold_bytes=budget)
+    step = preprocess_and_cluster(chunks, cfg, seed=seed, sharded=world.distributed,
+                                  hold_bytes=memory_budget(cfg.data.memory_budget_mb))
     step.seconds["pca"] -= spent[0]
-    times["features"] = spent[0]
-    step.seconds = {**times, **step.seconds}
+    step.seconds = {"features": spent[0], **step.seconds}
     return step
 
 
@@ -91,22 +173,20 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     top_optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
-    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    reader: FeatureOptions,
     *,
-    device: torch.device,
     generator: torch.Generator,
     sampler_seed: int,
-    show_progress: bool = True,
-    precision: Precision = FP32,
     positions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One epoch on the pseudo-labels, sampling uniformly over clusters; returns loss and accuracy.
 
     ``pseudo_labels`` holds one target per image of ``images``; with ``positions`` (a cycle's
-    sample of the pool, Caron's Algorithm 2) only those images are trained on.
+    sample of the pool, Caron's Algorithm 2) only those images are trained on. Images are
+    normalised, placed and cast as ``reader`` says.
 
-    The forward (and the loss) run under ``precision.autocast()``; weights, gradients and the
-    optimisers' state stay fp32.
+    The forward (and the loss) run under ``reader.precision.autocast()``; weights, gradients and
+    the optimisers' state stay fp32.
     """
     model.train()
     world = distributed.world()
@@ -118,17 +198,18 @@ def train_epoch(
     aug = cfg.data.augment
     augment = aug.random_resized_crop or aug.hflip
     total_loss, correct, seen = 0.0, 0, 0
-    source = images if isinstance(images, ImageSource) else ImageSource(TensorImageDataset("images", images))
+    source = as_source(images)
     batches = list(sampler.batches(cfg.batch_size))
     if positions is not None:  # a cycle's sample of the pool: the sampler's indices are positions in it
         batches = [torch.from_numpy(positions[idx.numpy()]) for idx in batches]
     # Every process draws the whole batch's augmentation and takes its own share of the rows:
     # together they take exactly the steps of a single process.
     shares = [idx[distributed.shard(len(idx), world)] for idx in batches]
-    with progress_bar("training", total=len(sampler), enabled=show_progress) as advance:
+    device, precision = reader.device, reader.precision
+    with progress_bar("training", total=len(sampler), enabled=reader.show_progress) as advance:
         for idx, share, raw in zip(batches, shares, source.batches(shares)):
             mine = distributed.shard(len(idx), world)
-            x = normalize(to_device(raw, device), *stats)
+            x = reader.prepare(raw)
             if augment:
                 theta = crop_flip_params(len(idx), crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0),
                                          hflip=aug.hflip, generator=generator)

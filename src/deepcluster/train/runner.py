@@ -1,9 +1,11 @@
 """Runs DeepCluster cycles into a run folder: checkpoints, metrics, TensorBoard, resume.
 
-:func:`train` reads like the main loop of FAIR's ``main.py``: for each cycle, the targets of the
-cycle (:func:`cycle_targets`: clusters of the network's features, or the kept ones once
-clustering is halted, or the labels for the supervised baseline), an epoch of training on them,
-then the record of the cycle. :func:`prepare_run` builds (or restores) everything the loop needs.
+:func:`train` validates and prepares the run (:func:`prepare_run`, new or resumed), then, for each
+cycle, seeds everything from ``(seed, cycle)``, runs the cycle itself
+(:func:`deepcluster.train.cycle.run_cycle`, Caron's Algorithm 1) on fresh clusters -- or on the
+kept pseudo-labels once clustering is halted, or the labels of the supervised baseline
+(:func:`kept_targets`) -- and records it: ``metrics.jsonl``, assignments, checkpoints, TensorBoard.
+Processes, DDP and BatchNorm statistics under torchrun are handled here too, around the cycle.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import inspect
 import json
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +23,22 @@ import numpy as np
 import torch
 
 from deepcluster import __version__
-from deepcluster.cluster import ClusterResult, ari, cluster_size_summary, clustering_accuracy, nmi
+from deepcluster.cluster import ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig
-from deepcluster.core.device import resolve_device
 from deepcluster.core.errors import ClusteringError, ConfigError, DataError, TrainingError
 from deepcluster.core.files import append_jsonl, save_npy, torch_save, write_json, write_text
-from deepcluster.core.precision import Precision, run_precision
 from deepcluster.data import ImageDataset
-from deepcluster.data.source import ImageSource, choose_source
-from deepcluster.data.splits import load_train_data, normalization
+from deepcluster.data.source import ImageSource
+from deepcluster.data.splits import load_train_data
+from deepcluster.environment import RunEnv
+from deepcluster.features import FeatureOptions
 from deepcluster.models import DeepClusterNet
 from deepcluster.models.sync_batchnorm import convert_sync_batchnorm
 from deepcluster.runs import RunFolder, build_network, check_output_folder
-from deepcluster.train.cycle import cluster_step, cycle_seed, make_optimizer, make_top_optimizer, train_epoch
+from deepcluster.train.cycle import CycleTargets, cycle_seed, make_optimizer, run_cycle
 
-__all__ = ["CycleTargets", "RunState", "check_resumable", "cycle_targets", "pool_sample", "prepare_run", "train"]
+__all__ = ["RunState", "check_resumable", "kept_targets", "prepare_run", "train"]
 
 CycleCallback = Callable[[dict[str, Any]], None]
 
@@ -50,9 +51,8 @@ class RunState:
     cfg: TrainConfig
     data: ImageDataset
     source: ImageSource  # the pool's images: in memory, or streamed through DataLoader workers
-    stats: tuple[tuple[float, ...], tuple[float, ...]]
-    device: torch.device
-    precision: Precision
+    env: RunEnv  # threads, this rank's device, precision
+    reader: FeatureOptions  # how the network reads the images: normalisation, device, precision
     model: DeepClusterNet
     optimizer: torch.optim.Optimizer
     start_cycle: int
@@ -69,19 +69,6 @@ class RunState:
     @property
     def input_size(self) -> int:
         return self.source.size
-
-
-@dataclass
-class CycleTargets:
-    """What one cycle trains on: one target per image, and how they were obtained."""
-
-    assignments: np.ndarray  # one per image of the pool; -1 for those outside the cycle's sample
-    k: int
-    clustered: bool  # False: halted clustering (kept pseudo-labels) or the supervised labels
-    result: ClusterResult | None = None
-    seconds: dict[str, float] | None = None
-    pca_dim: int | None = None
-    positions: np.ndarray | None = None  # Algorithm 2: the images of the cycle's sample (None: all)
 
 
 def train(
@@ -123,43 +110,29 @@ def train(
     # One trainer per folder, and one writer per run: rank 0 locks and writes, the other ranks
     # never touch the folder. Everything below is validated before the first write.
     with run.lock() if world.is_main else contextlib.nullcontext():
-        state = prepare_run(cfg, out, resume=resume, init_ia=init_ia)
+        state = prepare_run(cfg, out, resume=resume, init_ia=init_ia, show_progress=show_progress and world.is_main)
         if world.is_main:
             if resume:
                 _restore(state)
             else:
                 _create(state)
-        _train_cycles(state, show_progress=show_progress and world.is_main, on_cycle=on_cycle, stop_after=stop_after)
+        _train_cycles(state, on_cycle=on_cycle, stop_after=stop_after)
     return run
 
 
-def _train_cycles(state: RunState, *, show_progress: bool, on_cycle: CycleCallback | None,
-                  stop_after: int | None) -> None:
+def _train_cycles(state: RunState, *, on_cycle: CycleCallback | None, stop_after: int | None) -> None:
     cfg, model, world = state.cfg, state.model, distributed.world()
-    cycles_done = 0
+    wrap = (lambda net: _wrap(state)) if world.distributed else None  # the new top layer is wrapped afresh
     with contextlib.closing(_TensorBoard(state.run, purge_step=state.start_cycle)) as board:
-        for cycle in range(state.start_cycle, cfg.cycles + 1):
-            seed = cycle_seed(cfg.seed, cycle)
-            generator = _seed_everything(seed)
-            previous = state.assignments
-            sent = distributed.bytes_sent() + state.ddp_bytes[0]
-            targets = cycle_targets(state, cycle, generator, show_progress=show_progress)
-
-            top_optimizer = make_top_optimizer(model, cfg)
-            net = _wrap(state) if world.distributed else model  # the new top layer is wrapped afresh
-            t = time.perf_counter()
-            for epoch in range(cfg.epochs_per_cycle):
-                epoch_stats = train_epoch(
-                    net, state.source, targets.assignments, state.optimizer, top_optimizer, cfg, state.stats,
-                    device=state.device, generator=generator, sampler_seed=seed + epoch, show_progress=show_progress,
-                    precision=state.precision, positions=targets.positions,
-                )
+        for done, cycle in enumerate(range(state.start_cycle, cfg.cycles + 1), start=1):
+            generator = _seed_everything(cycle_seed(cfg.seed, cycle))
+            previous, sent = state.assignments, distributed.bytes_sent() + state.ddp_bytes[0]
+            outcome = run_cycle(model, state.source, state.optimizer, cfg, state.reader, cycle=cycle,
+                                generator=generator, kept=kept_targets(state, cycle, generator), wrap=wrap)
             if world.distributed and not cfg.distributed.sync_batchnorm:
                 _broadcast_buffers(model)  # rank 0's BatchNorm statistics: what it checkpoints
-            seconds = {**(targets.seconds or {}), "training": time.perf_counter() - t}
-
-            state.assignments = targets.assignments
-            record = cycle_record(state, cycle, targets, previous, epoch_stats, seconds)
+            state.assignments = outcome.targets.assignments
+            record = cycle_record(state, cycle, outcome.targets, previous, outcome.epoch, outcome.seconds)
             if world.distributed:
                 record["world_size"] = world.size
                 record["bytes_sent"] = distributed.bytes_sent() + state.ddp_bytes[0] - sent
@@ -168,9 +141,7 @@ def _train_cycles(state: RunState, *, show_progress: bool, on_cycle: CycleCallba
                 board.log(record)
                 if on_cycle is not None:
                     on_cycle(record)
-            del net
-            cycles_done += 1
-            if stop_after is not None and cycles_done >= stop_after:
+            if stop_after is not None and done >= stop_after:
                 break
 
 
@@ -179,7 +150,7 @@ def _wrap(state: RunState) -> torch.nn.Module:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
-    dev = state.device
+    dev = state.env.device
     sync = not state.cfg.distributed.sync_batchnorm  # BatchNorm statistics of rank 0 at each forward
     sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else "broadcast_buffers")
@@ -204,7 +175,7 @@ def _broadcast_buffers(model: torch.nn.Module) -> None:
 
 
 def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
-                init_ia: dict[str, Any] | None = None) -> RunState:
+                init_ia: dict[str, Any] | None = None, show_progress: bool = True) -> RunState:
     """Everything the loop needs, new or resumed (the checkpoint and metrics of a resumed run are
     read first), validated before anything is written: :func:`train` then writes the folder."""
     if cfg.best_ia_candidates() and cfg.init_seed is None and not resume:
@@ -219,18 +190,10 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         kept_metrics = [r for r in run.metrics() if r.get("cycle", 0) <= done]
     if resume and world.distributed:  # only rank 0 reads the folder: the others get the checkpoint
         checkpoint = distributed.broadcast_object(checkpoint)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
-    precision = run_precision(cfg, device)
-
+    env = RunEnv.from_config(cfg, show_progress=show_progress)
     data = load_train_data(cfg)
-    source = choose_source(data, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers,
-                           pin=device.type == "cuda")
-    in_channels, input_size = source.channels, source.size
-    model = build_network(cfg, in_channels, input_size).to(device)
+    source = env.source(data)
+    model = build_network(cfg, source.channels, source.size).to(env.device)
     if world.distributed:
         _check_world(cfg, world, len(data))
     if world.is_main:  # the same verdict for every rank: rank 0 says it once, torchrun stops the others
@@ -239,9 +202,9 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         model = convert_sync_batchnorm(model)
     # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
     optimizer = make_optimizer(model, cfg)
-    state = RunState(run=run, cfg=cfg, data=data, source=source, stats=normalization(cfg, in_channels),
-                     device=device, precision=precision, model=model, optimizer=optimizer, start_cycle=1, assignments=None,
-                     top_state=None, init_ia=init_ia, kept_metrics=kept_metrics, ddp_bytes=[0])
+    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env, reader=env.features(source.channels),
+                     model=model, optimizer=optimizer, start_cycle=1, assignments=None, top_state=None,
+                     init_ia=init_ia, kept_metrics=kept_metrics, ddp_bytes=[0])
     if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
         if len(checkpoint["assignments"]) != len(data):
             raise TrainingError(f"{run.checkpoint_path} holds {len(checkpoint['assignments'])} assignments but the "
@@ -302,42 +265,20 @@ def _restore(state: RunState) -> None:
     write_text(state.run.metrics_path, "".join(json.dumps(r) + "\n" for r in state.kept_metrics))
 
 
-def cycle_targets(state: RunState, cycle: int, generator: torch.Generator, *, show_progress: bool = True) -> CycleTargets:
-    """The targets of ``cycle``: fresh clusters with a new top layer (Caron), the kept pseudo-labels
-    once clustering is halted (Deep Dive §4.2), or the labels (``supervised``)."""
+def kept_targets(state: RunState, cycle: int, generator: torch.Generator) -> CycleTargets | None:
+    """The fixed targets of ``cycle`` -- the labels (``supervised``), or the kept pseudo-labels once
+    clustering is halted (Deep Dive §4.2) -- or None: the cycle clusters afresh (Caron).
+
+    Fixed targets are trained with one classifier throughout: built (and restored from the
+    checkpoint on the first cycle of a resumed run) when the model has none.
+    """
     cfg = state.cfg
     if cfg.supervised:
-        return _keep_targets(state, np.asarray(state.data.labels, dtype=np.int64), generator)
-    halted = cfg.halt_clustering_after is not None and cycle > cfg.halt_clustering_after
-    if halted and state.assignments is not None:
-        return _keep_targets(state, state.assignments, generator)
-    positions = pool_sample(len(state.source), cfg.pool_subset, cycle_seed(cfg.seed, cycle))
-    source = state.source if positions is None else state.source.subset(positions)
-    step = cluster_step(state.model, source, cfg, state.stats, device=state.device,
-                        seed=cycle_seed(cfg.seed, cycle), show_progress=show_progress, precision=state.precision)
-    state.model.reset_top_layer(step.result.k, generator=generator)
-    state.model.top_layer.to(state.device)
-    assignments = step.result.assignments
-    if positions is not None:  # one per image of the pool, -1 outside the sample
-        assignments = np.full(len(state.source), -1, dtype=np.int64)
-        assignments[positions] = step.result.assignments
-    return CycleTargets(assignments=assignments, k=step.result.k, clustered=True, result=step.result,
-                        seconds=step.seconds, pca_dim=step.pca_dim if cfg.pca_dim is not None else None,
-                        positions=positions)
-
-
-def pool_sample(n: int, size: int | None, seed: int) -> np.ndarray | None:
-    """Caron's Algorithm 2: the sorted positions of the ``size`` images a cycle clusters and trains
-    on, drawn from the pool of ``n`` by ``seed`` (the cycle's seed, so a resumed run draws the same);
-    None for every image."""
-    if size is None or size >= n:
+        assignments = np.asarray(state.data.labels, dtype=np.int64)
+    elif cfg.halt_clustering_after is not None and cycle > cfg.halt_clustering_after and state.assignments is not None:
+        assignments = state.assignments
+    else:
         return None
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-def _keep_targets(state: RunState, assignments: np.ndarray, generator: torch.Generator) -> CycleTargets:
-    """Targets that do not change between cycles, trained with one classifier throughout (restored
-    from the checkpoint on the first cycle of a resumed run)."""
     k = int(assignments.max()) + 1
     sampled = assignments >= 0  # halted after an Algorithm 2 cycle: the same sample again
     model = state.model
@@ -345,8 +286,7 @@ def _keep_targets(state: RunState, assignments: np.ndarray, generator: torch.Gen
         model.reset_top_layer(k, generator=generator)
         if state.top_state is not None and state.top_state["weight"].shape[0] == k:
             model.top_layer.load_state_dict(state.top_state)
-        model.top_layer.to(state.device)
-    return CycleTargets(assignments=assignments, k=k, clustered=False, seconds={},
+    return CycleTargets(assignments=assignments, k=k, clustered=False,
                         positions=None if sampled.all() else np.flatnonzero(sampled))
 
 
@@ -378,7 +318,7 @@ def cycle_record(state: RunState, cycle: int, targets: CycleTargets, previous: n
     record["cluster_sizes"] = cluster_size_summary(np.bincount(assignments[mask], minlength=targets.k))
     record["n_resplit"] = int(targets.result.n_resplit) if targets.result is not None else 0
     record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    record["precision"] = state.precision.label
+    record["precision"] = state.env.precision.label
     record["images"] = state.source.label
     return record
 
