@@ -1,7 +1,8 @@
 """Training's clustering of a feature matrix: PCA-whitening + L2, then k-means or PIC.
 
 Training (each cycle) and Initial Alignment (cycle 1 of many random networks) both call
-:func:`preprocess_and_cluster`, so IA sees exactly what the first cycle of a run clusters.
+:func:`preprocess_and_cluster`, so IA sees exactly what the first cycle of a run clusters. Its
+``n_init`` restarts k-means from several seeds on the one fitted PCA and keeps the lowest loss.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from deepcluster.cluster._checks import check_int
 from deepcluster.cluster.dispatch import cluster_features
 from deepcluster.cluster.preprocess import Preprocessor
 from deepcluster.cluster.result import ClusterResult
@@ -33,7 +35,8 @@ class ClusterStep:
 
 
 def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], cfg: TrainConfig, *, seed: int,
-                           k: int | None = None, sharded: bool = False, hold_bytes: int | None = None) -> ClusterStep:
+                           k: int | None = None, sharded: bool = False, hold_bytes: int | None = None,
+                           n_init: int = 1) -> ClusterStep:
     """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
 
     Parameters
@@ -46,7 +49,7 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
     cfg : TrainConfig
         ``pca_dim``, ``whiten``, ``clustering``, ``k``, ``kmeans_iters`` and ``fit_fraction``.
     seed : int
-        Seed of the clustering.
+        Seed of the clustering (of its first run, with ``n_init``).
     k : int, optional
         Number of clusters (default ``cfg.k``).
     sharded : bool
@@ -56,7 +59,13 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
         With a callable ``x``: the full-width chunks of the first pass are kept (and reduced
         without a second pass) while they take at most this many bytes; beyond, the first pass
         only fits the PCA and the callable is called again for the rows to reduce. None: no limit.
+    n_init : int
+        k-means restarts: the PCA is fitted once, then k-means runs with the seeds ``seed``,
+        ``seed + 1``, ..., ``seed + n_init - 1`` and the result of lowest ``loss`` is kept (on a
+        tie, the first). 1 (the default) is training's single run. PIC, which has no loss, runs
+        once whatever ``n_init``.
     """
+    n_init = check_int(n_init, "n_init", 1)
     times: dict[str, float] = {}
     t = time.perf_counter()
     if cfg.cluster_relu:  # the ablation of clustering after the last ReLU
@@ -69,12 +78,19 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
     times["pca"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    result = cluster_features(
-        x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
-        sharded=sharded, device=_kmeans_device(cfg),
-    )
+    runs = n_init if cfg.clustering == "kmeans" else 1
+    result = _lowest_loss(x, cfg, k or cfg.k, seeds=range(seed, seed + runs), sharded=sharded)
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
+
+
+def _lowest_loss(x: np.ndarray, cfg: TrainConfig, k: int, *, seeds: range, sharded: bool) -> ClusterResult:
+    """The clustering of ``x`` of lowest loss among one run per seed (on a tie, the first)."""
+    device = _kmeans_device(cfg)
+    runs = (cluster_features(x, cfg.clustering, k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
+                             sharded=sharded, device=device)
+            for seed in seeds)
+    return min(runs, key=lambda r: r.loss)  # holds only the best run so far
 
 
 def _relu_chunks(chunks: Callable[[], Iterable[np.ndarray]]) -> Callable[[], Iterator[np.ndarray]]:
