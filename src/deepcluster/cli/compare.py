@@ -18,6 +18,11 @@ from rich.table import Table
 from deepcluster.cli._common import QuietOption, csv_option, err_console, out_console, user_errors
 
 
+def _say(msg: str) -> None:
+    """One plain line on stdout (no markup, no highlighting)."""
+    out_console.print(msg, highlight=False, soft_wrap=True, markup=False)
+
+
 def _num(v: float, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
@@ -30,9 +35,6 @@ def run_lce(names: list[str], files: list[Path], out: Path, *, performance: Path
     import warnings
 
     from deepcluster.interpret.lce import DissectProfile, learned_concepts_embedding, profile_matrix, write_lce_outputs
-
-    def say(msg: str) -> None:
-        out_console.print(msg, highlight=False, soft_wrap=True, markup=False)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # printed below
@@ -71,139 +73,139 @@ def run_lce(names: list[str], files: list[Path], out: Path, *, performance: Path
     out_console.print(corr)
     total = float(sum(res.explained_variance_ratio))
     how = f"{res.group_method}" + (f", silhouette {max(res.silhouettes.values()):.2f}" if res.silhouettes else "")
-    say(f"{len(res.axes)} components explain {100 * total:.1f}% of the variance; "
+    _say(f"{len(res.axes)} components explain {100 * total:.1f}% of the variance; "
         f"{len(set(res.groups))} group(s) ({how})")
-    say(f"wrote {out}: " + ", ".join(paths))
+    _say(f"wrote {out}: " + ", ".join(paths))
+
+
+@user_errors
+def lce(
+    tallies: Annotated[list[Path], typer.Argument(help="tally.csv files (NetDissect format), or folders holding one; one per model.")],
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per input, in order (default: the folder names).")] = None,
+    performance: Annotated[Path | None, typer.Option("--performance", "-p", help="CSV of downstream results: a 'model' column and numeric columns, correlated with the LCE axes.")] = None,
+    groups: Annotated[int | None, typer.Option("--groups", "-g", min=1, help="Number of model groups (default: chosen by silhouette).")] = None,
+    components: Annotated[int, typer.Option("--components", min=1, help="PCA components kept.")] = 3,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="IoU a unit needs to count as labelled.")] = 0.04,
+    method: Annotated[str, typer.Option(help="Grouping: kmeans or agglomerative.")] = "kmeans",
+    layer: Annotated[str | None, typer.Option(help="When a folder holds one tally per layer: the layer to use.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Embed raw unit counts instead of counts / concepts per category.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the k-means grouping.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lce"),
+) -> None:
+    """Learned Concepts Embedding: PCA of the models' Dissect profiles, groups, and what the axes mean.
+
+    Writes profiles.csv, profile_counts.csv, abstracted_profile.csv, lce.csv, components.csv, correlations.csv, lce.json and PNG figures.
+    """
+    from deepcluster.core.errors import ConfigError
+    from deepcluster.interpret.lce import default_model_names, find_tally
+
+    if name and len(name) != len(tallies):
+        raise ConfigError(f"{len(name)} --name for {len(tallies)} inputs: give one name per tally, in order")
+    names = list(name) if name else default_model_names(tallies)
+    files = [find_tally(t, layer=layer) for t in tallies]
+    run_lce(names, files, out, performance=performance, groups=groups, components=components,
+            threshold=threshold, method=method, raw=raw, seed=seed)
+
+
+@user_errors
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders trained on the same labelled dataset (at least 2).")],
+    layer: Annotated[str | None, typer.Option(help="Probe layer of every run (default: each run's last conv layer).")] = None,
+    lce: Annotated[Path | None, typer.Option("--lce", help="lce.csv from `deepcluster lce` (its model names = the run names): gains are averaged per group pair.")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
+    train_limit: Annotated[int | None, typer.Option("--train-limit", min=2, help="Training images of each probe (default: the run's eval.train_limit).")] = None,
+    test_limit: Annotated[int | None, typer.Option("--test-limit", min=2, help="Test images (default: the run's eval.test_limit).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ensemble"),
+    quiet: QuietOption = False,
+) -> None:
+    """Weighted soft-voting ensemble of every pair of runs' linear probes (weights 0.5 ± |a − b|).
+
+    Writes ensemble.csv, ensemble.json, ensemble_gain.png, and with --lce ensemble_groups.csv/.png.
+    """
+    from deepcluster.interpret.ensemble import (
+        ensembles_for_runs,
+        write_ensemble_outputs,
+    )
+
+    res = ensembles_for_runs(runs, names=name, layer=layer, checkpoint=checkpoint, lce=lce,
+                             train_limit=train_limit, test_limit=test_limit, device=device,
+                             show_progress=not quiet, log=_say)
+    paths = write_ensemble_outputs(res, out)
+    table = Table(title=f"pairwise ensembles on {res.info['dataset']} ({res.info['n_test']} test images)",
+                  caption="gain = ensemble − better single model (accuracy points)", caption_justify="left")
+    for col in ("model a", "model b", "acc a", "acc b", "weights", "ensemble", "gain"):
+        table.add_column(col, justify="left" if col.startswith("model") else "right")
+    for r in sorted(res.rows, key=lambda r: -r["gain"]):
+        table.add_row(escape(r["model_a"]), escape(r["model_b"]), _num(r["acc_a"], 4), _num(r["acc_b"], 4),
+                      f"{r['weight_a']:.3f}/{r['weight_b']:.3f}", _num(r["ensemble_acc"], 4),
+                      f"{100 * r['gain']:+.2f}")
+    out_console.print(table)
+    if res.group_rows:
+        gt = Table(title="mean gain by LCE group pair (thesis Figure 3.8)")
+        for col in ("groups", "pairs", "mean gain", "min", "max"):
+            gt.add_column(col, justify="left" if col == "groups" else "right")
+        for r in res.group_rows:
+            gt.add_row(f"{r['group_a']}-{r['group_b']}", str(r["n_pairs"]), f"{100 * r['mean_gain']:+.2f}",
+                       f"{100 * r['min_gain']:+.2f}", f"{100 * r['max_gain']:+.2f}")
+        out_console.print(gt)
+    _say(f"wrote {out}: " + ", ".join(paths))
+
+
+@user_errors
+def similarity(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders trained on the same dataset (at least 2).")],
+    layers: Annotated[str | None, typer.Option("--layers", help="Comma-separated probe layers of every run (default: all).")] = None,
+    sample: Annotated[int, typer.Option("--sample", min=4, help="Images of the test split the features are computed on.")] = 2000,
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
+    biased: Annotated[bool, typer.Option("--biased", help="The original CKA estimator instead of the debiased one.")] = False,
+    pool_budget: Annotated[int | None, typer.Option("--pool-budget", min=1, help="Conv maps are average-pooled to at most this many dims (default: eval.pool_budget).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("similarity"),
+    quiet: QuietOption = False,
+) -> None:
+    """Linear CKA (debiased) between every layer of several runs on the same images.
+
+    Writes cka.csv (model_a, layer_a, model_b, layer_b, cka), cka.json, cka.png and one
+    heatmap per pair of runs.
+    """
+    from deepcluster.interpret.cka import (
+        similarity_for_runs,
+        write_similarity_outputs,
+    )
+
+    res = similarity_for_runs(runs, names=name, layers=csv_option(layers), sample=sample, checkpoint=checkpoint,
+                              debiased=not biased, pool_budget=pool_budget, device=device,
+                              show_progress=not quiet, log=_say)
+    paths = write_similarity_outputs(res, out)
+    models = res.models
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            la, lb, sub = res.block(a, b)
+            t = Table(title=f"{'debiased ' if res.debiased else ''}CKA: {escape(a)} (rows) vs {escape(b)} (columns)")
+            t.add_column("")
+            for lay in lb:
+                t.add_column(escape(lay), justify="right")
+            for lay, row in zip(la, sub):
+                t.add_row(escape(lay), *(_num(float(v)) for v in row))
+            out_console.print(t)
+    _say(f"wrote {out}: " + ", ".join(paths))
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``lce``, ``ensemble`` and ``similarity`` commands to ``app``."""
-
-    def say(msg: str) -> None:
-        out_console.print(msg, highlight=False, soft_wrap=True, markup=False)
-
-    @app.command("lce", epilog=(
+    app.command("lce", epilog=(
         "Examples: deepcluster lce runs/a/dissect runs/b/dissect runs/c/dissect --out lce;  "
         "deepcluster lce t1.csv t2.csv t3.csv --name supervised --name simclr --name deepcluster "
         "--performance results.csv --groups 3"
-    ))
-    @user_errors
-    def lce(
-        tallies: Annotated[list[Path], typer.Argument(help="tally.csv files (NetDissect format), or folders holding one; one per model.")],
-        name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per input, in order (default: the folder names).")] = None,
-        performance: Annotated[Path | None, typer.Option("--performance", "-p", help="CSV of downstream results: a 'model' column and numeric columns, correlated with the LCE axes.")] = None,
-        groups: Annotated[int | None, typer.Option("--groups", "-g", min=1, help="Number of model groups (default: chosen by silhouette).")] = None,
-        components: Annotated[int, typer.Option("--components", min=1, help="PCA components kept.")] = 3,
-        threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="IoU a unit needs to count as labelled.")] = 0.04,
-        method: Annotated[str, typer.Option(help="Grouping: kmeans or agglomerative.")] = "kmeans",
-        layer: Annotated[str | None, typer.Option(help="When a folder holds one tally per layer: the layer to use.")] = None,
-        raw: Annotated[bool, typer.Option("--raw", help="Embed raw unit counts instead of counts / concepts per category.")] = False,
-        seed: Annotated[int, typer.Option(help="Seed of the k-means grouping.")] = 0,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lce"),
-    ) -> None:
-        """Learned Concepts Embedding: PCA of the models' Dissect profiles, groups, and what the axes mean.
-
-        Writes profiles.csv, profile_counts.csv, abstracted_profile.csv, lce.csv, components.csv, correlations.csv, lce.json and PNG figures.
-        """
-        from deepcluster.core.errors import ConfigError
-        from deepcluster.interpret.lce import default_model_names, find_tally
-
-        if name and len(name) != len(tallies):
-            raise ConfigError(f"{len(name)} --name for {len(tallies)} inputs: give one name per tally, in order")
-        names = list(name) if name else default_model_names(tallies)
-        files = [find_tally(t, layer=layer) for t in tallies]
-        run_lce(names, files, out, performance=performance, groups=groups, components=components,
-                threshold=threshold, method=method, raw=raw, seed=seed)
-
-    @app.command("ensemble", epilog=(
+    ))(lce)
+    app.command("ensemble", epilog=(
         "Examples: deepcluster ensemble runs/a runs/b runs/c;  "
         "deepcluster ensemble runs/a runs/b runs/c --layer conv2 --lce lce/lce.csv --test-limit 2000 --out ens"
-    ))
-    @user_errors
-    def ensemble(
-        runs: Annotated[list[Path], typer.Argument(help="Run folders trained on the same labelled dataset (at least 2).")],
-        layer: Annotated[str | None, typer.Option(help="Probe layer of every run (default: each run's last conv layer).")] = None,
-        lce: Annotated[Path | None, typer.Option("--lce", help="lce.csv from `deepcluster lce` (its model names = the run names): gains are averaged per group pair.")] = None,
-        name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names).")] = None,
-        checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
-        train_limit: Annotated[int | None, typer.Option("--train-limit", min=2, help="Training images of each probe (default: the run's eval.train_limit).")] = None,
-        test_limit: Annotated[int | None, typer.Option("--test-limit", min=2, help="Test images (default: the run's eval.test_limit).")] = None,
-        device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ensemble"),
-        quiet: QuietOption = False,
-    ) -> None:
-        """Weighted soft-voting ensemble of every pair of runs' linear probes (weights 0.5 ± |a − b|).
-
-        Writes ensemble.csv, ensemble.json, ensemble_gain.png, and with --lce ensemble_groups.csv/.png.
-        """
-        from deepcluster.interpret.ensemble import (
-            ensembles_for_runs,
-            write_ensemble_outputs,
-        )
-
-        res = ensembles_for_runs(runs, names=name, layer=layer, checkpoint=checkpoint, lce=lce,
-                                 train_limit=train_limit, test_limit=test_limit, device=device,
-                                 show_progress=not quiet, log=say)
-        paths = write_ensemble_outputs(res, out)
-        table = Table(title=f"pairwise ensembles on {res.info['dataset']} ({res.info['n_test']} test images)",
-                      caption="gain = ensemble − better single model (accuracy points)", caption_justify="left")
-        for col in ("model a", "model b", "acc a", "acc b", "weights", "ensemble", "gain"):
-            table.add_column(col, justify="left" if col.startswith("model") else "right")
-        for r in sorted(res.rows, key=lambda r: -r["gain"]):
-            table.add_row(escape(r["model_a"]), escape(r["model_b"]), _num(r["acc_a"], 4), _num(r["acc_b"], 4),
-                          f"{r['weight_a']:.3f}/{r['weight_b']:.3f}", _num(r["ensemble_acc"], 4),
-                          f"{100 * r['gain']:+.2f}")
-        out_console.print(table)
-        if res.group_rows:
-            gt = Table(title="mean gain by LCE group pair (thesis Figure 3.8)")
-            for col in ("groups", "pairs", "mean gain", "min", "max"):
-                gt.add_column(col, justify="left" if col == "groups" else "right")
-            for r in res.group_rows:
-                gt.add_row(f"{r['group_a']}-{r['group_b']}", str(r["n_pairs"]), f"{100 * r['mean_gain']:+.2f}",
-                           f"{100 * r['min_gain']:+.2f}", f"{100 * r['max_gain']:+.2f}")
-            out_console.print(gt)
-        say(f"wrote {out}: " + ", ".join(paths))
-
-    @app.command("similarity", epilog=(
+    ))(ensemble)
+    app.command("similarity", epilog=(
         "Examples: deepcluster similarity runs/a runs/b;  "
         "deepcluster similarity runs/a runs/b runs/c --layers conv1,conv2 --sample 1000 --out sim"
-    ))
-    @user_errors
-    def similarity(
-        runs: Annotated[list[Path], typer.Argument(help="Run folders trained on the same dataset (at least 2).")],
-        layers: Annotated[str | None, typer.Option("--layers", help="Comma-separated probe layers of every run (default: all).")] = None,
-        sample: Annotated[int, typer.Option("--sample", min=4, help="Images of the test split the features are computed on.")] = 2000,
-        name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names).")] = None,
-        checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
-        biased: Annotated[bool, typer.Option("--biased", help="The original CKA estimator instead of the debiased one.")] = False,
-        pool_budget: Annotated[int | None, typer.Option("--pool-budget", min=1, help="Conv maps are average-pooled to at most this many dims (default: eval.pool_budget).")] = None,
-        device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("similarity"),
-        quiet: QuietOption = False,
-    ) -> None:
-        """Linear CKA (debiased) between every layer of several runs on the same images.
-
-        Writes cka.csv (model_a, layer_a, model_b, layer_b, cka), cka.json, cka.png and one
-        heatmap per pair of runs.
-        """
-        from deepcluster.interpret.cka import (
-            similarity_for_runs,
-            write_similarity_outputs,
-        )
-
-        res = similarity_for_runs(runs, names=name, layers=csv_option(layers), sample=sample, checkpoint=checkpoint,
-                                  debiased=not biased, pool_budget=pool_budget, device=device,
-                                  show_progress=not quiet, log=say)
-        paths = write_similarity_outputs(res, out)
-        models = res.models
-        for i, a in enumerate(models):
-            for b in models[i + 1:]:
-                la, lb, sub = res.block(a, b)
-                t = Table(title=f"{'debiased ' if res.debiased else ''}CKA: {escape(a)} (rows) vs {escape(b)} (columns)")
-                t.add_column("")
-                for lay in lb:
-                    t.add_column(escape(lay), justify="right")
-                for lay, row in zip(la, sub):
-                    t.add_row(escape(lay), *(_num(float(v)) for v in row))
-                out_console.print(t)
-        say(f"wrote {out}: " + ", ".join(paths))
+    ))(similarity)
