@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from deepcluster.cli import compare as cli_compare
 from deepcluster.core.errors import DataError
-from deepcluster.evaluate.linear_probe import linear_probe
+from deepcluster.evaluate.lbfgs_probe import linear_probe
 from deepcluster.interpret.ensemble import (
     aggregate_by_group,
     ensemble_weights,

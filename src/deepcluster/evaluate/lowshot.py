@@ -13,7 +13,7 @@ Two classifiers:
 
 ``"logreg"`` (default)
     Multinomial logistic regression fitted by L-BFGS with an L2 penalty
-    (:func:`~deepcluster.evaluate.linear_probe.fit_logistic_regression`). With fewer samples than
+    (:func:`~deepcluster.evaluate.lbfgs_probe.fit_logistic_regression`). With fewer samples than
     dimensions the data are separable and the penalty alone sets the scale of the weights, so it is
     stronger than the full linear probe's (``lowshot_weight_decay`` 1e-2 by default).
 ``"ncm"``
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from deepcluster.core.errors import ConfigError, DataError
-from deepcluster.evaluate.linear_probe import fit_logistic_regression
+from deepcluster.evaluate.lbfgs_probe import fit_logistic_regression
 from deepcluster.evaluate.sgd_probe import standardizer
 
 Classifier = Literal["logreg", "ncm"]

@@ -10,21 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
-from deepcluster.core.files import atomic_path
+from deepcluster.core.plot import new_figure, save_png
 from deepcluster.evaluate.tables import column_labels
-
-DPI = 100
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _panel_metrics(protocol: str, rows: list[dict[str, Any]]) -> list[str]:
@@ -60,7 +50,6 @@ def plot_protocol_bars(rows: list[dict[str, Any]], protocol: str, path: str | Pa
     prows = [r for r in rows if r["protocol"] == protocol]
     if not prows:
         return None
-    plt = _plt()
     labels = column_labels(prows)
     bar_keys = [k for k in labels if k[1] != "pixels"]
     pixel_keys = [k for k in labels if k[1] == "pixels"]
@@ -70,11 +59,11 @@ def plot_protocol_bars(rows: list[dict[str, Any]], protocol: str, path: str | Pa
     n_panels = len(metrics)
     cols = min(n_panels, 2)
     nrows = int(np.ceil(n_panels / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(max(4.5, 1.1 * len(layers) * max(1, len(bar_keys)) ** 0.5 + 2) * cols,
-                                                     3.4 * nrows), squeeze=False)
+    fig = new_figure(max(4.5, 1.1 * len(layers) * max(1, len(bar_keys)) ** 0.5 + 2) * cols, 3.4 * nrows, layout=None)
+    axes = fig.subplots(nrows, cols, squeeze=False)
     width = 0.8 / max(1, len(bar_keys))
     x = np.arange(len(layers))
-    colours = plt.get_cmap("tab10")
+    colours = matplotlib.colormaps["tab10"]
     for ax, metric in zip(axes.ravel(), metrics):
         for i, key in enumerate(bar_keys):
             vals = [value.get((*key, layer, metric)) for layer in layers]
@@ -107,11 +96,7 @@ def plot_protocol_bars(rows: list[dict[str, Any]], protocol: str, path: str | Pa
     fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.03 * ((len(names) - 1) // 4)))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_bar_charts(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:

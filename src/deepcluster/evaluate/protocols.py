@@ -20,7 +20,7 @@ import torch
 from deepcluster.core.config import EvalConfig
 from deepcluster.core.errors import ConfigError
 from deepcluster.evaluate.knn import knn_accuracies
-from deepcluster.evaluate.linear_probe import linear_probe
+from deepcluster.evaluate.lbfgs_probe import linear_probe
 from deepcluster.evaluate.lowshot import lowshot_accuracy
 from deepcluster.evaluate.sgd_probe import sgd_linear_probe
 

@@ -10,7 +10,7 @@ The change in accuracy over the better single model (``gain = acc(E) − max(a, 
 averaged over the pairs of each couple of LCE groups (the thesis' Figure 3.8).
 
 Here each model's classifier is the project's L-BFGS linear probe (multinomial logistic
-regression on standardised frozen features, :mod:`deepcluster.evaluate.linear_probe`) on one
+regression on standardised frozen features, :mod:`deepcluster.evaluate.lbfgs_probe`) on one
 layer, fitted on the training split; probabilities and accuracies are those on the test split
 (as in the thesis, the weights use the test accuracies). When |a − b| > 0.5 the formula would
 give the weaker model a negative weight; weights are clipped to [0, 1] (the better model alone).
@@ -187,7 +187,7 @@ def probe_probabilities(
     max_iter: int = 200,
     seed: int = 0,
 ) -> ProbeProbabilities:
-    """The L-BFGS linear probe of :func:`~deepcluster.evaluate.linear_probe.linear_probe`,
+    """The L-BFGS linear probe of :func:`~deepcluster.evaluate.lbfgs_probe.linear_probe`,
     returning its softmax probabilities on ``test_x``.
 
     Same fit: features standardised with the training mean and std, multinomial logistic
@@ -199,7 +199,7 @@ def probe_probabilities(
         Number of classes (default: 1 + the largest label seen), so that every model of an
         ensemble outputs the same columns.
     """
-    from deepcluster.evaluate.linear_probe import fit_logistic_regression
+    from deepcluster.evaluate.lbfgs_probe import fit_logistic_regression
 
     xtr = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
     xte = torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.float32))
