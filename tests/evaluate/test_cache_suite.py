@@ -1,12 +1,16 @@
 import csv
 import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deepcluster.core.errors import ConfigError, TrainingError
 from deepcluster.evaluate import EvalCache, evaluate_suite, suite, write_suite_outputs
 from deepcluster.evaluate.tables import pivot_tables
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # Small and fast: two layers, a few SGD epochs, two low-shot n, two draws.
 FAST = {"probe_epochs": 2, "knn_ks": [5, 20], "lowshot_n": [1, 5], "lowshot_repeats": 2}
@@ -123,3 +127,25 @@ def test_lbfgs_probe_option(tiny_run):
                           pixel_baseline=False, show_progress=False)
     assert [r["metric"] for r in rows] == ["test_acc", "train_acc"]
     assert pivot_tables(rows)[0].rows[0][2].replace(".", "").isdigit()
+
+
+def test_evaluation_clusters_with_training_pipeline_fit_fraction_included(tmp_path):
+    """run_eval's clustering is training's: with fit_fraction 0.1, the random network's clusters
+    equal cycle 1's assignments of the run (fp32, the cycle's seed)."""
+    from deepcluster.core.config import TrainConfig, build_config
+    from deepcluster.data.splits import load_train_data
+    from deepcluster.environment import RunEnv
+    from deepcluster.evaluate.run_eval import model_clusters
+    from deepcluster.train import train
+    from deepcluster.train.cycle import cycle_seed
+
+    cfg = build_config(TrainConfig, CONFIGS / "digits_tiny.yaml",
+                       ["cycles=1", "fit_fraction=0.1", "precision=fp32", "data.limit=600", "k=10"])
+    run = train(cfg, tmp_path / "run", show_progress=False)
+    images = load_train_data(cfg).images_tensor()
+    reader = RunEnv.from_config(cfg, show_progress=False).features(1)
+    got = model_clusters(run.build_model("init", cfg), images, cfg, reader, seed=cycle_seed(cfg.seed, 1))
+    assert np.array_equal(got, run.load_assignments(1))
+    full = model_clusters(run.build_model("init", cfg), images, cfg.model_copy(update={"fit_fraction": 1.0}), reader,
+                          seed=cycle_seed(cfg.seed, 1))
+    assert not np.array_equal(full, got)  # the fraction matters, so the test would see it dropped

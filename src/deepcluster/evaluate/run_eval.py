@@ -9,18 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.cluster import Preprocessor, ari, cluster_features, clustering_accuracy, nmi
+from deepcluster.cluster import ari, clustering_accuracy, nmi, preprocess_and_cluster
 from deepcluster.core.config import EvalConfig, TrainConfig
-from deepcluster.core.device import resolve_device
-from deepcluster.core.errors import DataError
 from deepcluster.core.files import write_json
-from deepcluster.core.precision import run_precision
 from deepcluster.core.progress import console
-from deepcluster.data.source import ImageSource, choose_source
-from deepcluster.data.splits import load_split, normalization
+from deepcluster.data.source import ImageSource
+from deepcluster.data.splits import load_eval_splits
+from deepcluster.environment import RunEnv
 from deepcluster.evaluate.knn import knn_accuracy
-from deepcluster.evaluate.linear_probe import linear_probe
-from deepcluster.features import extract_features
+from deepcluster.evaluate.lbfgs_probe import linear_probe
+from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import RunFolder
 
 
@@ -51,23 +49,11 @@ def evaluate_run(
     run = RunFolder(Path(run_dir)).require()
     cfg = run.load_config()
     ecfg = eval_cfg or cfg.eval
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-
-    train = load_split(cfg, cfg.data.split, ecfg.train_limit if ecfg.train_limit else cfg.data.limit)
-    if cfg.data.test_split is None:
-        raise DataError(f"dataset {cfg.data.name} has no test split configured: set data.test_split to evaluate")
-    test = load_split(cfg, cfg.data.test_split, ecfg.test_limit)
-    if train.labels is None or test.labels is None:
-        raise DataError(
-            f"dataset {cfg.data.name} at {cfg.data.root or 'its default location'} has no labels: "
-            "linear probes and kNN need labels; use `deepcluster export` for label-free outputs"
-        )
+    env = RunEnv.from_config(cfg, show_progress=show_progress)
+    train, test = load_eval_splits(cfg, ecfg.train_limit, ecfg.test_limit)
     # in memory, or streamed when a split is larger than data.memory_budget_mb
-    xtr_img, xte_img = (choose_source(d, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers)
-                        for d in (train, test))
-    stats = normalization(cfg, xtr_img.channels)
+    xtr_img, xte_img = env.source(train), env.source(test)
+    reader = env.features(xtr_img.channels)
 
     results: dict[str, Any] = {"run": str(run.path), "checkpoint": checkpoint, "config": ecfg.model_dump(mode="json"),
                                "n_train": len(train), "n_test": len(test), "models": {}}
@@ -75,10 +61,8 @@ def evaluate_run(
     if compare_random:
         models["random"] = run.build_model("init", cfg)
     for name, model in models.items():
-        results["models"][name] = evaluate_model(
-            model, cfg, ecfg, (xtr_img, train.labels), (xte_img, test.labels), stats,
-            name=name, device=device, show_progress=show_progress, log=log,
-        )
+        results["models"][name] = evaluate_model(model, cfg, ecfg, (xtr_img, train.labels), (xte_img, test.labels),
+                                                 reader, name=name, log=log)
 
     cycles = run.assignment_cycles()
     if cycles and cfg.data.limit is None and ecfg.train_limit is None:
@@ -108,28 +92,24 @@ def evaluate_model(
     ecfg: EvalConfig,
     train: tuple[torch.Tensor | ImageSource, np.ndarray],
     test: tuple[torch.Tensor | ImageSource, np.ndarray],
-    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    reader: FeatureOptions,
     *,
     name: str = "model",
-    device: torch.device | str = "cpu",
-    show_progress: bool = True,
     log=None,
 ) -> dict[str, Any]:
     """Probe every layer of one network (linear + kNN) and score k-means of its clustering features.
 
-    The clustering features get training's preprocessing (PCA-whitening, L2); k-means is run with
-    as many clusters as there are classes, and also with the run's ``k`` when that differs.
+    The clustering features get training's preprocessing and clustering
+    (:func:`clustering_quality`); k-means is run with as many clusters as there are classes, and
+    also with the run's ``k`` when that differs. ``reader`` says how the network reads the images.
     """
     log = log or (lambda msg: None)
     (xtr_img, ytr), (xte_img, yte) = train, test
-    model.to(device)
-    precision = run_precision(cfg, device)
+    model.to(reader.device)
     t0 = time.perf_counter()
     layers = ecfg.layers or list(model.probe_layers())
-    ftr = extract_features(model, xtr_img, *stats, layers=layers, batch_size=cfg.feature_batch_size, device=device,
-                           description=f"{name}: train features", show_progress=show_progress, precision=precision)
-    fte = extract_features(model, xte_img, *stats, layers=layers, batch_size=cfg.feature_batch_size, device=device,
-                           description=f"{name}: test features", show_progress=show_progress, precision=precision)
+    ftr = extract_features(model, xtr_img, reader, layers=layers, description=f"{name}: train features")
+    fte = extract_features(model, xte_img, reader, layers=layers, description=f"{name}: test features")
     per_layer: dict[str, Any] = {}
     for layer in layers:
         probe = linear_probe(ftr[layer], ytr, fte[layer], yte, weight_decay=ecfg.probe_weight_decay,
@@ -142,7 +122,7 @@ def evaluate_model(
     n_classes = int(np.unique(ytr).size)
     clustering: dict[str, Any] = {"k": n_classes}
     for k in dict.fromkeys([n_classes, cfg.k]):
-        metrics = clustering_quality(model, xtr_img, ytr, cfg, stats, k=k, device=device, show_progress=show_progress)
+        metrics = clustering_quality(model, xtr_img, ytr, cfg, reader, k=k)
         if k == n_classes:
             clustering.update(metrics)
         else:
@@ -156,28 +136,40 @@ def clustering_quality(
     images: torch.Tensor | ImageSource,
     labels: np.ndarray,
     cfg: TrainConfig,
-    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    reader: FeatureOptions,
     *,
     k: int | None = None,
     n_init: int = 5,
-    device: torch.device | str = "cpu",
-    show_progress: bool = False,
 ) -> dict[str, float]:
     """NMI, ARI and Hungarian accuracy vs ``labels`` of clustering ``model``'s features.
 
-    Uses exactly training's pipeline (the clustered layer, PCA-whitening, L2, the run's
-    clustering method). On a randomly initialised network with ``k`` clusters this is the
-    Initial Alignment of the Deep Dive paper. k-means keeps the best (lowest loss) of ``n_init``
-    seeded restarts: a single k-means run moves NMI by a few hundredths on its own, which would
-    drown the difference between two networks.
+    Uses training's pipeline itself (:func:`~deepcluster.cluster.preprocess_and_cluster`: the
+    clustered layer, PCA-whitening, L2, the run's clustering method, ``fit_fraction``). On a
+    randomly initialised network with ``k`` clusters this is the Initial Alignment of the Deep
+    Dive paper. k-means keeps the best (lowest loss) of ``n_init`` seeded restarts: a single
+    k-means run moves NMI by a few hundredths on its own, which would drown the difference
+    between two networks.
     """
-    feats = extract_features(model, images, *stats, layers=None if cfg.cluster_layer is None else [cfg.cluster_layer],
-                             batch_size=cfg.feature_batch_size, device=device, description="clustering features",
-                             show_progress=show_progress, precision=run_precision(cfg, device))
-    x = next(iter(feats.values()))
-    x = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0,
-                     on_degenerate="truncate").fit_transform(np.maximum(x, 0) if cfg.cluster_relu else x)
-    runs = [cluster_features(x, cfg.clustering, k or cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed + i)
-            for i in range(n_init if cfg.clustering == "kmeans" else 1)]
-    best = min(runs, key=lambda r: r.loss)
-    return _cluster_metrics(labels, best.assignments)
+    assignments = model_clusters(model, images, cfg, reader, k=k, n_init=n_init)
+    return _cluster_metrics(labels, assignments)
+
+
+def model_clusters(
+    model: torch.nn.Module,
+    images: torch.Tensor | ImageSource,
+    cfg: TrainConfig,
+    reader: FeatureOptions,
+    *,
+    k: int | None = None,
+    n_init: int = 1,
+    seed: int | None = None,
+) -> np.ndarray:
+    """The clusters training would give ``images`` with ``model``: its clustering features, then
+    :func:`~deepcluster.cluster.preprocess_and_cluster` (``pca_dim``, ``whiten``, ``cluster_relu``,
+    ``clustering``, ``kmeans_iters``, ``fit_fraction``) with ``k`` clusters (default ``cfg.k``), seeded
+    by ``seed`` (default ``cfg.seed``); k-means keeps the lowest-loss of ``n_init`` restarts."""
+    layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
+    feats = extract_features(model, images, reader, layers=layers, description="clustering features")
+    step = preprocess_and_cluster(next(iter(feats.values())), cfg, seed=cfg.seed if seed is None else seed, k=k,
+                                  n_init=n_init if cfg.clustering == "kmeans" else 1)
+    return step.result.assignments
