@@ -15,8 +15,7 @@ from deepcluster.data.pool_writer import ingest
 from deepcluster.evaluate.cycles import cycle_metrics
 from deepcluster.runs import RunFolder
 from deepcluster.train import train
-from deepcluster.train.cycle import cycle_seed
-from deepcluster.train.runner import pool_sample
+from deepcluster.train.cycle import cycle_seed, pool_sample
 
 CONFIG = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"
 
