@@ -141,3 +141,13 @@ def test_the_checker_sees_function_level_and_type_checking_imports(tmp_path):
                    "def f():\n    from deepcluster import z\n")
     modules = {"deepcluster.x": mod, "deepcluster.y": mod, "deepcluster.z": mod}
     assert _imports("deepcluster.x", mod, modules) == {"deepcluster.y", "deepcluster.z"}
+
+
+def test_no_area_imports_a_private_module_of_another():
+    bad = []
+    for module, targets in sorted(_graph().items()):
+        for target in sorted(targets):
+            private = any(part.startswith("_") and not part.startswith("__") for part in target.split(".")[1:])
+            if private and _area(target) != _area(module):
+                bad.append(f"{module} imports {target}")
+    assert not bad, "imports of another area's private module:\n" + "\n".join(bad)
