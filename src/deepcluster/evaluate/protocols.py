@@ -108,7 +108,7 @@ def run_protocol(
     (xtr, ytr), (xte, yte) = train, test
     dim = int(xtr.shape[1])
     if protocol == "linear" and params["probe"] == "sgd":
-        r = sgd_linear_probe(xtr, ytr, xte, yte, epochs=params["epochs"], batch_size=params["batch_size"],
+        r = sgd_linear_probe(train, test, epochs=params["epochs"], batch_size=params["batch_size"],
                              lr=params["lr"], momentum=params["momentum"], weight_decay=params["weight_decay"],
                              schedule=params["schedule"], seed=params["seed"], device=device,
                              description=description or "linear probe", show_progress=show_progress)

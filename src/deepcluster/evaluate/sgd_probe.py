@@ -124,10 +124,8 @@ def _check_inputs(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
 
 
 def sgd_linear_probe(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
     *,
     epochs: int = 30,
     batch_size: int = 256,
@@ -144,10 +142,9 @@ def sgd_linear_probe(
 
     Parameters
     ----------
-    train_x, test_x : np.ndarray
-        Features (N, D); standardised with the mean and std of ``train_x``.
-    train_y, test_y : np.ndarray
-        Integer labels in ``[0, n_classes)``.
+    train, test : tuple of np.ndarray
+        ``(features, labels)``: features (N, D), standardised with the mean and std of the
+        training features; integer labels in ``[0, n_classes)``.
     epochs : int
         Passes over the training features; the test accuracy is measured after each.
     batch_size : int
@@ -178,6 +175,7 @@ def sgd_linear_probe(
     DataError
         If the features or labels are malformed.
     """
+    (train_x, train_y), (test_x, test_y) = train, test
     train_x, test_x = np.asarray(train_x), np.asarray(test_x)
     _check_inputs(train_x, np.asarray(train_y), test_x, np.asarray(test_y))
     device = torch.device(device)
