@@ -267,6 +267,134 @@ def _parse_label_categories(value: str, path: Path, line: int) -> dict[str, int]
     return out
 
 
+_FIX_ANY = "pass a folder in the Broden layout (index.csv, label.csv, category.csv, c_*.csv, images/)"
+#: A category.csv row: its line number and its cells.
+_CategoryRow = tuple[int, dict[str, str]]
+
+
+def _read_category_csv(root: Path, categories: Sequence[str] | None) -> dict[str, _CategoryRow]:
+    """``category.csv``: name -> (line, row), restricted to ``categories`` (in their order) when given."""
+    path = root / CATEGORY_FILE
+    rows = _read_csv(path, CATEGORY_COLUMNS, f"{_FIX_ANY}; category.csv lists the categories, one per row")
+    cat_rows = {}
+    for line, row in enumerate(rows, start=2):
+        name = row["name"].strip()
+        if not name:
+            raise DataError(f"{path} line {line}: empty category name")
+        cat_rows[name] = (line, row)
+    if categories is not None:
+        unknown = [c for c in categories if c not in cat_rows]
+        if unknown:
+            raise DataError(
+                f"{path} has no category {', '.join(unknown)} (has: {', '.join(cat_rows)}): pick among those"
+            )
+        cat_rows = {c: cat_rows[c] for c in categories}
+    return cat_rows
+
+
+def _read_label_csv(root: Path) -> dict[int, Label]:
+    """``label.csv``: label number -> :class:`Label` (row 0, "no label", skipped)."""
+    path = root / LABEL_FILE
+    rows = _read_csv(path, LABEL_COLUMNS, f"{_FIX_ANY}; label.csv lists the label numbers and names")
+    labels: dict[int, Label] = {}
+    for line, row in enumerate(rows, start=2):
+        number = _int(row["number"], path, line, "number")
+        if number == 0:
+            continue  # "no label"
+        if number < 0 or number in labels:
+            raise DataError(f"{path} line {line}: label number {number} is negative or repeated; numbers must be unique and > 0")
+        labels[number] = Label(
+            number=number,
+            name=row["name"],
+            categories=_parse_label_categories(row["category"], path, line),
+            frequency=_int(row["frequency"] or "0", path, line, "frequency"),
+            coverage=_float(row["coverage"], path, line, "coverage"),
+            syns=tuple(s for s in row["syns"].split(";") if s),
+        )
+    return labels
+
+
+@dataclass
+class _Index:
+    """``index.csv`` read: per image its metadata and per category its entries."""
+
+    #: (image, split, ih, iw, sh, sw) per image.
+    meta: list[tuple[str, str, int, int, int, int]]
+    #: Category -> per image the entries of its cell: mask file names (str) and label numbers (int).
+    entries: dict[str, list[tuple[str | int, ...]]]
+    #: Category -> whether it is pixel-level: it names mask files, or (no entry at all) Broden's kind.
+    pixel_level: dict[str, bool]
+
+
+def _read_index_csv(root: Path, categories: Sequence[str]) -> _Index:
+    """``index.csv``, with a column for each of ``categories``."""
+    path = root / INDEX_FILE
+    rows = _read_csv(path, INDEX_META, f"{_FIX_ANY}; index.csv lists one image per row")
+    if rows:
+        missing = [c for c in categories if c not in rows[0]]
+        if missing:
+            raise DataError(
+                f"{path} lacks the column(s) {', '.join(missing)} of categories listed in category.csv: "
+                "add the column(s) (entries may be empty) or remove those categories from category.csv"
+            )
+    meta: list[tuple[str, str, int, int, int, int]] = []
+    entries: dict[str, list[tuple[str | int, ...]]] = {c: [] for c in categories}
+    has_files = dict.fromkeys(categories, False)
+    has_any = dict.fromkeys(categories, False)
+    for line, row in enumerate(rows, start=2):
+        image = row["image"].strip()
+        if not image:
+            raise DataError(f"{path} line {line}: empty image path")
+        sizes = [_int(row[c], path, line, c) for c in ("ih", "iw", "sh", "sw")]
+        meta.append((image, row["split"].strip(), *sizes))
+        for cat in categories:
+            cell = []
+            for v in (row.get(cat) or "").split(";"):
+                v = v.strip()
+                if not v:
+                    continue
+                if _INT.match(v):
+                    cell.append(int(v))
+                else:
+                    cell.append(v)
+                    has_files[cat] = True
+                has_any[cat] = True
+            entries[cat].append(tuple(cell))
+    pixel_level = {c: has_files[c] if has_any[c] else c in BRODEN_PIXEL_CATEGORIES for c in categories}
+    return _Index(meta, entries, pixel_level)
+
+
+def _read_code_csv(root: Path, cat: str, category_row: _CategoryRow, labels: Mapping[int, Label],
+                   pixel_level: bool) -> Category:
+    """``c_<cat>.csv``, with the category's ``category.csv`` row: the :class:`Category`."""
+    cpath = root / f"c_{cat}.csv"
+    crow = _read_csv(
+        cpath, CODE_COLUMNS, f"every category of category.csv needs its c_{cat}.csv (code,number,name,frequency,coverage)"
+    )
+    codes: dict[int, int] = {}
+    stats: dict[int, tuple[int, float]] = {}
+    for cline, c in enumerate(crow, start=2):
+        code = _int(c["code"], cpath, cline, "code")
+        number = _int(c["number"], cpath, cline, "number")
+        if number == 0:
+            continue
+        if number not in labels:
+            raise DataError(f"{cpath} line {cline}: label number {number} is not in label.csv: add it there")
+        codes[code] = number
+        stats[number] = (_int(c["frequency"] or "0", cpath, cline, "frequency"), _float(c["coverage"], cpath, cline, "coverage"))
+    line, row = category_row
+    return Category(
+        name=cat,
+        first=_int(row["first"] or "0", root / CATEGORY_FILE, line, "first"),
+        last=_int(row["last"] or "0", root / CATEGORY_FILE, line, "last"),
+        count=_int(row["count"] or "0", root / CATEGORY_FILE, line, "count"),
+        frequency=_int(row["frequency"] or "0", root / CATEGORY_FILE, line, "frequency"),
+        pixel_level=pixel_level,
+        labels=tuple(codes[k] for k in sorted(codes)),
+        stats=stats,
+    )
+
+
 class BrodenDataset:
     """A folder in the Broden layout (see the module docstring).
 
@@ -276,110 +404,17 @@ class BrodenDataset:
 
     def __init__(self, root: str | Path, *, categories: Sequence[str] | None = None):
         self.root = Path(root)
-        fix_any = "pass a folder in the Broden layout (index.csv, label.csv, category.csv, c_*.csv, images/)"
         if not self.root.is_dir():
-            raise DataError(f"Broden folder {self.root} does not exist: {fix_any}, or generate one with make_concept_probe")
+            raise DataError(f"Broden folder {self.root} does not exist: {_FIX_ANY}, or generate one with make_concept_probe")
         self.images_dir = self.root / "images"
-
-        # category.csv
-        path = self.root / CATEGORY_FILE
-        rows = _read_csv(path, CATEGORY_COLUMNS, f"{fix_any}; category.csv lists the categories, one per row")
-        cat_rows = {}
-        for line, row in enumerate(rows, start=2):
-            name = row["name"].strip()
-            if not name:
-                raise DataError(f"{path} line {line}: empty category name")
-            cat_rows[name] = (line, row)
-        if categories is not None:
-            unknown = [c for c in categories if c not in cat_rows]
-            if unknown:
-                raise DataError(
-                    f"{path} has no category {', '.join(unknown)} (has: {', '.join(cat_rows)}): pick among those"
-                )
-            cat_rows = {c: cat_rows[c] for c in categories}
-
-        # label.csv
-        path = self.root / LABEL_FILE
-        rows = _read_csv(path, LABEL_COLUMNS, f"{fix_any}; label.csv lists the label numbers and names")
-        self.labels: dict[int, Label] = {}
-        for line, row in enumerate(rows, start=2):
-            number = _int(row["number"], path, line, "number")
-            if number == 0:
-                continue  # "no label"
-            if number < 0 or number in self.labels:
-                raise DataError(f"{path} line {line}: label number {number} is negative or repeated; numbers must be unique and > 0")
-            self.labels[number] = Label(
-                number=number,
-                name=row["name"],
-                categories=_parse_label_categories(row["category"], path, line),
-                frequency=_int(row["frequency"] or "0", path, line, "frequency"),
-                coverage=_float(row["coverage"], path, line, "coverage"),
-                syns=tuple(s for s in row["syns"].split(";") if s),
-            )
-
-        # index.csv
-        path = self.root / INDEX_FILE
-        rows = _read_csv(path, INDEX_META, f"{fix_any}; index.csv lists one image per row")
-        if rows:
-            missing = [c for c in cat_rows if c not in rows[0]]
-            if missing:
-                raise DataError(
-                    f"{path} lacks the column(s) {', '.join(missing)} of categories listed in category.csv: "
-                    "add the column(s) (entries may be empty) or remove those categories from category.csv"
-                )
-        self._meta: list[tuple[str, str, int, int, int, int]] = []
-        self._entries: dict[str, list[tuple[str | int, ...]]] = {c: [] for c in cat_rows}
-        has_files = dict.fromkeys(cat_rows, False)
-        has_any = dict.fromkeys(cat_rows, False)
-        for line, row in enumerate(rows, start=2):
-            image = row["image"].strip()
-            if not image:
-                raise DataError(f"{path} line {line}: empty image path")
-            meta = [_int(row[c], path, line, c) for c in ("ih", "iw", "sh", "sw")]
-            self._meta.append((image, row["split"].strip(), *meta))
-            for cat in cat_rows:
-                cell = []
-                for v in (row.get(cat) or "").split(";"):
-                    v = v.strip()
-                    if not v:
-                        continue
-                    if _INT.match(v):
-                        cell.append(int(v))
-                    else:
-                        cell.append(v)
-                        has_files[cat] = True
-                    has_any[cat] = True
-                self._entries[cat].append(tuple(cell))
-
-        # c_<category>.csv
-        self.categories: dict[str, Category] = {}
-        for cat, (line, row) in cat_rows.items():
-            cpath = self.root / f"c_{cat}.csv"
-            crow = _read_csv(
-                cpath, CODE_COLUMNS, f"every category of category.csv needs its c_{cat}.csv (code,number,name,frequency,coverage)"
-            )
-            codes: dict[int, int] = {}
-            stats: dict[int, tuple[int, float]] = {}
-            for cline, c in enumerate(crow, start=2):
-                code = _int(c["code"], cpath, cline, "code")
-                number = _int(c["number"], cpath, cline, "number")
-                if number == 0:
-                    continue
-                if number not in self.labels:
-                    raise DataError(f"{cpath} line {cline}: label number {number} is not in label.csv: add it there")
-                codes[code] = number
-                stats[number] = (_int(c["frequency"] or "0", cpath, cline, "frequency"), _float(c["coverage"], cpath, cline, "coverage"))
-            pixel = has_files[cat] if has_any[cat] else cat in BRODEN_PIXEL_CATEGORIES
-            self.categories[cat] = Category(
-                name=cat,
-                first=_int(row["first"] or "0", self.root / CATEGORY_FILE, line, "first"),
-                last=_int(row["last"] or "0", self.root / CATEGORY_FILE, line, "last"),
-                count=_int(row["count"] or "0", self.root / CATEGORY_FILE, line, "count"),
-                frequency=_int(row["frequency"] or "0", self.root / CATEGORY_FILE, line, "frequency"),
-                pixel_level=pixel,
-                labels=tuple(codes[k] for k in sorted(codes)),
-                stats=stats,
-            )
+        cat_rows = _read_category_csv(self.root, categories)
+        self.labels: dict[int, Label] = _read_label_csv(self.root)
+        index = _read_index_csv(self.root, list(cat_rows))
+        self._meta: list[tuple[str, str, int, int, int, int]] = index.meta
+        self._entries: dict[str, list[tuple[str | int, ...]]] = index.entries
+        self.categories: dict[str, Category] = {
+            cat: _read_code_csv(self.root, cat, row, self.labels, index.pixel_level[cat]) for cat, row in cat_rows.items()
+        }
 
     # ---- metadata
 
@@ -550,6 +585,20 @@ def _label_hits(chans: Sequence[np.ndarray]) -> Iterator[tuple[int, Callable[[],
             yield int(lab), (lambda hit=hit: hit), int(hit.sum())
 
 
+def _image_hwc(image: np.ndarray) -> np.ndarray:
+    """A uint8 3 x H x W, 1 x H x W or H x W image as PIL wants it: H x W x 3 or H x W."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise ValueError("images must be uint8")
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = img.transpose(1, 2, 0)
+        if img.shape[2] == 1:
+            img = img[..., 0]
+    elif img.ndim != 2:
+        raise ValueError(f"image must be 3 x H x W, 1 x H x W or H x W, got {img.shape}")
+    return img
+
+
 def _fmt(x: float) -> str:
     return f"{x:.6f}"
 
@@ -652,20 +701,35 @@ class BrodenWriter:
         for c in labels:
             if c not in self.image_categories:
                 raise ValueError(f"{c!r} is not an image-level category of this writer")
-        img = np.asarray(image)
-        if img.dtype != np.uint8:
-            raise ValueError("images must be uint8")
-        if img.ndim == 3 and img.shape[0] in (1, 3):
-            img = img.transpose(1, 2, 0)
-            if img.shape[2] == 1:
-                img = img[..., 0]
-        elif img.ndim != 2:
-            raise ValueError(f"image must be 3 x H x W, 1 x H x W or H x W, got {img.shape}")
+        img = _image_hwc(image)
         ih, iw = img.shape[:2]
         index = len(self._rows)
         stem = f"{index:06d}" if stem is None else stem
         img_rel = f"{stem}.png"
+        channels, shape = self._mask_channels(masks)
+        sh, sw = shape if shape is not None else (ih, iw)
+        image_ids = self._image_label_ids(labels)
 
+        # everything checked: write the files
+        Image.fromarray(np.ascontiguousarray(img)).save(self._path(img_rel))
+        row: list[object] = [img_rel, split, ih, iw, sh, sw]
+        # label -> (lazy pixel union, its pixel count); None = whole image
+        present: dict[int, tuple[Callable[[], np.ndarray], int] | None] = {}
+        npix = float(sh * sw)
+        for c in self.pixel_categories:
+            row.append(self._add_masks(stem, c, channels.get(c, []), present, npix))
+        for c in self.image_categories:
+            row.append(self._add_image_labels(c, image_ids[c], present))
+        for lab, hit in present.items():
+            self._lfreq[lab] = self._lfreq.get(lab, 0) + 1
+            self._lcov[lab] = self._lcov.get(lab, 0.0) + (1.0 if hit is None else hit[1] / npix)
+        self._rows.append(row)
+        return index
+
+    def _mask_channels(self, masks: Mapping[str, np.ndarray | Sequence[np.ndarray]]
+                       ) -> tuple[dict[str, list[np.ndarray]], tuple[int, ...] | None]:
+        """:meth:`add_image`'s ``masks`` checked: per category its non-empty sh x sw channels, and
+        the one mask size (``None`` without masks)."""
         channels: dict[str, list[np.ndarray]] = {}
         shape = None
         for c, m in masks.items():
@@ -685,51 +749,50 @@ class BrodenWriter:
                 raise ValueError(f"masks of one image must share a size: {arr.shape[1:]} vs {shape}")
             self._check_labels(arr, c)
             channels[c] = [a for a in arr if a.any()]
-        sh, sw = shape if shape is not None else (ih, iw)
+        return channels, shape
+
+    def _image_label_ids(self, labels: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+        """:meth:`add_image`'s ``labels`` checked: per image-level category its label numbers,
+        each once, without 0."""
         image_ids = {}
         for c in self.image_categories:
             ids = [int(x) for x in labels.get(c, ())]
             self._check_labels(np.asarray(ids, dtype=np.int64), c)
             image_ids[c] = list(dict.fromkeys(x for x in ids if x != 0))
+        return image_ids
 
-        # everything checked: write the files
-        Image.fromarray(np.ascontiguousarray(img)).save(self._path(img_rel))
-        row: list[object] = [img_rel, split, ih, iw, sh, sw]
-        # label -> (lazy pixel union, its pixel count); None = whole image
-        present: dict[int, tuple[Callable[[], np.ndarray], int] | None] = {}
-        npix = float(sh * sw)
-        for c in self.pixel_categories:
-            files = []
-            chans = channels.get(c, [])
-            for k, ch in enumerate(chans, start=1):
-                rel = f"{stem}_{c}.png" if len(chans) == 1 else f"{stem}_{c}_{k}.png"
-                Image.fromarray(encode_mask(ch)).save(self._path(rel))
-                files.append(rel)
-            row.append(";".join(files))
-            if chans:
-                self._cat_images[c] += 1
-                for lab, hit, count in _label_hits(chans):
-                    self._freq[c][lab] = self._freq[c].get(lab, 0) + 1
-                    self._cov[c][lab] = self._cov[c].get(lab, 0.0) + count / npix
-                    if lab not in present:
-                        present[lab] = (hit, count)
-                    elif present[lab] is not None:
-                        union = present[lab][0]() | hit()
-                        present[lab] = (lambda u=union: u, int(union.sum()))
-        for c in self.image_categories:
-            ids = image_ids[c]
-            row.append(";".join(str(x) for x in ids))
-            if ids:
-                self._cat_images[c] += 1
-            for lab in ids:
+    def _add_masks(self, stem: str, c: str, chans: list[np.ndarray],
+                   present: dict[int, tuple[Callable[[], np.ndarray], int] | None], npix: float) -> str:
+        """Write the mask PNGs of category ``c`` and count its labels (``present``: the image's
+        labels so far, their pixels merged); returns the index.csv cell."""
+        files = []
+        for k, ch in enumerate(chans, start=1):
+            rel = f"{stem}_{c}.png" if len(chans) == 1 else f"{stem}_{c}_{k}.png"
+            Image.fromarray(encode_mask(ch)).save(self._path(rel))
+            files.append(rel)
+        if chans:
+            self._cat_images[c] += 1
+            for lab, hit, count in _label_hits(chans):
                 self._freq[c][lab] = self._freq[c].get(lab, 0) + 1
-                self._cov[c][lab] = self._cov[c].get(lab, 0.0) + 1.0
-                present[lab] = None
-        for lab, hit in present.items():
-            self._lfreq[lab] = self._lfreq.get(lab, 0) + 1
-            self._lcov[lab] = self._lcov.get(lab, 0.0) + (1.0 if hit is None else hit[1] / npix)
-        self._rows.append(row)
-        return index
+                self._cov[c][lab] = self._cov[c].get(lab, 0.0) + count / npix
+                if lab not in present:
+                    present[lab] = (hit, count)
+                elif present[lab] is not None:
+                    union = present[lab][0]() | hit()
+                    present[lab] = (lambda u=union: u, int(union.sum()))
+        return ";".join(files)
+
+    def _add_image_labels(self, c: str, ids: list[int],
+                          present: dict[int, tuple[Callable[[], np.ndarray], int] | None]) -> str:
+        """Count the image-level labels ``ids`` of category ``c`` (each covers the whole image);
+        returns the index.csv cell."""
+        if ids:
+            self._cat_images[c] += 1
+        for lab in ids:
+            self._freq[c][lab] = self._freq[c].get(lab, 0) + 1
+            self._cov[c][lab] = self._cov[c].get(lab, 0.0) + 1.0
+            present[lab] = None
+        return ";".join(str(x) for x in ids)
 
     def _path(self, rel: str) -> Path:
         path = self.root / "images" / rel

@@ -672,44 +672,61 @@ def write_lce_outputs(result: LCEResult, out: str | Path, *, figures: bool = Tru
 
 
 def _lce_figures(result: LCEResult, out: Path) -> dict[str, Path]:
+    """The figures of :func:`write_lce_outputs`: the LCE scatter plot(s), the profiles, the
+    abstracted profile and the correlation heatmaps."""
+    paths: dict[str, Path] = {}
+    n_comp = result.coords.shape[1]
+    paths.update(_lce_scatter(result, 0, 1 if n_comp > 1 else -1, out))
+    if n_comp > 2:
+        paths.update(_lce_scatter(result, 0, 2, out))
+    paths["profiles.png"] = _profiles_figure(result.profiles, out / "profiles.png")
+    paths["abstracted_profile.png"] = _abstracted_figure(result.profiles, out / "abstracted_profile.png")
+    for source, title in (("abstracted", "Correlation (Pearson) of the LCE axes with the abstracted profile"),
+                          ("performance", "Correlation (Pearson) of the LCE axes with performance")):
+        rows = [r for r in result.correlations if r["source"] == source]
+        if rows:
+            name = f"correlations_{source}.png"
+            paths[name] = _correlation_figure(result, rows, title, out / name)
+    return paths
+
+
+def _lce_scatter(result: LCEResult, i: int, j: int, out: Path) -> dict[str, Path]:
+    """The models on components ``i`` and ``j`` (on component ``i`` alone when ``j`` < 0),
+    coloured by group."""
     from deepcluster.core.plot import label_colors, new_figure, save_png
 
-    paths: dict[str, Path] = {}
     p = result.profiles
     letters = sorted(set(result.groups), key=result.groups.index)
     colours = label_colors(len(letters))
-    colour_of = {g: colours[i] for i, g in enumerate(letters)}
+    colour_of = {g: colours[k] for k, g in enumerate(letters)}
     ratio = result.explained_variance_ratio
+    fig = new_figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    for g in letters:
+        idx = [t for t, gg in enumerate(result.groups) if gg == g]
+        ax.scatter(result.coords[idx, i], result.coords[idx, j] if j >= 0 else np.zeros(len(idx)),
+                   color=colour_of[g], s=55, label=f"group {g}", edgecolor="black", linewidth=0.5)
+    for t, m in enumerate(p.models):
+        ax.annotate(m, (result.coords[t, i], result.coords[t, j] if j >= 0 else 0.0), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"PC{i + 1} ({100 * ratio[i]:.1f}% of variance)")
+    if j >= 0:
+        ax.set_ylabel(f"PC{j + 1} ({100 * ratio[j]:.1f}% of variance)")
+    else:
+        ax.set_yticks([])
+    ax.axhline(0, color="0.85", lw=0.8, zorder=0)
+    ax.axvline(0, color="0.85", lw=0.8, zorder=0)
+    ax.set_title(f"Learned Concepts Embedding ({len(p.models)} models, {len(p.concepts)} concepts)")
+    if len(letters) > 1:
+        ax.legend(fontsize=8, loc="best")
+    name = f"lce_pc{i + 1}_pc{j + 1}.png" if j >= 0 else "lce_pc1.png"
+    return {name: save_png(fig, out / name)}
 
-    def scatter(i: int, j: int) -> None:
-        fig = new_figure(6.5, 5.0)
-        ax = fig.add_subplot()
-        for g in letters:
-            idx = [t for t, gg in enumerate(result.groups) if gg == g]
-            ax.scatter(result.coords[idx, i], result.coords[idx, j] if j >= 0 else np.zeros(len(idx)),
-                       color=colour_of[g], s=55, label=f"group {g}", edgecolor="black", linewidth=0.5)
-        for t, m in enumerate(p.models):
-            ax.annotate(m, (result.coords[t, i], result.coords[t, j] if j >= 0 else 0.0), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel(f"PC{i + 1} ({100 * ratio[i]:.1f}% of variance)")
-        if j >= 0:
-            ax.set_ylabel(f"PC{j + 1} ({100 * ratio[j]:.1f}% of variance)")
-        else:
-            ax.set_yticks([])
-        ax.axhline(0, color="0.85", lw=0.8, zorder=0)
-        ax.axvline(0, color="0.85", lw=0.8, zorder=0)
-        ax.set_title(f"Learned Concepts Embedding ({len(p.models)} models, {len(p.concepts)} concepts)")
-        if len(letters) > 1:
-            ax.legend(fontsize=8, loc="best")
-        name = f"lce_pc{i + 1}_pc{j + 1}.png" if j >= 0 else "lce_pc1.png"
-        paths[name] = save_png(fig, out / name)
 
-    n_comp = result.coords.shape[1]
-    scatter(0, 1 if n_comp > 1 else -1)
-    if n_comp > 2:
-        scatter(0, 2)
+def _profiles_figure(p: ProfileMatrix, path: Path) -> Path:
+    """The profile matrix: models x concepts, grouped by category."""
+    from deepcluster.core.plot import new_figure, save_png
 
-    # The profile matrix: models × concepts, grouped by category.
     n_c = len(p.concepts)
     fig = new_figure(min(40, 3 + 0.14 * n_c), 1.8 + 0.32 * len(p.models))
     ax = fig.add_subplot()
@@ -729,9 +746,13 @@ def _lce_figures(result: LCEResult, out: Path) -> dict[str, Path]:
     fig.colorbar(im, ax=ax, label="units / concepts in category" if p.normalize == "superset" else "units",
                  shrink=0.8)
     ax.set_title("Dissect profiles", pad=16)
-    paths["profiles.png"] = save_png(fig, out / "profiles.png")
+    return save_png(fig, path)
 
-    # Abstracted profile (thesis Figure 3.4): unique concepts and units per category.
+
+def _abstracted_figure(p: ProfileMatrix, path: Path) -> Path:
+    """Abstracted profile (thesis Figure 3.4): unique concepts and units per category."""
+    from deepcluster.core.plot import label_colors, new_figure, save_png
+
     n_cat = len(p.categories)
     fig = new_figure(3 + 0.45 * len(p.models), 5.5)
     axs = fig.subplots(2, 1, sharex=True)
@@ -746,28 +767,26 @@ def _lce_figures(result: LCEResult, out: Path) -> dict[str, Path]:
     axs[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axs[1].set_xticks(x, p.models, rotation=60, ha="right", fontsize=8)
     axs[0].set_title("Abstracted Dissect profile")
-    paths["abstracted_profile.png"] = save_png(fig, out / "abstracted_profile.png")
+    return save_png(fig, path)
 
-    for source, title in (("abstracted", "Correlation (Pearson) of the LCE axes with the abstracted profile"),
-                          ("performance", "Correlation (Pearson) of the LCE axes with performance")):
-        rows = [r for r in result.correlations if r["source"] == source]
-        if not rows:
-            continue
-        variables = list(dict.fromkeys(r["variable"] for r in rows))
-        mat = np.full((len(variables), len(result.axes)), np.nan)
-        for r in rows:
-            mat[variables.index(r["variable"]), result.axes.index(r["axis"])] = r["pearson_r"]
-        fig = new_figure(2.5 + 1.0 * len(result.axes), 1.5 + 0.3 * len(variables))
-        ax = fig.add_subplot()
-        im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(result.axes)), result.axes)
-        ax.set_yticks(range(len(variables)), variables, fontsize=8)
-        for (i, j), v in np.ndenumerate(mat):
-            ax.text(j, i, "-" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-        ax.set_title(title, fontsize=9)
-        name = f"correlations_{source}.png"
-        paths[name] = save_png(fig, out / name)
-    return paths
+
+def _correlation_figure(result: LCEResult, rows: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Heatmap of the Pearson correlations ``rows`` (variables x LCE axes)."""
+    from deepcluster.core.plot import new_figure, save_png
+
+    variables = list(dict.fromkeys(r["variable"] for r in rows))
+    mat = np.full((len(variables), len(result.axes)), np.nan)
+    for r in rows:
+        mat[variables.index(r["variable"]), result.axes.index(r["axis"])] = r["pearson_r"]
+    fig = new_figure(2.5 + 1.0 * len(result.axes), 1.5 + 0.3 * len(variables))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(result.axes)), result.axes)
+    ax.set_yticks(range(len(variables)), variables, fontsize=8)
+    for (i, j), v in np.ndenumerate(mat):
+        ax.text(j, i, "-" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    return save_png(fig, path)
 
