@@ -4,8 +4,10 @@
 * ``ensemble``: weighted soft-voting ensembles of every pair of runs' linear probes.
 * ``similarity``: debiased linear CKA between the layers of several runs.
 
-No ``from __future__ import annotations``: typer reads the annotations (see cli/study.py).
+The commands are module-level functions; :func:`register` attaches them.
 """
+
+from __future__ import annotations
 
 import math
 from pathlib import Path

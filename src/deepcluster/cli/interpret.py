@@ -1,7 +1,11 @@
 """``deepcluster dissect`` (network dissection) and ``deepcluster concepts make`` (the probe).
 
-No ``from __future__ import annotations``: typer reads the annotations (see cli/study.py).
+The commands are module-level functions; :func:`register` attaches them. ``dissect``'s command
+line is the dataclass :class:`DissectArgs`, one field per argument and option, which
+:func:`~deepcluster.cli._common.command_from_fields` turns into the signature typer reads.
 """
+
+from __future__ import annotations
 
 import re
 import time

@@ -191,7 +191,7 @@ def probe_probabilities(
     returning its softmax probabilities on ``test_x``.
 
     Same fit: features standardised with the training mean and std, multinomial logistic
-    regression by full-batch L-BFGS with an L2 penalty (:func:`fit_logistic_regression`).
+    regression by full-batch L-BFGS with an L2 penalty (:func:`~deepcluster.evaluate.lbfgs_probe.fit_logistic_regression`).
 
     Parameters
     ----------

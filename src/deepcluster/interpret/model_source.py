@@ -5,7 +5,7 @@
 
 * a run folder of ours (``config.yaml`` present): the network of the chosen checkpoint; input
   channels and size from the checkpoint, normalisation from the run's dataset
-  (:func:`deepcluster.train.runner.normalization`). Grey nets get the probe's RGB images
+  (:func:`deepcluster.data.splits.normalization`). Grey nets get the probe's RGB images
   converted to grey (ITU-R 601 luma, as PIL's ``"L"``), and images are resized to the run's size;
 * a torchvision model name (``resnet18``, or ``tv:resnet18``): built with
   ``torchvision.models.get_model(name, weights=None)`` -- nothing is ever downloaded -- then the
