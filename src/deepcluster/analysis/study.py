@@ -10,8 +10,8 @@ A study folder (default ``runs/studies/<name>``) is self-describing::
     ia/<setting>.json    IA distribution of a setting (``ia.seeds`` / prescreen networks)
     study.db             the optuna storage (SQLite, unless --storage says otherwise)
     trials/<slug>/       one run folder per trial (``k=20__seed=1``) + eval/, ia.json,
-                         study_log.jsonl (one line per training start / evaluation) and
-                         result.json (written last: the trial is finished)
+                         study_log.jsonl (one line per training start and end, evaluation
+                         and IA) and result.json (written last: the trial is finished)
     trials.csv summary.csv summary.md figures/
 
 Optuna coordinates the workers. Every trial is enqueued once (``enqueue_trial``) and workers
@@ -218,6 +218,12 @@ def _quiet_optuna() -> Any:
     old = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return old
+
+
+def _restore_optuna(verbosity: Any) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(verbosity)
 
 
 def _five(values: np.ndarray) -> dict[str, float]:
@@ -433,16 +439,8 @@ def run_study(
     -------
     StudyResult
     """
-    import optuna
-    from optuna.trial import TrialState
-
     log = log or (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
-    spec_path = Path(spec_path)
-    if spec_path.is_dir():  # a study folder: continue it in place
-        out_dir = spec_path if out_dir is None else out_dir
-        spec_path = spec_path / "spec.yaml"
-    spec = load_spec(spec_path)
-    study_dir = Path(out_dir) if out_dir is not None else Path("runs") / "studies" / spec.name
+    spec_path, spec, study_dir = _locate(spec_path, out_dir)
     worker = _Worker(spec_path, spec, study_dir, log, show_progress)
     worker.write_description()
 
@@ -450,64 +448,108 @@ def run_study(
     result = StudyResult(study_dir=study_dir, storage=_mask(url))
     old_verbosity = _quiet_optuna()
     try:
-        with _file_lock(worker.lock_path):
-            # Under the lock: two workers creating the tables of a new SQLite file at once collide.
-            rdb = _open_storage(url, spec, heartbeat_interval, grace_period)
-            study = optuna.create_study(study_name=spec.name, storage=rdb, load_if_exists=True,
-                                        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-            fp = json.loads(json.dumps(spec.fingerprint()))
-            known = study.user_attrs.get(FINGERPRINT_ATTR)
-            if known is not None and known != fp:
-                raise ConfigError(f"storage {_mask(url)} already holds a study {spec.name!r} with a different spec; "
-                                  "rename the study (name:) or use another --storage")
-            plan = study.user_attrs.get(PLAN_ATTR)
-            if plan is None:
-                plan = worker.make_plan()
-                study.set_user_attr(FINGERPRINT_ATTR, fp)
-                study.set_user_attr(PLAN_ATTR, plan)
-            elif not (study_dir / "plan.json").exists():
-                write_json(study_dir / "plan.json", plan)
-            _reap(study, worker, plan)
-            _reconcile(study, plan, retry_failed, log)
-
-        entries = {t["slug"]: t for t in plan["trials"]}
-        choices = _choices(plan)
-        asked, waiting_logged = 0, False
-        while max_trials is None or asked < max_trials:
-            with _file_lock(worker.lock_path):
-                _reap(study, worker, plan)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    optuna.storages.fail_stale_trials(study)
-                waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                trial = None
-                if waiting:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()": we beat ourselves
-                        trial = study.ask()
-                    rdb.record_heartbeat(trial._trial_id)  # at once: a trial never beaten never goes stale
-                    trial.set_user_attr("worker_host", worker.host)
-                    trial.set_user_attr("worker_pid", os.getpid())
-            if trial is None:
-                if running and wait:
-                    if not waiting_logged:
-                        log(f"no trial left to start; waiting for {len(running)} running in other workers "
-                            f"(a dead one elsewhere is retried {rdb.grace_period} s after its last heartbeat)")
-                        waiting_logged = True
-                    time.sleep(rdb.heartbeat_interval)
-                    continue
-                break
-            waiting_logged = False
-            asked += 1
-            with _heartbeat(rdb, trial._trial_id, rdb.heartbeat_interval):
-                _run_one(study, trial, worker, entries, choices, result)
+        rdb, study, plan = _open_study(worker, url, heartbeat_interval, grace_period, retry_failed)
+        _run_trials(study, rdb, worker, plan, result, max_trials=max_trials, wait=wait)
         result.finished = _finished(study, plan)
     finally:
-        optuna.logging.set_verbosity(old_verbosity)
+        _restore_optuna(old_verbosity)
 
     result.summary = summarize_study(study_dir, log=log)
     return result
+
+
+def _locate(spec_path: str | Path, out_dir: str | Path | None) -> tuple[Path, StudySpec, Path]:
+    """The spec file, the spec read from it, and the study folder (a folder given as ``spec_path``
+    is continued in place, from its ``spec.yaml``)."""
+    spec_path = Path(spec_path)
+    if spec_path.is_dir():
+        out_dir = spec_path if out_dir is None else out_dir
+        spec_path = spec_path / "spec.yaml"
+    spec = load_spec(spec_path)
+    study_dir = Path(out_dir) if out_dir is not None else Path("runs") / "studies" / spec.name
+    return spec_path, spec, study_dir
+
+
+def _open_study(worker: _Worker, url: str, heartbeat_interval: int | None, grace_period: int | None,
+                retry_failed: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """The optuna storage, the study and its plan (made by the first worker), with the trials of dead
+    workers of this host re-enqueued and every unfinished planned trial queued.
+
+    All under the study lock: two workers creating the tables of a new SQLite file at once collide,
+    and the plan must be made and its trials enqueued once.
+    """
+    import optuna
+
+    spec = worker.spec
+    with _file_lock(worker.lock_path):
+        rdb = _open_storage(url, spec, heartbeat_interval, grace_period)
+        study = optuna.create_study(study_name=spec.name, storage=rdb, load_if_exists=True,
+                                    direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        fp = json.loads(json.dumps(spec.fingerprint()))
+        known = study.user_attrs.get(FINGERPRINT_ATTR)
+        if known is not None and known != fp:
+            raise ConfigError(f"storage {_mask(url)} already holds a study {spec.name!r} with a different spec; "
+                              "rename the study (name:) or use another --storage")
+        plan = study.user_attrs.get(PLAN_ATTR)
+        if plan is None:
+            plan = worker.make_plan()
+            study.set_user_attr(FINGERPRINT_ATTR, fp)
+            study.set_user_attr(PLAN_ATTR, plan)
+        elif not (worker.dir / "plan.json").exists():
+            write_json(worker.dir / "plan.json", plan)
+        _reap(study, worker, plan)
+        _reconcile(study, plan, retry_failed, worker.log)
+    return rdb, study, plan
+
+
+def _run_trials(study, rdb: Any, worker: _Worker, plan: dict[str, Any], result: StudyResult, *,
+                max_trials: int | None, wait: bool) -> None:
+    """Take WAITING trials one at a time and run them, until none is left (or ``max_trials``).
+
+    With ``wait``, a worker that finds no trial waiting while others still run waits for them.
+    """
+    entries = {t["slug"]: t for t in plan["trials"]}
+    choices = _choices(plan)
+    asked, waiting_logged = 0, False
+    while max_trials is None or asked < max_trials:
+        trial, running = _take_trial(study, rdb, worker, plan)
+        if trial is None:
+            if running and wait:
+                if not waiting_logged:
+                    worker.log(f"no trial left to start; waiting for {running} running in other workers "
+                               f"(a dead one elsewhere is retried {rdb.grace_period} s after its last heartbeat)")
+                    waiting_logged = True
+                time.sleep(rdb.heartbeat_interval)
+                continue
+            break
+        waiting_logged = False
+        asked += 1
+        with _heartbeat(rdb, trial._trial_id, rdb.heartbeat_interval):
+            _run_one(study, trial, worker, entries, choices, result)
+
+
+def _take_trial(study, rdb: Any, worker: _Worker, plan: dict[str, Any]) -> tuple[Any, int]:
+    """Under the study lock: fail the trials of dead workers, then ``ask()`` for a WAITING trial (None
+    when there is none) and mark it as this worker's. Also returns how many trials are RUNNING."""
+    import optuna
+    from optuna.trial import TrialState
+
+    with _file_lock(worker.lock_path):
+        _reap(study, worker, plan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not waiting:
+            return None, len(running)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()": we beat ourselves
+            trial = study.ask()
+        rdb.record_heartbeat(trial._trial_id)  # at once: a trial never beaten never goes stale
+        trial.set_user_attr("worker_host", worker.host)
+        trial.set_user_attr("worker_pid", os.getpid())
+    return trial, len(running)
 
 
 def _choices(plan: dict[str, Any]) -> dict[str, list[Any]]:
@@ -625,12 +667,9 @@ def _run_one(study, trial, worker: _Worker, entries: dict[str, Any], choices: di
 
 def _execute(worker: _Worker, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Train (or resume), evaluate and measure one trial; returns its record and whether it was reused."""
-    from deepcluster.analysis.alignment import resolve_init
-    from deepcluster.evaluate import evaluate_run
     from deepcluster.runs import RunFolder
-    from deepcluster.train import train
 
-    spec, slug = worker.spec, entry["slug"]
+    slug = entry["slug"]
     tdir = worker.trial_dir(slug)
     # A second process holding the same trial (only after a false "dead worker" verdict) waits
     # here, then finds result.json and reads it instead of training twice.
@@ -641,59 +680,83 @@ def _execute(worker: _Worker, entry: dict[str, Any]) -> tuple[dict[str, Any], bo
             return json.loads(result_path.read_text()), True
         tdir.mkdir(parents=True, exist_ok=True)
         setting = worker.by_slug[entry["setting"]]
-        cfg = setting_config(spec, worker.base, setting, entry["params"]["seed"])
-        log_path = tdir / "study_log.jsonl"
-
+        cfg = setting_config(worker.spec, worker.base, setting, entry["params"]["seed"])
         run = RunFolder(tdir)
-        done_cycle = _checkpoint_cycle(run)
-        if done_cycle < cfg.cycles:
-            t0 = time.perf_counter()
-            how = f"resuming from cycle {done_cycle + 1}" if done_cycle else "training"
-            worker.log(f"trial {slug}: {how} ({cfg.cycles} cycles)")
-            append_jsonl(log_path, {"event": "train", "from_cycle": done_cycle + 1, "pid": os.getpid(),
-                                    "host": worker.host, "time": time.time()})
-            # A resumed run continues from its own config.yaml: it holds what training decided
-            # (e.g. the init seed that init=best_ia:N picked).
-            if done_cycle:
-                train(run.load_config(), tdir, resume=True, show_progress=worker.show_progress)
-            else:
-                cfg, init_ia = resolve_init(cfg, show_progress=worker.show_progress)
-                train(cfg, tdir, init_ia=init_ia, show_progress=worker.show_progress)
-            append_jsonl(log_path, {"event": "trained", "seconds": round(time.perf_counter() - t0, 2)})
+        cfg = _train_trial(worker, run, cfg, slug)
         ia = _trial_ia(worker, run.load_config(), tdir)  # of the initialisation the run really used
-        eval_path = tdir / "eval" / "evaluation_last.json"
-        if eval_path.exists():
-            evaluation = json.loads(eval_path.read_text())
-        else:
-            t0 = time.perf_counter()
-            worker.log(f"trial {slug}: evaluating ({worker.layer}, {spec.metric.protocol})")
-            evaluation = evaluate_run(tdir, eval_config(spec, cfg, worker.layer), compare_random=False, out=tdir / "eval",
-                                      show_progress=worker.show_progress, log=lambda m: None)
-            append_jsonl(log_path, {"event": "evaluated", "seconds": round(time.perf_counter() - t0, 2)})
-
-        trained = evaluation["models"]["trained"]
-        clustering = trained["clustering"]
-        metrics = run.metrics()
-        events = read_jsonl(log_path)
-        record = {
-            "slug": slug, "setting": setting.slug, "params": entry["params"], "seed": entry["params"]["seed"],
-            "metric": {"layer": worker.layer, "protocol": spec.metric.protocol},
-            "accuracy": float(trained["layers"][worker.layer][spec.metric.protocol]),
-            "linear": trained["layers"][worker.layer]["linear"], "knn": trained["layers"][worker.layer]["knn"],
-            "nmi": clustering.get("nmi"), "ari": clustering.get("ari"), "kmeans_acc": clustering.get("acc"),
-            "nmi_labels_final": metrics[-1].get("nmi_labels") if metrics else None,
-            "ia": ia,
-            "cycles": cfg.cycles,
-            "seconds": round(sum(e.get("seconds", 0.0) for e in events), 2),
-            "train_starts": sum(e["event"] == "train" for e in events),
-            "evaluation": "eval/evaluation_last.json",
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        evaluation = _evaluate_trial(worker, cfg, slug, tdir)
+        record = _trial_record(worker, entry, setting, cfg, run, evaluation, ia)
         write_json(result_path, record)
         (tdir / "error.json").unlink(missing_ok=True)  # from an earlier failed attempt (--retry-failed)
         worker.log(f"trial {slug}: accuracy {record['accuracy']:.4f}  NMI {record['nmi']:.3f}"
                    + (f"  IA {ia:.3f}" if ia is not None else ""))
         return record, False
+
+
+def _train_trial(worker: _Worker, run, cfg: TrainConfig, slug: str) -> TrainConfig:
+    """Train the trial's run folder ``run`` to ``cfg.cycles``: from the start, or resumed from its
+    last checkpoint; nothing when it is already there. Returns ``cfg``, with its ``init=best_ia:N``
+    resolved when training starts here."""
+    from deepcluster.analysis.alignment import resolve_init
+    from deepcluster.train import train
+
+    done_cycle = _checkpoint_cycle(run)
+    if done_cycle >= cfg.cycles:
+        return cfg
+    tdir, log_path = run.path, run.path / "study_log.jsonl"
+    t0 = time.perf_counter()
+    how = f"resuming from cycle {done_cycle + 1}" if done_cycle else "training"
+    worker.log(f"trial {slug}: {how} ({cfg.cycles} cycles)")
+    append_jsonl(log_path, {"event": "train", "from_cycle": done_cycle + 1, "pid": os.getpid(),
+                            "host": worker.host, "time": time.time()})
+    # A resumed run continues from its own config.yaml: it holds what training decided
+    # (e.g. the init seed that init=best_ia:N picked).
+    if done_cycle:
+        train(run.load_config(), tdir, resume=True, show_progress=worker.show_progress)
+    else:
+        cfg, init_ia = resolve_init(cfg, show_progress=worker.show_progress)
+        train(cfg, tdir, init_ia=init_ia, show_progress=worker.show_progress)
+    append_jsonl(log_path, {"event": "trained", "seconds": round(time.perf_counter() - t0, 2)})
+    return cfg
+
+
+def _evaluate_trial(worker: _Worker, cfg: TrainConfig, slug: str, tdir: Path) -> dict[str, Any]:
+    """The trial's evaluation (``eval/evaluation_last.json``), computed unless it is already there."""
+    from deepcluster.evaluate import evaluate_run
+
+    eval_path = tdir / "eval" / "evaluation_last.json"
+    if eval_path.exists():
+        return json.loads(eval_path.read_text())
+    t0 = time.perf_counter()
+    worker.log(f"trial {slug}: evaluating ({worker.layer}, {worker.spec.metric.protocol})")
+    evaluation = evaluate_run(tdir, eval_config(worker.spec, cfg, worker.layer), compare_random=False, out=tdir / "eval",
+                              show_progress=worker.show_progress, log=lambda m: None)
+    append_jsonl(tdir / "study_log.jsonl", {"event": "evaluated", "seconds": round(time.perf_counter() - t0, 2)})
+    return evaluation
+
+
+def _trial_record(worker: _Worker, entry: dict[str, Any], setting: Setting, cfg: TrainConfig, run,
+                  evaluation: dict[str, Any], ia: float | None) -> dict[str, Any]:
+    """What ``result.json`` holds: the trial's metric, probes, clustering quality, IA and seconds."""
+    spec, layer = worker.spec, worker.layer
+    trained = evaluation["models"]["trained"]
+    clustering = trained["clustering"]
+    metrics = run.metrics()
+    events = read_jsonl(run.path / "study_log.jsonl")
+    return {
+        "slug": entry["slug"], "setting": setting.slug, "params": entry["params"], "seed": entry["params"]["seed"],
+        "metric": {"layer": layer, "protocol": spec.metric.protocol},
+        "accuracy": float(trained["layers"][layer][spec.metric.protocol]),
+        "linear": trained["layers"][layer]["linear"], "knn": trained["layers"][layer]["knn"],
+        "nmi": clustering.get("nmi"), "ari": clustering.get("ari"), "kmeans_acc": clustering.get("acc"),
+        "nmi_labels_final": metrics[-1].get("nmi_labels") if metrics else None,
+        "ia": ia,
+        "cycles": cfg.cycles,
+        "seconds": round(sum(e.get("seconds", 0.0) for e in events), 2),
+        "train_starts": sum(e["event"] == "train" for e in events),
+        "evaluation": "eval/evaluation_last.json",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def _checkpoint_cycle(run) -> int:
