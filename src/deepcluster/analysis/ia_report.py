@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from deepcluster.analysis.alignment import IAResult, recommend
-from deepcluster.core.files import atomic_path, write_csv, write_json, write_text
+from deepcluster.core.files import write_csv, write_json, write_text
+from deepcluster.core.plot import new_figure, save_png
 
 __all__ = ["plot_ia_distributions", "summary_rows", "write_ia_outputs"]
 
@@ -38,14 +39,9 @@ def _markdown(rows: list[dict[str, Any]], recommended: str) -> str:
 
 def plot_ia_distributions(results: Sequence[IAResult], path: str | Path, title: str | None = None) -> Path:
     """Violin + points per setting (a histogram when there is one setting), medians marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
     n = len(results)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * n + 2.5), 3.4), dpi=100)
+    fig = new_figure(max(4.5, 1.1 * n + 2.5), 3.4, layout="tight")
+    ax = fig.add_subplot()
     if n == 1:
         r = results[0]
         ax.hist(r.values, bins=min(30, max(5, len(r.values) // 4)), color="#4C72B0", alpha=0.85)
@@ -67,11 +63,7 @@ def plot_ia_distributions(results: Sequence[IAResult], path: str | Path, title: 
         ax.set_ylabel("IA (NMI)")
     k_text = f"k={results[0].k}" if len({r.k for r in results}) == 1 else "k varies"
     ax.set_title(title or f"Initial Alignment over {len(results[0].values)} initialisations ({k_text})", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_ia_outputs(results: Sequence[IAResult], out: str | Path, *, tie: float = 0.01,

@@ -1,31 +1,22 @@
-"""Figures of a study (matplotlib, Agg backend, small PNGs written atomically)."""
+"""Figures of a study: small PNGs drawn with :mod:`deepcluster.core.plot` (Agg figures outside
+pyplot's global state, written atomically)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
-from deepcluster.core.files import atomic_path
+from deepcluster.core.plot import new_figure, save_png
 
-DPI = 100
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+W, H = 5, 3.5  # inches, at core.plot's 100 dpi
 
 
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+def _axes():
+    fig = new_figure(W, H, layout=None)
+    return fig, fig.add_subplot()
 
 
 def _is_number(v: Any) -> bool:
@@ -55,8 +46,7 @@ def plot_metric_by_value(trials: list[dict[str, Any]], key: str, values: list[An
     points = [(t[key], t[y]) for t in trials if key in t and t.get(y) is not None]
     if not points:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _axes()
     rng = np.random.default_rng(0)
     numeric = all(_is_number(v) for v in values)
     log = numeric and min(values) > 0 and max(values) / min(values) > 10
@@ -88,7 +78,7 @@ def plot_metric_by_value(trials: list[dict[str, Any]], key: str, values: list[An
     ax.set_ylabel(_metric_label(metric) if y == "accuracy" else y)
     ax.set_title(title or f"{y} vs {key} (median, IQR)", fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_ia_vs_accuracy(trials: list[dict[str, Any]], path: Path, metric: dict[str, Any],
@@ -97,10 +87,9 @@ def plot_ia_vs_accuracy(trials: list[dict[str, Any]], path: Path, metric: dict[s
     pts = [t for t in trials if t.get("ia") is not None]
     if not pts:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _axes()
     settings = list(dict.fromkeys(t["setting"] for t in pts))
-    cmap = plt.get_cmap("viridis", max(len(settings), 2))
+    cmap = matplotlib.colormaps["viridis"].resampled(max(len(settings), 2))
     for i, s in enumerate(settings):
         sub = [t for t in pts if t["setting"] == s]
         ax.scatter([t["ia"] for t in sub], [t["accuracy"] for t in sub], s=18, color=cmap(i), label=s)
@@ -113,7 +102,7 @@ def plot_ia_vs_accuracy(trials: list[dict[str, Any]], path: Path, metric: dict[s
     ax.set_xlabel("initial alignment (NMI of k-means on the random network)")
     ax.set_ylabel(_metric_label(metric))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_median_ia_vs_accuracy(settings: list[dict[str, Any]], path: Path, metric: dict[str, Any]) -> Path | None:
@@ -125,8 +114,7 @@ def plot_median_ia_vs_accuracy(settings: list[dict[str, Any]], path: Path, metri
             rows.append((r, ia))
     if not rows:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _axes()
     for r, ia in rows:
         q1 = r.get("ia_dist_q1") if r.get("ia_dist_median") is not None else r.get("ia_q1")
         q3 = r.get("ia_dist_q3") if r.get("ia_dist_median") is not None else r.get("ia_q3")
@@ -139,4 +127,4 @@ def plot_median_ia_vs_accuracy(settings: list[dict[str, Any]], path: Path, metri
     ax.set_ylabel(f"median {_metric_label(metric)}")
     ax.set_title("median IA vs median accuracy per setting", fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
