@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from deepcluster.cli._common import QuietOption, out_console, user_errors
+
+if TYPE_CHECKING:
+    from deepcluster.analysis.alignment import IAResult
 
 EPILOG = (
     "Examples: deepcluster ia -c configs/fmnist_lenet.yaml --set k=5 --seeds 100;  "
@@ -34,7 +38,7 @@ def ia(
     import yaml
 
     from deepcluster.analysis.ia_grid import ia_grid, split_grid
-    from deepcluster.analysis.ia_report import summary_rows, write_ia_outputs
+    from deepcluster.analysis.ia_report import write_ia_outputs
     from deepcluster.core import distributed
     from deepcluster.core.config import TrainConfig, build_config, config_to_dict
     from deepcluster.core.files import write_text
@@ -66,6 +70,14 @@ def ia(
         "tie": tie, "method": method,
     })
 
+    _print_outcome(results, rec, seeds=seeds, out=out, tie=tie)
+    distributed.shutdown()
+
+
+def _print_outcome(results: Sequence[IAResult], rec: dict[str, Any], *, seeds: int, out: Path, tie: float) -> None:
+    """The per-setting table (recommended setting starred), the recommendation, the best seeds."""
+    from deepcluster.analysis.ia_report import summary_rows
+
     table = Table(title=f"Initial Alignment over {seeds} initialisations — {out}")
     for col in ("setting", "min", "q1", "median", "q3", "max", "best seed"):
         table.add_column(col, justify="left" if col == "setting" else "right")
@@ -82,7 +94,6 @@ def ia(
                       + f"  → train from the best with --set init_seed={top[0][0]} or --set init=best_ia:N",
                       highlight=False)
     out_console.print(f"wrote {out}/summary.md, samples.csv, seed_ranking.csv, ia_distribution.png", highlight=False)
-    distributed.shutdown()
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,6 @@
-"""``deepcluster study``: run, resume, join or summarise a hyperparameter study.
+"""``deepcluster study``: run, resume, join or summarise a hyperparameter study."""
 
-No ``from __future__ import annotations`` in the command modules that define their commands
-inside :func:`register`: typer reads the annotations of those nested functions at run time.
-"""
+from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -17,7 +15,7 @@ if TYPE_CHECKING:
     from deepcluster.analysis.study_summary import StudySummary
 
 
-def summary_table(summary: "StudySummary") -> Table:
+def summary_table(summary: StudySummary) -> Table:
     """The per-setting medians [IQR] of a study as a rich table."""
     m = summary.metric
     table = Table(title=f"study {summary.name}: {len(summary.trials)} trials finished",
@@ -42,54 +40,66 @@ def summary_table(summary: "StudySummary") -> Table:
     return table
 
 
+EPILOG = (
+    "Examples: deepcluster study configs/studies/fmnist_k.yaml;  "
+    "a second worker on the same study: the same command in another shell (or --max-trials N);  "
+    "deepcluster study runs/studies/fmnist_k --summarize-only"
+)
+
+
+@user_errors
+def study(
+    spec: Annotated[Path, typer.Argument(help="A study YAML (e.g. configs/studies/fmnist_k.yaml), or a study folder to continue.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default runs/studies/<name>).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: SQLite in the study folder).")] = None,
+    max_trials: Annotated[int | None, typer.Option("--max-trials", min=0, help="Run at most N trials, then stop (0: only prepare the queue, IA and prescreen).")] = None,
+    summarize_only: Annotated[bool, typer.Option("--summarize-only", help="Only rewrite summary.csv/md and the figures of the study folder.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry trials that failed with an error earlier.")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Stop when no trial is waiting, even if other workers still run some.")] = False,
+    heartbeat: Annotated[int | None, typer.Option(min=1, help="Heartbeat interval in seconds (default: the spec's workers.heartbeat_interval).")] = None,
+    grace: Annotated[int | None, typer.Option(min=2, help="Seconds without heartbeat before a trial of a dead worker elsewhere is retried.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train and evaluate a grid of settings × seeds (resumable, several workers may share it)."""
+    from deepcluster.analysis.study import load_spec, run_study, summarize_study
+
+    if summarize_only:
+        folder = spec if spec.is_dir() else (out or Path("runs") / "studies" / load_spec(spec).name)
+        summary = summarize_study(folder, log=_say)
+    else:
+        try:
+            result = run_study(spec, out, storage=storage, show_progress=not quiet, max_trials=max_trials,
+                               heartbeat_interval=heartbeat, grace_period=grace, retry_failed=retry_failed,
+                               wait=not no_wait, log=_say)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished trials are kept and the interrupted one resumes "
+                              "from its last cycle; continue with the same `deepcluster study` command")
+            raise typer.Exit(130) from None
+        summary = result.summary
+        if not result.finished:
+            _say(f"[yellow]study not finished[/] ({len(summary.trials) if summary else 0} trials done): "
+                 "run the same command again to continue")
+    if summary is not None:
+        _print_summary(summary)
+
+
+def _say(message: str) -> None:
+    out_console.print(message, highlight=False, soft_wrap=True)
+
+
+def _print_summary(summary: StudySummary) -> None:
+    """The per-setting table, Spearman's ρ, what the prescreen saved, and where summary.md is."""
+    out_console.print(summary_table(summary))
+    if summary.spearman is not None:
+        _say(f"Spearman ρ(IA, accuracy) = {summary.spearman['rho']:.3f} over {summary.spearman['n']} trials")
+    if summary.prescreen is not None:
+        p = summary.prescreen
+        est = p.get("estimated_seconds_saved")
+        _say(f"prescreen dropped {', '.join(p['dropped']) or 'nothing'}: {p['dropped_trials']}/{p['total_trials']} "
+             "trials saved" + (f" (≈{est / 60:.1f} min)" if est else ""))
+    _say(f"summary: {summary.files.get('summary_md')}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``study`` command to ``app`` (the ``deepcluster`` typer app)."""
-
-    @app.command("study", epilog=(
-        "Examples: deepcluster study configs/studies/fmnist_k.yaml;  "
-        "a second worker on the same study: the same command in another shell (or --max-trials N);  "
-        "deepcluster study runs/studies/fmnist_k --summarize-only"
-    ))
-    @user_errors
-    def study(
-        spec: Annotated[Path, typer.Argument(help="A study YAML (e.g. configs/studies/fmnist_k.yaml), or a study folder to continue.")],
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default runs/studies/<name>).")] = None,
-        storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: SQLite in the study folder).")] = None,
-        max_trials: Annotated[int | None, typer.Option("--max-trials", min=0, help="Run at most N trials, then stop (0: only prepare the queue, IA and prescreen).")] = None,
-        summarize_only: Annotated[bool, typer.Option("--summarize-only", help="Only rewrite summary.csv/md and the figures of the study folder.")] = False,
-        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry trials that failed with an error earlier.")] = False,
-        no_wait: Annotated[bool, typer.Option("--no-wait", help="Stop when no trial is waiting, even if other workers still run some.")] = False,
-        heartbeat: Annotated[int | None, typer.Option(min=1, help="Heartbeat interval in seconds (default: the spec's workers.heartbeat_interval).")] = None,
-        grace: Annotated[int | None, typer.Option(min=2, help="Seconds without heartbeat before a trial of a dead worker elsewhere is retried.")] = None,
-        quiet: QuietOption = False,
-    ) -> None:
-        """Train and evaluate a grid of settings × seeds (resumable, several workers may share it)."""
-        from deepcluster.analysis.study import load_spec, run_study, summarize_study
-
-        say = lambda m: out_console.print(m, highlight=False, soft_wrap=True)
-        if summarize_only:
-            folder = spec if spec.is_dir() else (out or Path("runs") / "studies" / load_spec(spec).name)
-            summary = summarize_study(folder, log=say)
-        else:
-            try:
-                result = run_study(spec, out, storage=storage, show_progress=not quiet, max_trials=max_trials,
-                                   heartbeat_interval=heartbeat, grace_period=grace, retry_failed=retry_failed,
-                                   wait=not no_wait, log=say)
-            except KeyboardInterrupt:
-                err_console.print("[yellow]interrupted[/]: finished trials are kept and the interrupted one resumes "
-                                  "from its last cycle; continue with the same `deepcluster study` command")
-                raise typer.Exit(130) from None
-            summary = result.summary
-            if not result.finished:
-                say(f"[yellow]study not finished[/] ({len(summary.trials) if summary else 0} trials done): "
-                    "run the same command again to continue")
-        if summary is not None:
-            out_console.print(summary_table(summary))
-            if summary.spearman is not None:
-                say(f"Spearman ρ(IA, accuracy) = {summary.spearman['rho']:.3f} over {summary.spearman['n']} trials")
-            if summary.prescreen is not None:
-                p = summary.prescreen
-                est = p.get("estimated_seconds_saved")
-                say(f"prescreen dropped {', '.join(p['dropped']) or 'nothing'}: {p['dropped_trials']}/{p['total_trials']} "
-                    "trials saved" + (f" (≈{est / 60:.1f} min)" if est else ""))
-            say(f"summary: {summary.files.get('summary_md')}")
+    app.command("study", epilog=EPILOG)(study)
