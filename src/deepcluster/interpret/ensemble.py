@@ -339,11 +339,10 @@ def ensembles_for_runs(
     train_limit, test_limit : images of each split (default: the first run's eval settings)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
     """
-    from deepcluster.core.device import resolve_device
     from deepcluster.core.precision import run_precision
-    from deepcluster.data.splits import load_split, normalization
+    from deepcluster.data.splits import load_eval_splits
+    from deepcluster.environment import RunEnv
     from deepcluster.evaluate.pooling import extract_pooled_features
-    from deepcluster.features import FeatureOptions
     from deepcluster.interpret.lce import read_lce_groups
 
     log = log or (lambda m: None)
@@ -359,17 +358,13 @@ def ensembles_for_runs(
     for lim, opt in ((train_limit, "--train-limit"), (test_limit, "--test-limit")):
         if lim is not None and lim < 2:
             raise ConfigError(f"{opt} must be at least 2 images, got {lim}")
-    train = load_split(cfg, cfg.data.split, train_limit or cfg.eval.train_limit or cfg.data.limit)
-    test = load_split(cfg, cfg.data.test_split, test_limit or cfg.eval.test_limit)
-    if train.labels is None or test.labels is None:
-        raise DataError(f"dataset {cfg.data.name} has no labels: ensembles of linear probes need labelled train and test splits")
+    train, test = load_eval_splits(cfg, train_limit or cfg.eval.train_limit, test_limit or cfg.eval.test_limit)
     ytr, yte = np.asarray(train.labels, dtype=np.int64), np.asarray(test.labels, dtype=np.int64)
     n_classes = int(max(ytr.max(), yte.max())) + 1
     xtr_img, xte_img = train.images_tensor(), test.images_tensor()
-    stats = normalization(cfg, int(xtr_img.shape[1]))
-    dev = resolve_device(device or cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    env = RunEnv.from_config(cfg.model_copy(update={"device": device}) if device else cfg, show_progress=show_progress)
+    reader = env.features(int(xtr_img.shape[1]))
+    dev = env.device
     log(f"probes on {cfg.data.name}: {len(ytr)} train / {len(yte)} test images, {n_classes} classes, checkpoint {checkpoint}")
 
     probes: dict[str, ProbeProbabilities] = {}
@@ -377,8 +372,7 @@ def ensembles_for_runs(
     for r in loaded:
         lay = layer or default_layer(r.model)
         r.model.to(dev)
-        reader = FeatureOptions(*stats, device=dev, precision=run_precision(r.cfg, dev),
-                                batch_size=r.cfg.feature_batch_size, show_progress=show_progress)
+        reader = reader.replace(precision=run_precision(r.cfg, dev), batch_size=r.cfg.feature_batch_size)
         kw = {"layers": [lay], "budget": r.cfg.eval.pool_budget}
         ftr = extract_pooled_features(r.model, xtr_img, reader, description=f"{r.name}: train features", **kw)[lay]
         fte = extract_pooled_features(r.model, xte_img, reader, description=f"{r.name}: test features", **kw)[lay]
