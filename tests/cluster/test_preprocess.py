@@ -57,7 +57,7 @@ def test_pca_dim_larger_than_samples_or_dims_is_an_error():
         preprocess_features(_correlated(n=100, d=32), 40)
 
 
-@pytest.mark.parametrize("n,d", [(300, 20), (30, 60)])  # covariance and Gram-matrix paths
+@pytest.mark.parametrize("n,d", [(300, 20), (30, 60)])  # more samples than dims, and fewer
 def test_rank_deficient_features_are_a_degenerate_pca(n, d):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((n, 5)) @ rng.standard_normal((5, d))).astype(np.float32)

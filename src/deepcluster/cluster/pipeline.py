@@ -62,8 +62,8 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
     n_init : int
         k-means restarts: the PCA is fitted once, then k-means runs with the seeds ``seed``,
         ``seed + 1``, ..., ``seed + n_init - 1`` and the result of lowest ``loss`` is kept (on a
-        tie, the first). 1 (the default) is training's single run. PIC, which has no loss, runs
-        once whatever ``n_init``.
+        tie, the first). 1 (the default) is training's single run. PIC, deterministic and
+        without a loss, runs once whatever ``n_init``.
     """
     n_init = check_int(n_init, "n_init", 1)
     times: dict[str, float] = {}

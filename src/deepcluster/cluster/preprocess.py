@@ -90,8 +90,9 @@ class Preprocessor:
         Raises
         ------
         ClusteringError
-            On NaN/inf features, ``pca_dim > min(N, d)``, or a degenerate PCA (the features
-            span fewer than ``pca_dim`` dimensions, so whitening would divide by ~0).
+            On NaN/inf features, ``pca_dim > min(N, d)``, or a degenerate whitened PCA (the
+            features span fewer than ``pca_dim`` dimensions, so whitening would divide by ~0;
+            with ``on_degenerate="truncate"`` only when they span none).
         """
         self._moments = None
         self.partial_fit(x, allow_empty=sharded)
@@ -164,7 +165,8 @@ class Preprocessor:
         Returns
         -------
         np.ndarray
-            float32, C-contiguous, shape (M, pca_dim or d).
+            float32, C-contiguous, shape (M, effective_dim): ``pca_dim`` (fewer when truncated),
+            or d without PCA.
         """
         if not self.is_fitted:
             raise ValueError(
