@@ -31,13 +31,12 @@ from deepcluster.cluster import nmi
 from deepcluster.cluster.pipeline import preprocess_and_cluster_many
 from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig, apply_overrides
-from deepcluster.core.device import resolve_device
 from deepcluster.core.errors import ClusteringError, ConfigError, DataError
-from deepcluster.core.precision import run_precision
 from deepcluster.core.progress import progress_bar
 from deepcluster.data import ImageDataset
-from deepcluster.data.splits import load_train_data, normalization
-from deepcluster.features import FeatureOptions, extract_features
+from deepcluster.data.splits import load_train_data
+from deepcluster.environment import RunEnv
+from deepcluster.features import extract_features
 from deepcluster.runs import build_network
 from deepcluster.train.cycle import cycle_seed
 
@@ -233,8 +232,7 @@ def initial_alignment(
         raise ConfigError("no seeds to sample IA over: pass at least one")
     if method not in {"auto", "stacked", "loop"}:
         raise ConfigError(f"method must be auto, stacked or loop, got {method!r}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    env = RunEnv.from_config(cfg, show_progress=False)
     t0 = time.perf_counter()
     data = data if data is not None else load_train_data(cfg)
     if cfg.k > len(data):
@@ -246,10 +244,9 @@ def initial_alignment(
         raise DataError(f"{labels.size} labels for {len(data)} images: give one label per image (-1 = unlabelled)")
     mask = labels >= 0
     images = data.images_tensor()
-    stats = normalization(cfg, int(images.shape[1]))
     in_ch, size = int(images.shape[1]), int(images.shape[-1])
-    device = resolve_device(cfg.device)
-    precision = run_precision(cfg, device)
+    reader = env.features(in_ch)
+    stats, device, precision = reader.stats, env.device, env.precision
 
     probe = build_network(cfg, in_ch, size, seed=seeds[0])
     stack = method != "loop" and cfg.cluster_layer is None
@@ -278,8 +275,6 @@ def initial_alignment(
                 feats = stacked_embed(models, images, *stats, device=device, show_progress=False, precision=precision)
             else:
                 layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
-                reader = FeatureOptions(*stats, device=device, precision=precision, batch_size=cfg.feature_batch_size,
-                                        show_progress=False)
                 feats = [next(iter(extract_features(m, images, reader, layers=layers).values())) for m in models]
             del models
             phases["features"] += time.perf_counter() - t
