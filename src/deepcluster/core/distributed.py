@@ -157,17 +157,22 @@ def _counts(n: int) -> list[int]:
     return [int(o.item()) for o in out]
 
 
+def _padded(array: np.ndarray) -> tuple[torch.Tensor, list[int]]:
+    """This rank's rows padded to the largest share (as a tensor for the collective), and every
+    rank's row count."""
+    counts = _counts(len(array))
+    padded = np.zeros((max(counts), *array.shape[1:]), dtype=array.dtype)
+    padded[: len(array)] = array
+    return _tensor(padded), counts
+
+
 def all_gather_rows(array: np.ndarray) -> np.ndarray:
     """Every rank's rows of ``array`` (same trailing shape and dtype on all ranks), in rank order."""
     array = np.ascontiguousarray(array)
     w = world()
     if not w.distributed:
         return array
-    counts = _counts(len(array))
-    most = max(counts)
-    padded = np.zeros((most, *array.shape[1:]), dtype=array.dtype)
-    padded[: len(array)] = array
-    t = _tensor(padded)
+    t, counts = _padded(array)
     parts = [torch.empty_like(t) for _ in range(w.size)]
     _BYTES[0] += t.numel() * t.element_size()
     dist.all_gather(parts, t)
@@ -184,11 +189,7 @@ def gather_rows(array: np.ndarray, dst: int = 0) -> np.ndarray | None:
     w = world()
     if not w.distributed:
         return array
-    counts = _counts(len(array))
-    most = max(counts)
-    padded = np.zeros((most, *array.shape[1:]), dtype=array.dtype)
-    padded[: len(array)] = array
-    t = _tensor(padded)
+    t, counts = _padded(array)
     if w.rank != dst:
         _BYTES[0] += t.numel() * t.element_size()
     if dist.get_backend() == "nccl":  # NCCL has no gather: all_gather and keep them on dst
