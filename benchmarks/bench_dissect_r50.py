@@ -79,14 +79,15 @@ def child(probe: str) -> None:
     import torchvision
 
     from deepcluster.core.precision import resolve_precision
-    from deepcluster.interpret.dissect import dissect
+    from deepcluster.interpret.dissect import DissectOptions, dissect
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
     precision = resolve_precision("auto", torch.device("cpu"))
     rss_before = _vm_hwm_mb()
-    res = dissect(model, "layer4", probe, input_size=IMAGE_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  batch_size=BATCH, device="cpu", precision=precision, feature_cache_mb=0, show_progress=False)
+    options = DissectOptions(batch_size=BATCH, device="cpu", feature_cache_mb=0, show_progress=False)
+    res = dissect(model, "layer4", probe, options, input_size=IMAGE_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  precision=precision)
     print(json.dumps({
         "n_images": res.n_images, "units": res.units, "feature_shape": list(res.feature_shape),
         "mask_shape": list(res.mask_shape), "method": res.method, "precision": res.precision,

@@ -7,12 +7,13 @@ labelled (IoU >= 0.04) under each rule. Run: python experiments/union_lite_vs_an
 
 import numpy as np
 
-from deepcluster.interpret.dissect import default_concepts, dissect
+from deepcluster.interpret.dissect import DissectOptions, default_concepts, dissect
 from deepcluster.models import build_model
 
 probe = default_concepts(show_progress=False)
 net = build_model("small_alexnet", in_channels=3, input_size=64, sobel=False, num_classes=None, seed=0)
-res = {u: dissect(net, "conv5", probe, show_progress=False, union=u, device="cpu") for u in ("annotated", "lite")}
+res = {u: dissect(net, "conv5", probe, DissectOptions(show_progress=False, union=u, device="cpu"))
+       for u in ("annotated", "lite")}
 a, b = res["annotated"], res["lite"]
 assert a.label_names == b.label_names
 col_a, best_a = a.best()

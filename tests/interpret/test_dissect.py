@@ -170,14 +170,14 @@ def test_options_are_checked_when_a_dissection_starts(planted, field, value, mes
     assert DissectOptions().validate() == DissectOptions()
 
 
-def test_keyword_settings_are_options_fields(planted):
+def test_settings_travel_only_as_options(planted):
     root, _ = planted
-    by_options = dissect(Planted(), "act", root, DissectOptions(quantile=0.6, show_progress=False, top_images=4))
-    by_keywords = dissect(Planted(), "act", root, DissectOptions(quantile=0.6), show_progress=False, top_images=4)
-    np.testing.assert_array_equal(by_options.iou, by_keywords.iou)
-    assert by_options.tally_rows() == by_keywords.tally_rows() and by_keywords.top_images.shape[1] == 4
-    with pytest.raises(TypeError, match="quantiles"):
-        dissect(Planted(), "act", root, quantiles=0.6)
+    res = dissect(Planted(), "act", root, DissectOptions(quantile=0.6, show_progress=False, top_images=4))
+    assert res.top_images.shape[1] == 4
+    with pytest.raises(TypeError, match="quantile"):
+        dissect(Planted(), "act", root, quantile=0.6)
+    with pytest.raises(TypeError, match="DissectOptions"):
+        dissect(Planted(), "act", root, {"quantile": 0.6})
 
 
 def test_the_dissect_module_keeps_its_name():

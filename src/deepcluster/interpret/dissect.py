@@ -70,7 +70,6 @@ read back by :func:`deepcluster.interpret.tally.read_tally`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import os
@@ -615,13 +614,12 @@ class DissectOptions:
         return self
 
 
-def _options(options: DissectOptions | None, settings: dict[str, Any]) -> DissectOptions:
-    """``options`` (default: :class:`DissectOptions`'s defaults) with the fields in ``settings``
-    replaced; an unknown name is a ``TypeError``, as for any unexpected keyword."""
+def _options(options: DissectOptions | None) -> DissectOptions:
+    """``options``, checked (default: :class:`DissectOptions`'s defaults, NetDissect-Lite's settings)."""
     options = DissectOptions() if options is None else options
     if not isinstance(options, DissectOptions):
         raise TypeError(f"options must be a DissectOptions, got {type(options).__name__}")
-    return dataclasses.replace(options, **settings) if settings else options
+    return options.validate()
 
 
 def dissect(
@@ -636,7 +634,6 @@ def dissect(
     grey: bool = False,
     precision: Precision = FP32,
     model_name: str = "",
-    **settings: Any,
 ) -> DissectResult:
     """Dissect ``layer`` of ``model`` on the Broden-format probe ``concepts`` (module docstring).
 
@@ -663,10 +660,6 @@ def dissect(
         Arithmetic of the forward passes (activations are compared in float32).
     model_name : str
         Name recorded in the result (default: the model's class name).
-    **settings
-        Fields of :class:`DissectOptions` given directly, replacing those of ``options``:
-        ``dissect(m, "conv2", probe, quantile=0.01)`` is
-        ``dissect(m, "conv2", probe, DissectOptions(quantile=0.01))``.
 
     Returns
     -------
@@ -674,14 +667,13 @@ def dissect(
     """
     target = DissectTarget(model, layer, input_size=input_size, mean=mean, std=std, grey=grey, precision=precision,
                            name=model_name)
-    return dissect_many([target], concepts, _options(options, settings))[0]
+    return dissect_many([target], concepts, options)[0]
 
 
 def dissect_many(
     targets: Sequence[DissectTarget],
     concepts: BrodenDataset | str | Path,
     options: DissectOptions | None = None,
-    **settings: Any,
 ) -> list[DissectResult]:
     """Dissect several networks on one probe, reading and decoding it once per pass for all.
 
@@ -690,12 +682,12 @@ def dissect_many(
     tabulated once; each target keeps its own thresholds and counts, so every result is the
     one :func:`dissect` gives for that target alone. ``memory_budget_mb`` (exact thresholds)
     applies to each target, ``feature_cache_mb`` to all of them together (first come, first
-    cached). Timings are those of the shared passes. ``options`` and ``settings``: :func:`dissect`.
+    cached). Timings are those of the shared passes. ``options``: :func:`dissect`.
     """
     t_start = time.perf_counter()
     if not targets:
         raise ConfigError("no model to dissect")
-    options = _options(options, settings).validate()
+    options = _options(options)
     for t in targets:
         if t.input_size is not None and t.input_size < 1:
             raise ConfigError(f"input_size must be >= 1, got {t.input_size}")
