@@ -11,6 +11,7 @@ Processes, DDP and BatchNorm statistics under torchrun are handled here too, aro
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import random
@@ -122,7 +123,7 @@ def train(
 
 def _train_cycles(state: RunState, *, on_cycle: CycleCallback | None, stop_after: int | None) -> None:
     cfg, model, world = state.cfg, state.model, distributed.world()
-    wrap = (lambda net: _wrap(state)) if world.distributed else None  # the new top layer is wrapped afresh
+    wrap = functools.partial(_wrap, state=state) if world.distributed else None  # the new top layer is wrapped afresh
     with contextlib.closing(_TensorBoard(state.run, purge_step=state.start_cycle)) as board:
         for done, cycle in enumerate(range(state.start_cycle, cfg.cycles + 1), start=1):
             generator = _seed_everything(cycle_seed(cfg.seed, cycle))
@@ -145,7 +146,7 @@ def _train_cycles(state: RunState, *, on_cycle: CycleCallback | None, stop_after
                 break
 
 
-def _wrap(state: RunState) -> torch.nn.Module:
+def _wrap(model: torch.nn.Module, state: RunState) -> torch.nn.Module:
     """The model under DistributedDataParallel, counting the bytes of its gradient all-reduces."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
@@ -154,7 +155,7 @@ def _wrap(state: RunState) -> torch.nn.Module:
     sync = not state.cfg.distributed.sync_batchnorm  # BatchNorm statistics of rank 0 at each forward
     sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else "broadcast_buffers")
-    ddp = DistributedDataParallel(state.model, device_ids=[dev.index] if dev.type == "cuda" else None,
+    ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                   **{sync_kw: sync})
     counter = state.ddp_bytes
 
