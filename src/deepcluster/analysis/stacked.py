@@ -139,7 +139,7 @@ class StackedNet:
                 if not stacked and layer.groups != 1:
                     raise NotStackable("a grouped first convolution")
                 w = [c.weight for c in group]
-                b = [c.bias if c.bias is not None else torch.zeros(c.out_channels) for c in group]
+                b = [c.bias if c.bias is not None else c.weight.new_zeros(c.out_channels) for c in group]
                 if isinstance(nxt, nn.BatchNorm2d):
                     folded = [_fold_bn(wi, bi, bn) for wi, bi, bn in zip(w, b, layers[i + 1])]
                     w, b = [f[0] for f in folded], [f[1] for f in folded]
@@ -160,7 +160,7 @@ class StackedNet:
             elif isinstance(layer, nn.BatchNorm2d):
                 if not stacked:
                     raise NotStackable("BatchNorm before the first convolution")
-                scale, shift = zip(*[_fold_bn(torch.ones(bn.num_features), None, bn) for bn in group])
+                scale, shift = zip(*[_fold_bn(bn.running_var.new_ones(bn.num_features), None, bn) for bn in group])
                 ops.append(_affine(torch.cat(scale).to(self.device, self.dtype), torch.cat(shift).to(self.device, self.dtype)))
             elif isinstance(layer, nn.ReLU):
                 if isinstance(nxt, nn.MaxPool2d):  # pool first: max and ReLU commute
@@ -191,7 +191,7 @@ class StackedNet:
             nxt = layers[i + 1][0] if i + 1 < len(layers) else None
             if type(layer) is nn.Linear:
                 w = [m.weight for m in group]
-                b = [m.bias if m.bias is not None else torch.zeros(m.out_features) for m in group]
+                b = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in group]
                 if isinstance(nxt, nn.BatchNorm1d):
                     folded = [_fold_bn(wi, bi, bn) for wi, bi, bn in zip(w, b, layers[i + 1])]
                     w, b = [f[0] for f in folded], [f[1] for f in folded]
@@ -200,7 +200,7 @@ class StackedNet:
                 bias = torch.stack(b).unsqueeze(1).to(self.device, self.dtype)  # B × 1 × out
                 ops.append(lambda h, wt=weight_t, bb=bias: torch.baddbmm(bb, h, wt))
             elif isinstance(layer, nn.BatchNorm1d):
-                scale, shift = zip(*[_fold_bn(torch.ones(bn.num_features), None, bn) for bn in group])
+                scale, shift = zip(*[_fold_bn(bn.running_var.new_ones(bn.num_features), None, bn) for bn in group])
                 s = torch.stack(scale).unsqueeze(1).to(self.device, self.dtype)
                 t = torch.stack(shift).unsqueeze(1).to(self.device, self.dtype)
                 ops.append(lambda h, s=s, t=t: torch.addcmul(t, h, s))
@@ -311,9 +311,10 @@ def can_stack(model: nn.Module) -> bool:
 
 def _largest_activation(model: DeepClusterNet, in_channels: int, size: int) -> int:
     # elements per image of the largest conv activation: sets the image batch so that one
-    # batch of B networks' activations stays within the CPU's caches
+    # batch of B networks' activations fits the device's budget (see _batch_size)
     largest = in_channels * size * size
-    x = torch.zeros(1, in_channels, size, size)
+    ref = next(model.parameters(), None)
+    x = torch.zeros(1, in_channels, size, size, device=ref.device if ref is not None else "cpu")
     with torch.no_grad():
         if model.sobel is not None:
             x = model.sobel(x)
@@ -321,6 +322,15 @@ def _largest_activation(model: DeepClusterNet, in_channels: int, size: int) -> i
             x = layer(x)
             largest = max(largest, x.numel())
     return largest
+
+
+def _batch_size(per_image: float, device: torch.device) -> int:
+    """Images per stacked forward: on a CPU, activations of about 8 MB (they stay in cache, 8 to
+    1,024 images); on a GPU, an eighth of its free memory (8 to 4,096 images)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(8, min(4096, free / 8 // per_image)))
+    return int(max(8, min(1024, 8e6 // per_image)))
 
 
 @torch.no_grad()
@@ -352,7 +362,8 @@ def stacked_embed(
     device : torch.device or str
         Where to compute.
     batch_size : int or None
-        Images per forward; ``None`` sizes it so one batch's activations take about 8 MB (cache-sized).
+        Images per forward; ``None`` sizes it per device: on a CPU one batch's activations take
+        about 8 MB (cache-sized), on a GPU an eighth of its free memory.
     precision : Precision
         bf16 runs the stacked network's weights and activations in bf16 (features come out float32).
     """
@@ -361,7 +372,7 @@ def stacked_embed(
     net = StackedNet(models, device, dtype=precision.dtype)
     if batch_size is None:
         per_image = _largest_activation(models[0], int(images.shape[1]), int(images.shape[-1])) * len(models) * 4
-        batch_size = int(max(8, min(1024, 8e6 // per_image)))
+        batch_size = _batch_size(per_image, device)
     out = np.empty((len(models), len(images), models[0].feature_dim), dtype=np.float32)
     # The convolutions want small batches (activations in cache); the batched matrix products
     # of the classifier want large ones: trunk outputs are gathered over ``head_rows`` images.
