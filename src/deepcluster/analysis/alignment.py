@@ -280,7 +280,8 @@ def initial_alignment(
             phases["features"] += time.perf_counter() - t
             t = time.perf_counter()
             steps = preprocess_and_cluster_many([np.ascontiguousarray(x) for x in feats], cfg,
-                                                seeds=[cycle_seed(s, 1) for s in group], workers=torch.get_num_threads())
+                                                seeds=[cycle_seed(s, 1) for s in group], workers=torch.get_num_threads(),
+                                                device=device)
             del feats
             wall = time.perf_counter() - t  # the phases overlap across workers: split the wall time
             cpu = {phase: sum(step.seconds[phase] for step in steps) for phase in ("pca", "clustering")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,18 +27,25 @@ def _gpu_available() -> bool:
     return bool(get is not None and get() > 0 and hasattr(faiss, "GpuIndexFlatL2"))
 
 
-def _make_index(d: int, use_gpu: bool | None) -> tuple[faiss.Index, object]:
-    """Return the flat L2 index and the GPU resources it needs kept alive (or None)."""
+@functools.cache
+def _gpu_resources(gpu: int) -> object:
+    """One set of faiss GPU resources (streams, scratch memory) per GPU, made once per process."""
+    return faiss.StandardGpuResources()
+
+
+def _make_index(d: int, use_gpu: bool | None, gpu: int = 0) -> tuple[faiss.Index, object]:
+    """Return the flat L2 index (on GPU ``gpu`` when on a GPU) and the GPU resources it needs kept
+    alive (or None)."""
     if use_gpu is None:
         use_gpu = _gpu_available()
     if not use_gpu:
         return faiss.IndexFlatL2(d), None
     if not _gpu_available():
         raise ValueError(_NO_GPU_FAISS)
-    res = faiss.StandardGpuResources()
+    res = _gpu_resources(gpu)
     config = faiss.GpuIndexFlatConfig()
     config.useFloat16 = False  # as official: fp16 distances change the assignments
-    config.device = 0
+    config.device = gpu  # this rank's GPU, not GPU 0
     return faiss.GpuIndexFlatL2(res, d, config), res
 
 
@@ -65,20 +73,31 @@ class _Backend:
     assign_gpu: bool
     torch_device: str | None
     verbose: bool
+    gpu: int = 0  # faiss's GPU (this rank's)
 
 
-def _choose_backend(use_gpu: bool | None, device: str | None, verbose: bool) -> _Backend:
-    """The backend of :func:`kmeans`'s ``use_gpu`` and ``device`` (see there)."""
+def _choose_backend(use_gpu: bool | None, device: str | None, verbose: bool,
+                    deterministic: bool = False) -> _Backend:
+    """The backend of :func:`kmeans`'s ``use_gpu``, ``device`` and ``deterministic`` (see there)."""
     on_gpu = device is not None and str(device).startswith("cuda")
-    if on_gpu and not _gpu_available():
-        return _Backend(fit_gpu=False, assign_gpu=False, torch_device=device, verbose=verbose)
+    gpu = _gpu_index(device) if on_gpu else 0
+    if on_gpu and (deterministic or not _gpu_available()):
+        return _Backend(fit_gpu=False, assign_gpu=False, torch_device=f"cuda:{gpu}", verbose=verbose, gpu=gpu)
     if on_gpu:
         use_gpu = True
     if use_gpu and not _gpu_available():
         raise ValueError(_NO_GPU_FAISS)
     # use_gpu=None: faiss's GPU index for the fit when faiss sees a GPU; the assignment on the CPU.
     fit_gpu = _gpu_available() if use_gpu is None else bool(use_gpu)
-    return _Backend(fit_gpu=fit_gpu, assign_gpu=bool(use_gpu), torch_device=None, verbose=verbose)
+    return _Backend(fit_gpu=fit_gpu, assign_gpu=bool(use_gpu), torch_device=None, verbose=verbose, gpu=gpu)
+
+
+def _gpu_index(device: str) -> int:
+    """The GPU number of ``cuda`` or ``cuda:N`` (``cuda``: the current one, this rank's)."""
+    import torch
+
+    dev = torch.device(device)
+    return dev.index if dev.index is not None else torch.cuda.current_device()
 
 
 def kmeans(
@@ -92,6 +111,7 @@ def kmeans(
     verbose: bool = False,
     sharded: bool = False,
     device: str | None = None,
+    deterministic: bool = False,
 ) -> ClusterResult:
     """Cluster ``x`` into ``k`` non-empty clusters with faiss k-means.
 
@@ -133,7 +153,11 @@ def kmeans(
     device : str or None
         ``cuda[:N]``: fit (and assign) on that GPU, with faiss's GPU index when faiss has one,
         else with :func:`~deepcluster.cluster.torch_kmeans.torch_kmeans` (faiss's algorithm in
-        torch: the same assignments up to ties). ``None`` or ``cpu``: faiss on the CPU.
+        torch: the same assignments up to ties). ``cuda`` alone is the current GPU (this rank's
+        under torchrun). ``None`` or ``cpu``: faiss on the CPU.
+    deterministic : bool
+        On a GPU, fit and assign with the torch k-means (fixed blocks, PyTorch's deterministic
+        algorithms) rather than faiss's GPU index, whose results vary from run to run.
 
     Returns
     -------
@@ -160,13 +184,14 @@ def kmeans(
             f"k={k} is larger than the number of samples ({n}): lower k or use more data"
         )
     n_fit = _fit_count(fit_fraction, n, k)
-    backend = _choose_backend(use_gpu, device, verbose)
+    backend = _choose_backend(use_gpu, device, verbose, deterministic)
 
     rng = np.random.default_rng(seed)  # draws the fit rows, then the empty-cluster re-splits
     x_fit = _fit_rows(x, n, offset, n_fit, rng, sharded=sharded)
     centroids, faiss_splits = _fit_centroids(x_fit, k, niter=niter, seed=seed, backend=backend, sharded=sharded)
     # Every sample goes to its nearest centroid, fit subset or not; each rank assigns its own.
-    local = assign_nearest(x, centroids, use_gpu=backend.assign_gpu, device=backend.torch_device, offset=offset)
+    local = assign_nearest(x, centroids, use_gpu=backend.assign_gpu, device=backend.torch_device, offset=offset,
+                           gpu=backend.gpu)
     return _resplit_and_gather(local, x, k, centroids, rng, sharded=sharded, faiss_splits=faiss_splits)
 
 
@@ -246,7 +271,7 @@ def _fit_faiss(x_fit: np.ndarray, k: int, *, niter: int, seed: int, backend: _Ba
     clus.max_points_per_centroid = 10**7
     clus.min_points_per_centroid = 1
     clus.verbose = bool(backend.verbose)
-    index, _gpu_res = _make_index(d, backend.fit_gpu)  # _gpu_res: must outlive the index
+    index, _gpu_res = _make_index(d, backend.fit_gpu, backend.gpu)  # _gpu_res: must outlive the index
     with _faiss_blas():
         clus.train(x_fit, index)
     stats = clus.iteration_stats
@@ -280,10 +305,11 @@ _SEARCH_ROWS = 2048
 
 
 def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None,
-                   device: str | None = None, offset: int = 0) -> np.ndarray:
+                   device: str | None = None, offset: int = 0, gpu: int = 0) -> np.ndarray:
     """The nearest centroid (L2) of every row of ``x``, int64; the same for a row whatever rows
     are searched with it. ``offset``: the global number of ``x``'s first row (a rank's shard).
-    ``device``: compute it in torch there (GPUs without faiss-gpu); ``use_gpu``: faiss-gpu.
+    ``device``: compute it in torch there (GPUs without faiss-gpu); ``use_gpu``: faiss-gpu on
+    GPU ``gpu``.
 
     On the CPU this is ``argmin ||c||^2 - 2 x.c`` by BLAS matrix products: faiss 1.15's flat
     search takes a path without BLAS below 128,000 query rows, about 4x slower here.
@@ -296,7 +322,7 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None
         return nearest_centroids(torch.from_numpy(np.ascontiguousarray(x)).to(device),
                                  torch.from_numpy(centroids).to(device)).cpu().numpy()
     if use_gpu:
-        index, _gpu_res = _make_index(centroids.shape[1], use_gpu)
+        index, _gpu_res = _make_index(centroids.shape[1], use_gpu, gpu)
         index.add(np.ascontiguousarray(centroids, dtype=np.float32))
         return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0].astype(np.int64)
     c = np.ascontiguousarray(centroids, dtype=np.float32)

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
+import torch
 
 from deepcluster.cluster._checks import check_int
 from deepcluster.cluster.dispatch import cluster_features
 from deepcluster.cluster.preprocess import Preprocessor
 from deepcluster.cluster.result import ClusterResult
 from deepcluster.core.config import TrainConfig
+from deepcluster.core.device import rank_device
 
 __all__ = ["ClusterStep", "preprocess_and_cluster", "preprocess_and_cluster_many"]
 
@@ -36,7 +38,7 @@ class ClusterStep:
 
 def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], cfg: TrainConfig, *, seed: int,
                            k: int | None = None, sharded: bool = False, hold_bytes: int | None = None,
-                           n_init: int = 1) -> ClusterStep:
+                           n_init: int = 1, device: torch.device | str | None = None) -> ClusterStep:
     """Training's clustering of features ``x``: PCA-whitening + L2, then ``cfg.clustering``.
 
     Parameters
@@ -64,13 +66,19 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
         ``seed + 1``, ..., ``seed + n_init - 1`` and the result of lowest ``loss`` is kept (on a
         tie, the first). 1 (the default) is training's single run. PIC, deterministic and
         without a loss, runs once whatever ``n_init``.
+    device : torch.device or str, optional
+        Where the PCA's moments and k-means compute: a GPU (k-means with faiss's GPU index when
+        faiss has one, else in torch) or the CPU. None: ``cfg.device`` for this rank
+        (:func:`~deepcluster.core.device.rank_device`: its own GPU under torchrun).
     """
     n_init = check_int(n_init, "n_init", 1)
     times: dict[str, float] = {}
     t = time.perf_counter()
     if cfg.cluster_relu:  # the ablation of clustering after the last ReLU
         x = _relu_chunks(x) if callable(x) else np.maximum(x, 0)
-    pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate")
+    device = rank_device(cfg.device) if device is None else torch.device(device)
+    pre = Preprocessor(pca_dim=cfg.pca_dim, eigen_power=-0.5 if cfg.whiten else 0.0, on_degenerate="truncate",
+                       device=device)
     if callable(x):
         x = _reduce_chunks(pre, x, sharded=sharded, hold_bytes=hold_bytes)
     else:
@@ -79,16 +87,17 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
 
     t = time.perf_counter()
     runs = n_init if cfg.clustering == "kmeans" else 1
-    result = _lowest_loss(x, cfg, k or cfg.k, seeds=range(seed, seed + runs), sharded=sharded)
+    result = _lowest_loss(x, cfg, k or cfg.k, seeds=range(seed, seed + runs), sharded=sharded, device=device)
     times["clustering"] = time.perf_counter() - t
     return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
 
 
-def _lowest_loss(x: np.ndarray, cfg: TrainConfig, k: int, *, seeds: range, sharded: bool) -> ClusterResult:
+def _lowest_loss(x: np.ndarray, cfg: TrainConfig, k: int, *, seeds: range, sharded: bool,
+                 device: torch.device) -> ClusterResult:
     """The clustering of ``x`` of lowest loss among one run per seed (on a tie, the first)."""
-    device = _kmeans_device(cfg)
+    gpu = str(device) if device.type == "cuda" else None
     runs = (cluster_features(x, cfg.clustering, k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
-                             sharded=sharded, device=device)
+                             sharded=sharded, device=gpu, deterministic=cfg.deterministic)
             for seed in seeds)
     return min(runs, key=lambda r: r.loss)  # holds only the best run so far
 
@@ -126,17 +135,8 @@ def _reduce_chunks(pre: Preprocessor, chunks: Callable[[], Iterable[np.ndarray]]
     return out
 
 
-def _kmeans_device(cfg: TrainConfig) -> str | None:
-    """The GPU k-means runs on (this rank's), or None for faiss on the CPU."""
-    import torch
-
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return None
-    return f"cuda:{torch.cuda.current_device()}"
-
-
 def preprocess_and_cluster_many(xs: Sequence[np.ndarray], cfg: TrainConfig, *, seeds: Sequence[int],
-                                workers: int = 1) -> list[ClusterStep]:
+                                workers: int = 1, device: torch.device | str | None = None) -> list[ClusterStep]:
     """:func:`preprocess_and_cluster` of several feature matrices, ``workers`` at a time.
 
     Each worker runs faiss single-threaded: PCA and k-means of one matrix are too small to keep
@@ -147,9 +147,10 @@ def preprocess_and_cluster_many(xs: Sequence[np.ndarray], cfg: TrainConfig, *, s
         raise ValueError(f"{len(xs)} feature matrices but {len(seeds)} seeds")
     workers = max(1, min(workers, len(xs)))
     if workers == 1:
-        return [preprocess_and_cluster(x, cfg, seed=s) for x, s in zip(xs, seeds)]
+        return [preprocess_and_cluster(x, cfg, seed=s, device=device) for x, s in zip(xs, seeds)]
     with _faiss_threads(1), ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda item: preprocess_and_cluster(item[0], cfg, seed=item[1]), zip(xs, seeds)))
+        return list(pool.map(lambda item: preprocess_and_cluster(item[0], cfg, seed=item[1], device=device),
+                             zip(xs, seeds)))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from deepcluster.cluster._checks import as_features, check_int, l2_normalize_rows
 from deepcluster.core import distributed
@@ -49,6 +50,10 @@ class Preprocessor:
         :class:`ClusteringError`, or keep only the non-degenerate components
         (``effective_dim`` tells how many). Training uses ``truncate``, because a network
         whose units die mid-run would otherwise stop at an arbitrary cycle.
+    device : torch.device or str, optional
+        Where the float64 moments are summed: a GPU computes the outer products there (at
+        4,096 dims and 1.28M rows, 43 TFLOP a cycle that one CPU thread takes minutes for);
+        None or the CPU: numpy.
 
     Notes
     -----
@@ -61,6 +66,7 @@ class Preprocessor:
     eigen_power: float = -0.5
     l2: bool = True
     on_degenerate: str = "raise"
+    device: torch.device | str | None = None
     effective_dim: int | None = field(default=None, init=False, compare=False)
     _mean: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _matrix: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # d × kept, scaled
@@ -102,7 +108,7 @@ class Preprocessor:
         """Add the rows ``x`` to the moments; :meth:`finalize` fits the PCA from all rows added."""
         x = as_features(x, allow_empty=allow_empty)
         if self._moments is None:
-            self._moments = _Moments(x.shape[1])
+            self._moments = _Moments(x.shape[1], self.device)
         elif x.shape[1] != self._moments.d:
             raise ValueError(f"features have {x.shape[1]} dims but earlier chunks had {self._moments.d}")
         self._moments.add(x)
@@ -211,10 +217,15 @@ class _Moments:
     """Float64 row count, sum and sum of outer products, added a block of :data:`_BLOCK` rows at a
     time whatever the chunks they arrive in (so the sums do not depend on the chunking)."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, device: torch.device | str | None = None) -> None:
         self.d, self.n = d, 0
-        self.total = np.zeros(d, dtype=np.float64)
-        self.outer = np.zeros((d, d), dtype=np.float64)
+        dev = torch.device(device) if device is not None else None
+        self.device = dev if dev is not None and dev.type != "cpu" else None
+        if self.device is None:
+            self.total, self.outer = np.zeros(d, dtype=np.float64), np.zeros((d, d), dtype=np.float64)
+        else:  # summed on the device, in float64 too; brought back once, by flushed()
+            self.total = torch.zeros(d, dtype=torch.float64, device=self.device)
+            self.outer = torch.zeros((d, d), dtype=torch.float64, device=self.device)
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
 
@@ -228,15 +239,28 @@ class _Moments:
                 self._block()
 
     def _block(self) -> None:
+        if self.device is not None:
+            return self._device_block()
         block = np.concatenate(self._pending).astype(np.float64) if self._pending else np.zeros((0, self.d))
         self._pending, self._pending_rows = [], 0
         self.n += len(block)
         self.total += block.sum(axis=0)
         self.outer += block.T @ block
 
+    def _device_block(self) -> None:
+        rows = np.concatenate(self._pending) if self._pending else np.zeros((0, self.d), np.float32)
+        self._pending, self._pending_rows = [], 0
+        self.n += len(rows)
+        block = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device).double()
+        self.total += block.sum(0)
+        self.outer += block.T @ block
+
     def flushed(self) -> _Moments:
         if self._pending_rows:
             self._block()
+        if self.device is not None:
+            self.total, self.outer = self.total.cpu().numpy(), self.outer.cpu().numpy()
+            self.device = None
         return self
 
 

@@ -7,6 +7,10 @@ iterations are split as faiss splits them (a donor drawn with probability propor
 size less one, the centroid copied with a ±1/1024 perturbation), but with numpy's random numbers
 rather than faiss's private generator. So on the same data the assignments equal faiss's up to
 ties (points at float-rounding distance from two centroids) and to such splits.
+
+The distance blocks are always :data:`_ROWS` rows and the sums are ``index_add_``, which PyTorch
+computes deterministically on a GPU under ``torch.use_deterministic_algorithms(True)`` (the
+``deterministic`` config key): then two runs give the same centroids bit for bit.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def torch_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int,
     splits = 0
     for _ in range(niter):
         assign = nearest_centroids(points, centroids)
-        counts = torch.bincount(assign, minlength=k)
+        counts = torch.zeros(k, dtype=torch.int64, device=points.device).index_add_(0, assign, torch.ones_like(assign))
         sums = torch.zeros_like(centroids).index_add_(0, assign, points)
         filled = counts > 0
         centroids = torch.where(filled[:, None], sums / counts.clamp(min=1)[:, None].to(sums.dtype), centroids)

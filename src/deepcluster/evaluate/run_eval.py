@@ -171,5 +171,5 @@ def model_clusters(
     layers = None if cfg.cluster_layer is None else [cfg.cluster_layer]
     feats = extract_features(model, images, reader, layers=layers, description="clustering features")
     step = preprocess_and_cluster(next(iter(feats.values())), cfg, seed=cfg.seed if seed is None else seed, k=k,
-                                  n_init=n_init if cfg.clustering == "kmeans" else 1)
+                                  n_init=n_init if cfg.clustering == "kmeans" else 1, device=reader.device)
     return step.result.assignments
