@@ -14,7 +14,7 @@ import torch
 
 from deepcluster.core.config import TrainConfig
 from deepcluster.core.device import rank_device
-from deepcluster.core.precision import Precision, run_precision
+from deepcluster.core.precision import Precision, run_precision, set_deterministic
 from deepcluster.data.base import ImageDataset
 from deepcluster.data.source import ImageSource, source_for
 from deepcluster.data.splits import normalization
@@ -46,9 +46,11 @@ class RunEnv:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, *, show_progress: bool = True) -> RunEnv:
-        """Set the thread count (``threads``), resolve the device for this rank and the precision."""
+        """Set the thread count (``threads``) and ``deterministic``, resolve the device for this rank
+        and the precision (fp32 turns TF32 off)."""
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        set_deterministic(cfg.deterministic)
         device = rank_device(cfg.device)
         return cls(cfg=cfg, device=device, precision=run_precision(cfg, device), show_progress=show_progress)
 

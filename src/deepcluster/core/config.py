@@ -161,6 +161,10 @@ class TrainConfig(StrictModel):
     # Arithmetic of forward passes (deepcluster.core.precision): bf16 where the CPU has AMX/AVX-512
     # BF16 or the GPU native bf16 ("auto"), fp32 elsewhere; weights and optimiser stay fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # true: PyTorch's deterministic algorithms (cuDNN included) and the torch k-means on GPUs, so
+    # that a resumed or repeated GPU run gives the same numbers bit for bit (slower); on CPUs runs
+    # are deterministic either way (docs/configuration.md says exactly what holds where).
+    deterministic: bool = False
     # NHWC layout for inference passes: "auto" = with bf16 (measured faster), not with fp32 (so
     # that fp32 reproduces the NCHW numbers exactly); true/false to force it.
     channels_last: Literal["auto"] | bool = "auto"

@@ -10,12 +10,16 @@ feature extraction returns fp32 features; PCA, k-means, probes and metrics stay 
 (docs/performance.md: small AlexNet's feature pass 2.8× fp32 with both, 1.4× with bf16 alone);
 training keeps NCHW, which measured faster for both LeNet-5 and small AlexNet. With fp32 the
 layout stays NCHW unless asked (``channels_last: true``), so fp32 reproduces earlier numbers exactly.
+
+fp32 means fp32 on GPUs too: resolving it turns TF32 off (:func:`exact_fp32`). ``deterministic``
+(:func:`set_deterministic`) asks PyTorch for deterministic algorithms.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,8 @@ from torch import nn
 
 from deepcluster.core.errors import ConfigError
 
-__all__ = ["FP32", "PRECISIONS", "Precision", "bf16_supported", "resolve_precision", "run_precision"]
+__all__ = ["FP32", "PRECISIONS", "Precision", "bf16_supported", "exact_fp32", "resolve_precision", "run_precision",
+           "set_deterministic"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -145,7 +150,36 @@ def resolve_precision(name: str, device: torch.device | str, channels_last: str 
     if channels_last not in ("auto", True, False):
         raise ConfigError(f"channels_last {channels_last!r}: use auto, true or false")
     layout = resolved == "bf16" if channels_last == "auto" else bool(channels_last)
+    if resolved == "fp32":
+        exact_fp32()
     return Precision(resolved, device.type, layout)
+
+
+def exact_fp32() -> None:
+    """fp32 means fp32: no TF32 in this process's cuDNN convolutions (PyTorch's default uses it on
+    Ampere and later GPUs, with a 10-bit mantissa) nor in its cuBLAS matrix products.
+
+    :func:`resolve_precision` calls it whenever it resolves ``fp32``; bf16 runs keep PyTorch's
+    defaults (their convolutions are bf16 anyway). It changes nothing on a CPU.
+    """
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
+def set_deterministic(on: bool) -> None:
+    """PyTorch's deterministic algorithms (``deterministic`` config key) for this process.
+
+    On: ``torch.use_deterministic_algorithms(True, warn_only=True)`` -- an operator without a
+    deterministic GPU implementation warns with its name instead of stopping a run -- cuDNN's
+    autotuner off and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, when not set
+    already). Off: PyTorch's defaults.
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def run_precision(cfg: object, device: torch.device | str) -> Precision:
