@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepcluster.core.config import TrainConfig, build_config
+from deepcluster.core.errors import TrainingError
 from deepcluster.data.source import as_source
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.features import FeatureOptions
@@ -109,3 +110,10 @@ def test_the_top_layer_gets_a_fresh_sgd_without_momentum(setup):
     top = make_top_optimizer(model, cfg)
     assert [id(p) for p in top.param_groups[0]["params"]] == [id(p) for p in model.top_layer.parameters()]
     assert top.param_groups[0]["momentum"] == 0 and top.param_groups[0]["lr"] == cfg.lr
+
+
+def test_a_diverging_loss_stops_the_epoch_with_one_clear_error(setup):
+    cfg, images, reader = setup
+    cfg = cfg.model_copy(update={"lr": 1e30})
+    with pytest.raises(TrainingError, match="non-finite.*lower lr"):
+        _cycle(cfg, images, reader)

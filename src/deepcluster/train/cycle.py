@@ -28,6 +28,7 @@ from torch import nn
 from deepcluster.cluster import ClusterResult, ClusterStep, preprocess_and_cluster
 from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig
+from deepcluster.core.device import to_device
 from deepcluster.core.errors import TrainingError
 from deepcluster.core.progress import progress_bar
 from deepcluster.data.source import ImageSource, as_source, memory_budget
@@ -160,7 +161,7 @@ def cluster_step(
             yield next(iter(part.values()))
 
     step = preprocess_and_cluster(chunks, cfg, seed=seed, sharded=world.distributed,
-                                  hold_bytes=memory_budget(cfg.data.memory_budget_mb))
+                                  hold_bytes=memory_budget(cfg.data.memory_budget_mb), device=reader.device)
     step.seconds["pca"] -= spent[0]
     step.seconds = {"features": spent[0], **step.seconds}
     return step
@@ -186,18 +187,16 @@ def train_epoch(
     normalised, placed and cast as ``reader`` says.
 
     The forward (and the loss) run under ``reader.precision.autocast()``; weights, gradients and
-    the optimisers' state stay fp32.
+    the optimisers' state stay fp32. No step waits for the device: the epoch's targets and
+    augmentation maps are drawn up front and copied once, loss and accuracy are summed on the
+    device, and the loss is checked for finiteness every :data:`FINITE_CHECK_EVERY` steps and at
+    the end of the epoch.
     """
     model.train()
     world = distributed.world()
     pseudo_labels = np.asarray(pseudo_labels, dtype=np.int64)
-    targets = torch.from_numpy(pseudo_labels)
     trained = pseudo_labels if positions is None else pseudo_labels[positions]  # Algorithm 2: the sample
     sampler = UniformClusterSampler(trained, len(trained), seed=sampler_seed)
-    criterion = nn.CrossEntropyLoss()
-    aug = cfg.data.augment
-    augment = aug.random_resized_crop or aug.hflip
-    total_loss, correct, seen = 0.0, 0, 0
     source = as_source(images)
     batches = list(sampler.batches(cfg.batch_size))
     if positions is not None:  # a cycle's sample of the pool: the sampler's indices are positions in it
@@ -206,38 +205,84 @@ def train_epoch(
     # together they take exactly the steps of a single process.
     shares = [idx[distributed.shard(len(idx), world)] for idx in batches]
     device, precision = reader.device, reader.precision
+    steps = _epoch_plan(batches, shares, pseudo_labels, cfg, generator, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     with progress_bar("training", total=len(sampler), enabled=reader.show_progress) as advance:
-        for idx, share, raw in zip(batches, shares, source.batches(shares)):
-            mine = distributed.shard(len(idx), world)
+        for step, (idx, raw) in enumerate(zip(batches, source.batches(shares))):
             x = reader.prepare(raw)
-            if augment:
-                theta = crop_flip_params(len(idx), crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0),
-                                         hflip=aug.hflip, generator=generator)
-                x = apply_crop_flip(x, theta[mine])
-            y = targets[share].to(device)
+            y, theta = steps.targets(step), steps.theta(step)
+            if theta is not None:
+                x = apply_crop_flip(x, theta)
             with precision.autocast():
                 logits = model(x)
                 if world.distributed:  # DDP averages over ranks: scale so that the sum is the batch mean
                     loss = F.cross_entropy(logits, y, reduction="sum") * (world.size / len(idx))
                 else:
-                    loss = criterion(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the training loss became {loss.item()} (non-finite): lower lr "
-                    f"(now {cfg.lr}) or weight_decay, then resume or restart the run"
-                )
+                    loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             top_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             top_optimizer.step()
-            total_loss += loss.item() * (len(idx) / world.size if world.distributed else len(idx))
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach().double() * (len(idx) / world.size if world.distributed else len(idx))
+            correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y) if world.distributed else len(idx)
+            if (step + 1) % FINITE_CHECK_EVERY == 0:
+                _check_finite(loss_sum, cfg)
             advance(len(idx))
+    _check_finite(loss_sum, cfg)
+    total = np.array([loss_sum.item(), correct.item(), seen], dtype=np.float64)
     if world.distributed:
-        total_loss, correct, seen = distributed.all_reduce_sum(np.array([total_loss, correct, seen], dtype=np.float64))
-    return {"loss": float(total_loss) / max(seen, 1), "train_acc": float(correct) / max(seen, 1)}
+        total = distributed.all_reduce_sum(total)
+    total_loss, n_correct, n_seen = (float(v) for v in total)
+    return {"loss": total_loss / max(n_seen, 1), "train_acc": n_correct / max(n_seen, 1)}
+
+
+#: Training steps between two finiteness checks of the loss (each waits for the device).
+FINITE_CHECK_EVERY = 50
+
+
+def _check_finite(loss_sum: torch.Tensor, cfg: TrainConfig) -> None:
+    if not bool(torch.isfinite(loss_sum)):
+        raise TrainingError(f"the training loss became non-finite ({loss_sum.item()} summed over the epoch): lower lr "
+                            f"(now {cfg.lr}) or weight_decay, then resume or restart the run")
+
+
+@dataclass
+class _EpochPlan:
+    """An epoch's targets and augmentation maps, drawn up front and copied to the device at once;
+    step ``s`` takes rows ``bounds[s]:bounds[s + 1]``."""
+
+    y: torch.Tensor
+    thetas: torch.Tensor | None
+    bounds: list[int]
+
+    def targets(self, step: int) -> torch.Tensor:
+        return self.y[self.bounds[step] : self.bounds[step + 1]]
+
+    def theta(self, step: int) -> torch.Tensor | None:
+        return None if self.thetas is None else self.thetas[self.bounds[step] : self.bounds[step + 1]]
+
+
+def _epoch_plan(batches: list[torch.Tensor], shares: list[torch.Tensor], pseudo_labels: np.ndarray, cfg: TrainConfig,
+                generator: torch.Generator, device: torch.device) -> _EpochPlan:
+    """This rank's targets and crop/flip maps of every step, in the order the steps draw them
+    (the generator's draws are those of one draw per step)."""
+    targets = torch.from_numpy(pseudo_labels)
+    world = distributed.world()
+    aug = cfg.data.augment
+    thetas = []
+    if aug.random_resized_crop or aug.hflip:
+        for idx in batches:
+            theta = crop_flip_params(len(idx), crop=aug.random_resized_crop, scale=(aug.crop_scale_min, 1.0),
+                                     hflip=aug.hflip, generator=generator)
+            thetas.append(theta[distributed.shard(len(idx), world)])
+    bounds = np.concatenate([[0], np.cumsum([len(s) for s in shares])]).astype(int).tolist()
+    y = targets[torch.cat(shares)] if shares else torch.zeros(0, dtype=torch.int64)
+    return _EpochPlan(y=to_device(y, device), thetas=to_device(torch.cat(thetas), device) if thetas else None,
+                      bounds=bounds)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
