@@ -81,3 +81,48 @@ def test_fp32_differs_from_bf16_and_a_folder_without_the_key_is_fp32(tmp_path):
         a, b = run.load_checkpoint("last")["model"], other.load_checkpoint("last")["model"]
         assert any(not torch.equal(a[k], b[k]) for k in a)  # bf16 really ran
         assert np.isclose(run.metrics()[0]["loss"], other.metrics()[0]["loss"], rtol=0.05)
+
+
+def test_fp32_turns_tf32_off_for_convolutions_and_matrix_products():
+    from deepcluster.core.precision import resolve_precision
+
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default for cuDNN convolutions
+    assert resolve_precision("fp32", "cpu").name == "fp32"
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_the_deterministic_key_sets_deterministic_algorithms_for_the_run():
+    from deepcluster.core.config import TrainConfig
+    from deepcluster.core.precision import set_deterministic
+    from deepcluster.environment import RunEnv
+
+    try:
+        RunEnv.from_config(TrainConfig(deterministic=True, device="cpu"))
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        RunEnv.from_config(TrainConfig(device="cpu"))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        set_deterministic(False)
+
+
+def test_deterministic_clustering_on_a_gpu_uses_the_torch_kmeans():
+    from deepcluster.cluster.faiss_kmeans import _choose_backend
+
+    backend = _choose_backend(None, "cuda:1", False, deterministic=True)
+    assert backend.torch_device == "cuda:1" and not backend.fit_gpu and backend.gpu == 1
+
+
+def test_a_deterministic_run_trains_and_repeats_itself(tmp_path):
+    from deepcluster.core.precision import set_deterministic
+
+    cfg = build_config(TrainConfig, Path(__file__).parents[1] / "configs" / "digits_tiny.yaml",
+                       ["data.limit=150", "k=5", "pca_dim=8", "cycles=1", "precision=fp32", "deterministic=true"])
+    try:
+        a = train(cfg, tmp_path / "a", show_progress=False)
+        b = train(cfg, tmp_path / "b", show_progress=False)
+    finally:
+        set_deterministic(False)
+    assert np.array_equal(a.load_assignments(1), b.load_assignments(1))
+    assert RunFolder(tmp_path / "a").load_config().deterministic
