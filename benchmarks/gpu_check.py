@@ -721,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizes = SMOKE if args.cpu_smoke else GPU
     out = args.out.resolve()
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "logs", ignore_errors=True)  # this check's logs only
+    (out / "logs").mkdir(parents=True)
     if args.keep:
         work = out / "work"
         shutil.rmtree(work, ignore_errors=True)
