@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST ?= /usr/share/datasets/fashion-mnist
 DEMO   ?= runs/demo
 
-.PHONY: help install data browser postgres lint test test-fast demo report bench clean
+.PHONY: help install data browser postgres lint test test-fast demo report bench gpu-check clean
 
 help:
 	@echo "make demo   - install, train DeepCluster on real Fashion-MNIST, evaluate vs random init"
@@ -13,6 +13,7 @@ help:
 	@echo "make test   - install and run the whole test suite"
 	@echo "make lint   - ruff check (the configuration is in pyproject.toml)"
 	@echo "make bench  - run the benchmarks"
+	@echo "make gpu-check - GPU acceptance check, one table in runs/gpu_check (at most 8 min on one GPU)"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +82,11 @@ report: demo
 
 bench: install data
 	$(BIN)/python benchmarks/run_all.py
+
+# On a machine with CUDA: versions, k-means on the GPU vs faiss-cpu, every digits command through
+# the CLI, AlexNet 224 px streamed and in memory, 2 ranks over gloo. Exits 2 without CUDA.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache
