@@ -738,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, (name, section) in enumerate((("environment", environment), ("k-means", kmeans_section))):
             chk._local.key = key
             chk.guarded(name, "section", lambda section=section: section(chk))
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # the commands get the GPU's memory back
         one_process = digits_section(chk)
         alexnet_section(chk)
         distributed_section(chk, one_process)
