@@ -10,6 +10,8 @@ from pinned memory when a GPU computes. No step then needs every image in memory
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -17,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deepcluster.core.config import TrainConfig
-from deepcluster.data.base import ImageDataset, TensorImageDataset
+from deepcluster.data.base import FolderImageDataset, ImageDataset, TensorImageDataset, decode_jpegs
 
-__all__ = ["ImageSource", "as_source", "choose_source", "default_memory_budget", "memory_budget", "source_for"]
+__all__ = ["ImageSource", "as_source", "choose_source", "default_memory_budget", "default_workers", "memory_budget",
+           "source_for"]
 
 
 def default_memory_budget() -> int:
@@ -41,20 +44,26 @@ def _nbytes(dataset: ImageDataset) -> int:
 
 
 class _Batches(Dataset):
-    """Batch ``b`` of a list of index arrays, read from the dataset (in a worker)."""
+    """Batch ``b`` of a list of index arrays, read from the dataset (in a worker): decoded images,
+    or with ``encoded`` the files' bytes, for the main process to decode on its device."""
 
-    def __init__(self, dataset: ImageDataset, batches: Sequence[np.ndarray]) -> None:
-        self.dataset, self.batches = dataset, list(batches)
+    def __init__(self, dataset: ImageDataset, batches: Sequence[np.ndarray], encoded: bool = False) -> None:
+        self.dataset, self.batches, self.encoded = dataset, list(batches), encoded
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, b: int) -> torch.Tensor:
         idx = self.batches[b]
+        if self.encoded:
+            return self.dataset.read_encoded(idx)
+        if not len(idx):  # a rank's empty share of a batch: no rows, but the shape of images
+            h, w = self.dataset.image_size
+            return torch.empty((0, self.dataset.channels, h, w), dtype=torch.uint8)
         read = getattr(self.dataset, "read", None)
         if read is not None:
             return read(idx)
-        return torch.stack([self.dataset[int(i)] for i in idx]) if len(idx) else torch.empty(0)
+        return torch.stack([self.dataset[int(i)] for i in idx])
 
 
 class ImageSource:
@@ -70,16 +79,25 @@ class ImageSource:
         Worker processes of the streamed path.
     pin : bool
         Pinned-memory batches (for a GPU).
+    decode_on : torch.device, optional
+        Streamed JPEG folders: the workers read the files' bytes and the main process decodes
+        each batch there with ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), so batches arrive
+        on that device. None: the workers decode with PIL.
     """
 
-    def __init__(self, dataset: ImageDataset, *, streamed: bool = False, workers: int = 2, pin: bool = False) -> None:
-        self._set(dataset, None if streamed else dataset.images_tensor(), workers=workers, pin=pin)
+    def __init__(self, dataset: ImageDataset, *, streamed: bool = False, workers: int = 2, pin: bool = False,
+                 decode_on: torch.device | str | None = None) -> None:
+        self._set(dataset, None if streamed else dataset.images_tensor(), workers=workers, pin=pin,
+                  decode_on=decode_on)
 
-    def _set(self, dataset: ImageDataset, images: torch.Tensor | None, *, workers: int, pin: bool) -> None:
+    def _set(self, dataset: ImageDataset, images: torch.Tensor | None, *, workers: int, pin: bool,
+             decode_on: torch.device | str | None = None) -> None:
         """The one constructor behind ``__init__``, :meth:`view` and :meth:`subset`."""
         self.dataset, self.images = dataset, images
         self.streamed = images is None
         self.workers, self.pin = int(workers), bool(pin)
+        can_decode = self.streamed and isinstance(dataset, FolderImageDataset) and dataset.all_jpeg
+        self.decode_on = torch.device(decode_on) if decode_on is not None and can_decode else None
         self.height, self.width = (int(s) for s in dataset.image_size)
         self.channels = int(dataset.channels)
         self.nbytes = _nbytes(dataset)
@@ -94,7 +112,7 @@ class ImageSource:
         sub = ImageSource.__new__(ImageSource)
         if images is not None:
             dataset = TensorImageDataset(self.dataset.name, images)
-        sub._set(dataset, images, workers=self.workers, pin=self.pin)
+        sub._set(dataset, images, workers=self.workers, pin=self.pin, decode_on=self.decode_on)
         return sub
 
     def __len__(self) -> int:
@@ -104,33 +122,53 @@ class ImageSource:
     def label(self) -> str:
         """How the run reads its images, as recorded in its metrics."""
         mb = self.nbytes / 2**20
-        return f"streamed ({self.workers} workers, {mb:,.0f} MB)" if self.streamed else f"in memory ({mb:,.0f} MB)"
+        if not self.streamed:
+            return f"in memory ({mb:,.0f} MB)"
+        decoding = f", JPEG decoded on {self.decode_on}" if self.decode_on is not None else ""
+        return f"streamed ({self.workers} workers{decoding}, {mb:,.0f} MB)"
 
     def take(self, indices) -> torch.Tensor:
         """The images at ``indices`` as one uint8 tensor N×C×H×W."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         if self.images is not None:
             return self.images[idx]
-        return _Batches(self.dataset, [idx.numpy()])[0]
+        return self._decoded(_Batches(self.dataset, [idx.numpy()], self.decode_on is not None)[0], idx.numpy())
 
     def batches(self, index_batches: Sequence) -> Iterator[torch.Tensor]:
-        """The images of each index batch, in order (prefetched by workers when streamed)."""
+        """The images of each index batch, in order (prefetched by workers when streamed; for a GPU,
+        gathered and pinned by a background thread when in memory)."""
         if self.images is not None:
-            for idx in index_batches:
-                yield self.images[torch.as_tensor(idx)]
+            gathered = (self.images[torch.as_tensor(idx)] for idx in index_batches)
+            if self.pin:  # the gather and the pinning copy release the GIL: they overlap the step
+                yield from _read_ahead((b.pin_memory() for b in gathered), depth=2)
+            else:
+                yield from gathered
             return
         arrays = [np.asarray(idx, dtype=np.int64) for idx in index_batches]
+        reader = _Batches(self.dataset, arrays, encoded=self.decode_on is not None)
         if self.workers == 0:
-            reader = _Batches(self.dataset, arrays)
-            for b in range(len(reader)):
-                yield reader[b]
-            return
-        loader = DataLoader(_Batches(self.dataset, arrays), batch_size=None, num_workers=self.workers,
-                            pin_memory=self.pin, prefetch_factor=4)
-        yield from loader
+            read = (reader[b] for b in range(len(reader)))
+        else:
+            read = iter(DataLoader(reader, batch_size=None, num_workers=self.workers,
+                                   pin_memory=self.pin and self.decode_on is None, prefetch_factor=4))
+        for item, idx in zip(read, arrays):
+            yield self._decoded(item, idx)
+
+    def _decoded(self, item, idx: np.ndarray) -> torch.Tensor:
+        """A batch as read by :class:`_Batches`: decoded already, or files' bytes to decode here."""
+        if self.decode_on is None:
+            return item
+        return decode_jpegs(item, self.height, self.decode_on, [self.dataset.paths[int(i)] for i in idx])
 
     def chunks(self, start: int, stop: int, batch_size: int) -> Iterator[torch.Tensor]:
-        """Images ``start..stop`` in batches of ``batch_size``, in order."""
+        """Images ``start..stop`` in batches of ``batch_size``, in order.
+
+        An empty range (a rank's empty share) is one empty batch (0×C×H×W), so that a pass over it
+        still yields features of the right width.
+        """
+        if stop <= start:
+            yield self.take([])
+            return
         if self.images is not None:
             for lo in range(start, stop, batch_size):
                 yield self.images[lo : min(lo + batch_size, stop)]
@@ -150,17 +188,67 @@ class ImageSource:
         return self._derived(images=self.images[torch.as_tensor(np.asarray(indices, np.int64))])
 
 
+def _read_ahead(items: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Tensor]:
+    """``items``, produced ``depth`` ahead by a background thread, in order; an exception there is
+    raised here, and stopping early stops the thread."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            out.put(e)
+
+    thread = threading.Thread(target=work, name="deepcluster-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def default_workers() -> int:
+    """Decode workers of a streamed source: the cores this process may use, shared among the
+    processes torchrun started on this machine (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def choose_source(dataset: ImageDataset, *, memory_budget_mb: int | None = None, workers: int = 2,
-                  pin: bool = False) -> ImageSource:
+                  pin: bool = False, decode_on: torch.device | str | None = None) -> ImageSource:
     """In memory when the dataset is in memory already or its pixels fit the budget, else streamed."""
     streamed = not isinstance(dataset, TensorImageDataset) and _nbytes(dataset) > memory_budget(memory_budget_mb)
-    return ImageSource(dataset, streamed=streamed, workers=workers, pin=pin)
+    return ImageSource(dataset, streamed=streamed, workers=workers, pin=pin, decode_on=decode_on)
 
 
-def source_for(cfg: TrainConfig, dataset: ImageDataset, *, pin: bool = False) -> ImageSource:
-    """The source a run reads ``dataset`` from: :func:`choose_source` with the run's
-    ``data.memory_budget_mb`` and ``data.workers`` (``pin`` for a GPU)."""
-    return choose_source(dataset, memory_budget_mb=cfg.data.memory_budget_mb, workers=cfg.data.workers, pin=pin)
+def source_for(cfg: TrainConfig, dataset: ImageDataset, *, device: torch.device | str = "cpu") -> ImageSource:
+    """The source a run computing on ``device`` reads ``dataset`` from: :func:`choose_source` with the
+    run's ``data.memory_budget_mb`` and ``data.workers`` (None: :func:`default_workers`), pinned
+    batches for a GPU, and ``data.decode`` (``auto``: a streamed JPEG folder is decoded on a GPU)."""
+    device = torch.device(device)
+    workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+    decode = cfg.data.decode
+    decode_on = device if decode == "device" or (decode == "auto" and device.type == "cuda") else None
+    return choose_source(dataset, memory_budget_mb=cfg.data.memory_budget_mb, workers=workers,
+                         pin=device.type == "cuda", decode_on=decode_on)
 
 
 def as_source(images: torch.Tensor | ImageSource) -> ImageSource:
