@@ -6,10 +6,20 @@ cache (:mod:`deepcluster.evaluate.cache`) when it is there; features are extract
 ``pool_budget`` dimensions (:mod:`deepcluster.evaluate.pooling`). :func:`write_suite_outputs`
 writes ``evaluation.json``, ``probe_table.csv``/``.md``, ``cycle_metrics.csv`` and one bar chart
 per protocol.
+
+Under torchrun every collective comes first: the ranks extract their shares of every missing
+(run, checkpoint, layer group) and rank 0 gathers each into ``.npy`` files under
+``RUN/eval/features-*``; then the other ranks return, and rank 0 alone runs the protocols on the
+features memory-mapped back, deleting the files as it goes.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +31,7 @@ import torch
 
 from deepcluster.core import distributed
 from deepcluster.core.config import EvalConfig, TrainConfig, apply_overrides
-from deepcluster.core.errors import ConfigError
+from deepcluster.core.errors import ConfigError, DiskFullError
 from deepcluster.core.files import write_json
 from deepcluster.data.source import ImageSource
 from deepcluster.data.splits import load_eval_splits
@@ -212,16 +222,172 @@ def evaluate_suite(
         cfg = run.load_config()
         for checkpoint in checkpoints:
             run.build_model(checkpoint, cfg)
-    rows: list[dict[str, Any]] = []
-    for run, name in zip(folders, names):
-        rows += _evaluate_run(run, name, checkpoints, layers, protocols, eval_cfg, pixel_baseline, use_cache,
-                              show_progress, log)
-    return rows
+    # Every collective first (under torchrun: all runs' feature extraction and gathers), then the
+    # other ranks are done and rank 0 runs the protocols left with no collective pending.
+    done: list[_Run] = []
+    try:
+        for run, name in zip(folders, names):
+            done.append(_evaluate_run(run, name, checkpoints, layers, protocols, eval_cfg, pixel_baseline, use_cache,
+                                      show_progress, log))
+        if not distributed.world().is_main:
+            return []
+        return [row for r in done for row in r.finish()]
+    finally:
+        for r in done:
+            r.remove()
+
+
+@dataclass
+class _Probes:
+    """What running the protocols of one checkpoint's layers takes besides their features."""
+
+    checkpoint: str
+    missing: list[tuple[str, str]]  # (layer, protocol) to compute
+    params: dict[tuple[str, str], dict[str, Any]]
+    labels: tuple[np.ndarray, np.ndarray]  # of the training and test splits
+    extra: dict[str, Any]  # cached with every number: n_train, n_test, cycle
+    cache: EvalCache
+    title: str
+    device: torch.device
+    show_progress: bool
+    log: Log
+
+    def run(self, layer: str, train: np.ndarray, test: np.ndarray) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+        """The protocols of ``layer`` on its features, each put in the cache as it is computed."""
+        out: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        for key in [k for k in self.missing if k[0] == layer]:
+            protocol = key[1]
+            t0 = time.perf_counter()
+            result = run_protocol(protocol, self.params[key], (train, self.labels[0]), (test, self.labels[1]),
+                                  device=self.device, description=f"{self.title} {layer}: {protocol}",
+                                  show_progress=self.show_progress)
+            seconds = time.perf_counter() - t0
+            self.cache.put(self.checkpoint, layer, protocol, self.params[key], result, seconds=seconds,
+                           extra=self.extra)
+            out[key] = ({"result": result, "seconds": round(seconds, 3), **self.extra}, "computed")
+            self.log(f"  {self.title} {layer:8s} {protocol:8s} {_fmt_result(protocol, result)}  "
+                     f"({result['dim']}-d, {seconds:.1f} s)")
+        return out
+
+
+@dataclass
+class _Spilled:
+    """One layer's gathered features, on disk until rank 0 runs its protocols."""
+
+    probes: _Probes
+    layer: str
+    train: Path
+    test: Path
+
+    def run(self) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+        """The layer's protocols on its features memory-mapped back; the files are deleted afterwards.
+
+        ``mmap_mode="c"``: pages are read from the file as the protocols touch them, and the
+        arrays are writable (copy on write, never written back) as PyTorch wants its inputs.
+        """
+        try:
+            return self.probes.run(self.layer, np.load(self.train, mmap_mode="c"), np.load(self.test, mmap_mode="c"))
+        finally:
+            self.train.unlink(missing_ok=True)
+            self.test.unlink(missing_ok=True)
+
+
+class _Spill:
+    """Rank 0's folder of gathered features (``RUN/eval/features-*``, next to the cache), made on
+    first use and removed by :meth:`remove`."""
+
+    def __init__(self, parent: Path) -> None:
+        self.parent, self.folder = parent, None
+        self.count = 0
+
+    def allocator(self, name: str) -> Callable[[tuple[int, ...], np.dtype], np.ndarray]:
+        """``gather_rows``'s ``out``: a new ``.npy`` file, its blocks reserved, memory-mapped for writing."""
+        def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            if self.folder is None:
+                self.parent.mkdir(parents=True, exist_ok=True)
+                self.folder = Path(tempfile.mkdtemp(prefix="features-", dir=self.parent))
+            self.count += 1
+            path = self.folder / f"{self.count:04d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.npy"
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            _reserve(path)
+            return array
+        return allocate
+
+    def remove(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of a memory-mapped file now: a full disk is a one-line error here, not
+    a SIGBUS when the gathered rows are written into it."""
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - not Linux
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(path) from None
+            # a file system without fallocate: the blocks are taken as the rows arrive
+
+
+@dataclass
+class _Checkpoint:
+    """One checkpoint (or the raw pixels) of one run: its numbers, cached or computed, and under
+    torchrun the layers whose protocols rank 0 runs once every collective is done."""
+
+    checkpoint: str
+    label: str
+    layers: list[str]
+    entries: dict[tuple[str, str], tuple[dict[str, Any], str]]
+    spilled: list[_Spilled]
+
+
+@dataclass
+class _Run:
+    run: RunFolder
+    name: str
+    protocols: list[str]
+    checkpoints: list[_Checkpoint]
+    spill: _Spill | None
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Rank 0: the protocols left (on the spilled features), then the tidy rows."""
+        try:
+            for ck in self.checkpoints:
+                for spilled in ck.spilled:
+                    ck.entries.update(spilled.run())
+                ck.spilled = []
+        finally:
+            self.remove()
+        rows: list[dict[str, Any]] = []
+        for ck in self.checkpoints:
+            for (layer, protocol), (entry, source) in sorted(
+                    ck.entries.items(), key=lambda kv: (ck.layers.index(kv[0][0]), self.protocols.index(kv[0][1]))):
+                result = entry["result"]
+                for metric, value, std in result_metrics(protocol, result):
+                    rows.append({"run": str(self.run.path), "run_name": self.name, "checkpoint": ck.checkpoint,
+                                 "label": ck.label, "cycle": entry.get("cycle"), "layer": layer,
+                                 "dim": result.get("dim"), "protocol": protocol, "metric": metric, "value": value,
+                                 "std": std, "source": source, "seconds": entry.get("seconds")})
+        return rows
+
+    def remove(self) -> None:
+        if self.spill is not None:
+            self.spill.remove()
 
 
 def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Sequence[str] | None,
                   protocols: list[str], eval_cfg: EvalConfig | dict[str, Any] | None, pixel_baseline: bool | None,
-                  use_cache: bool, show_progress: bool, log: Log) -> list[dict[str, Any]]:
+                  use_cache: bool, show_progress: bool, log: Log) -> _Run:
+    """Every collective of one run: which numbers are missing, then their features.
+
+    In one process the protocols run as each layer group's features arrive (nothing is spilled).
+    Under torchrun rank 0 writes each gathered group to disk and runs the protocols in
+    :meth:`_Run.finish`, after every rank is done with every collective.
+    """
     cfg = run.load_config()
     ecfg = run_eval_config(cfg, eval_cfg)
     world = distributed.world()
@@ -248,46 +414,47 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
     if ecfg.pixel_baseline if pixel_baseline is None else pixel_baseline:
         jobs.append((PIXELS, [PIXELS], None))
 
-    rows: list[dict[str, Any]] = []
-    for checkpoint, ck_layers, fingerprint in jobs:
-        label = checkpoint_label(checkpoint)
-        params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
-                             "data": data_id, "checkpoint": fingerprint,
-                             **({} if checkpoint == PIXELS else {"precision": env.precision.label})}
-                  for lyr in ck_layers for p in protocols}
-        entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-        if use_cache and world.is_main:  # rank 0 owns the cache and the outputs
-            for key, prm in params.items():
-                entry = cache.get(checkpoint, key[0], key[1], prm)
-                if entry is not None:
-                    entries[key] = (entry, "cache")
-        missing = distributed.broadcast_object([key for key in params if key not in entries])
-        log(f"{name} {label}: {len(entries)} cached, {len(missing)} to compute"
-            + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
-        if missing:
-            entries.update(_compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache,
-                                    f"{name} {label}", log))
-        for (layer, protocol), (entry, source) in sorted(
-                entries.items(), key=lambda kv: (ck_layers.index(kv[0][0]), protocols.index(kv[0][1]))):
-            result = entry["result"]
-            for metric, value, std in result_metrics(protocol, result):
-                rows.append({"run": str(run.path), "run_name": name, "checkpoint": checkpoint, "label": label,
-                             "cycle": entry.get("cycle"), "layer": layer, "dim": result.get("dim"),
-                             "protocol": protocol, "metric": metric, "value": value, "std": std,
-                             "source": source, "seconds": entry.get("seconds")})
-    return rows
+    out = _Run(run, name, protocols, [], _Spill(cache.root.parent) if world.distributed else None)
+    try:
+        for checkpoint, ck_layers, fingerprint in jobs:
+            label = checkpoint_label(checkpoint)
+            params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
+                                 "data": data_id, "checkpoint": fingerprint,
+                                 **({} if checkpoint == PIXELS else {"precision": env.precision.label})}
+                      for lyr in ck_layers for p in protocols}
+            entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+            if use_cache and world.is_main:  # rank 0 owns the cache and the outputs
+                for key, prm in params.items():
+                    entry = cache.get(checkpoint, key[0], key[1], prm)
+                    if entry is not None:
+                        entries[key] = (entry, "cache")
+            missing = distributed.broadcast_object([key for key in params if key not in entries])
+            log(f"{name} {label}: {len(entries)} cached, {len(missing)} to compute"
+                + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
+            spilled: list[_Spilled] = []
+            if missing:
+                computed, spilled = _compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache,
+                                             f"{name} {label}", log, out.spill)
+                entries.update(computed)
+            out.checkpoints.append(_Checkpoint(checkpoint, label, ck_layers, entries, spilled))
+    except BaseException:
+        out.remove()
+        raise
+    return out
 
 
 def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str, missing: list[tuple[str, str]],
              params: dict[tuple[str, str], dict[str, Any]], data: _RunData, cache: EvalCache, title: str,
-             log: Log) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+             log: Log, spill: _Spill | None,
+             ) -> tuple[dict[tuple[str, str], tuple[dict[str, Any], str]], list[_Spilled]]:
     """Extract the features of the layers in ``missing`` (in memory-bounded passes) and run their protocols.
 
-    Under torchrun every rank extracts the features of its share of the images and rank 0, which
-    gathers them, runs the protocols and fills the cache (the other ranks return nothing).
+    One process: each layer group's protocols run as soon as its features exist. Under torchrun
+    every rank extracts the features of its share of the images and rank 0 gathers them into
+    ``.npy`` files of ``spill``; it returns them, to run the protocols once every collective is
+    done (the other ranks return nothing).
     """
     world = distributed.world()
-    device, show_progress = data.reader.device, data.reader.show_progress
     layers = list(dict.fromkeys(layer for layer, _ in missing))
     extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels)}
     if checkpoint == PIXELS:
@@ -295,48 +462,47 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
         extra["cycle"] = None
     else:
         model, cycle = _load_model(run, cfg, checkpoint)
-        model.to(device)
+        model.to(data.reader.device)
         groups = _layer_groups(model, layers, data, ecfg.pool_budget)
         extra["cycle"] = cycle
-    out: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+    probes = _Probes(checkpoint, missing, params, (data.train.labels, data.test.labels), extra, cache, title,
+                     data.reader.device, data.reader.show_progress, log)
+    computed: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+    spilled: list[_Spilled] = []
     for group in groups:
-        if model is None:
-            if not world.is_main:
-                continue
-            ftr = {PIXELS: pixel_features(data.train.images, ecfg.pool_budget)}
-            fte = {PIXELS: pixel_features(data.test.images, ecfg.pool_budget)}
-        else:
-            kw: dict[str, Any] = {"layers": group, "budget": ecfg.pool_budget}
-            ftr = _sharded_features(model, data.train.images, data.reader, f"{title}: train features", kw)
-            fte = _sharded_features(model, data.test.images, data.reader, f"{title}: test features", kw)
-            if not world.is_main:
-                continue
+        features = {split: _sharded_features(model, getattr(data, split).images, data.reader,
+                                             f"{title}: {split} features", group, ecfg.pool_budget,
+                                             spill, f"{checkpoint}-{split}")
+                    for split in ("train", "test")}
+        if not world.is_main:
+            continue
         for layer in group:
-            for key in [k for k in missing if k[0] == layer]:
-                protocol = key[1]
-                t0 = time.perf_counter()
-                result = run_protocol(protocol, params[key], (ftr[layer], data.train.labels),
-                                      (fte[layer], data.test.labels), device=device,
-                                      description=f"{title} {layer}: {protocol}", show_progress=show_progress)
-                seconds = time.perf_counter() - t0
-                cache.put(checkpoint, layer, protocol, params[key], result, seconds=seconds, extra=extra)
-                entry = {"result": result, "seconds": round(seconds, 3), **extra}
-                out[key] = (entry, "computed")
-                log(f"  {title} {layer:8s} {protocol:8s} {_fmt_result(protocol, result)}  "
-                    f"({result['dim']}-d, {seconds:.1f} s)")
-            del ftr[layer], fte[layer]
-    return out
+            ftr, fte = features["train"].pop(layer), features["test"].pop(layer)
+            if spill is None:
+                computed.update(probes.run(layer, ftr, fte))
+            else:
+                ftr.flush()
+                fte.flush()
+                spilled.append(_Spilled(probes, layer, Path(ftr.filename), Path(fte.filename)))
+            del ftr, fte
+    return computed, spilled
 
 
-def _sharded_features(model: DeepClusterNet, images: ImageSource, reader: FeatureOptions, description: str,
-                      kw: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """Pooled features of every image: this rank's share, gathered on rank 0 (``None`` elsewhere)."""
+def _sharded_features(model: DeepClusterNet | None, images: ImageSource, reader: FeatureOptions, description: str,
+                      layers: list[str], budget: int, spill: _Spill | None, name: str) -> dict[str, np.ndarray] | None:
+    """Pooled features of every image (``model`` None: the raw pixels): this rank's share, gathered
+    on rank 0 (into memory-mapped files of ``spill`` when given; ``None`` on the other ranks)."""
     share = distributed.shard(len(images))
-    feats = extract_pooled_features(model, images.view(share.start, share.stop), reader, description=description,
-                                    **kw)
+    mine = images.view(share.start, share.stop)
+    if model is None:
+        feats = {PIXELS: pixel_features(mine, budget)}
+    else:
+        feats = extract_pooled_features(model, mine, reader, description=description, layers=layers, budget=budget)
     if not distributed.world().distributed:
         return feats
-    gathered = {layer: distributed.gather_rows(x) for layer, x in feats.items()}
+    gathered = {layer: distributed.gather_rows(feats.pop(layer),
+                                               out=None if spill is None else spill.allocator(f"{name}-{layer}"))
+                for layer in layers}  # the same order on every rank
     return gathered if distributed.world().is_main else None
 
 
