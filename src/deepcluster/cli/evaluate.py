@@ -57,6 +57,7 @@ def evaluate(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override an eval key, e.g. --set probe_epochs=10 --set knn_ks=[20].")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/eval for one run).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every number (the cache is refreshed).")] = False,
+    timeout: Annotated[int, typer.Option("--timeout", min=10, help="Under torchrun: seconds a collective waits for the other ranks (the feature extraction; rank 0 runs the probes after every collective, alone).")] = 600,
     quiet: QuietOption = False,
 ) -> None:
     """Linear probe (SGD, eval_linear protocol), kNN and low-shot per layer and checkpoint, cached.
@@ -73,7 +74,12 @@ def evaluate(
         raise ConfigError("--checkpoint X is short for --checkpoints init,X: give one of them")
     chosen = (["init", checkpoint] if checkpoint is not None else csv_option(checkpoints)) or ["init", "last"]
     overrides = build_config(EvalConfig, None, set_).model_dump(exclude_unset=True)  # validates the keys
-    world = distributed.init()  # under torchrun the ranks share the feature extraction; rank 0 reports
+    # under torchrun the ranks share the feature extraction; rank 0 runs the probes and reports
+    world = distributed.init(timeout_s=timeout)
+    if world.distributed and world.is_main:
+        out_console.print(f"{world.size} processes ({world.backend}, timeout {world.timeout_s or timeout:g} s): the ranks "
+                          "extract the features, rank 0 runs the probes once every rank is done", highlight=False,
+                          soft_wrap=True)
     res = evaluate_and_write(runs, out, checkpoints=chosen, layers=csv_option(layers),
                              protocols=csv_option(protocols) or [], eval_cfg=overrides, use_cache=not no_cache,
                              show_progress=not quiet and world.is_main,

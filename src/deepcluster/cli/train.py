@@ -80,17 +80,19 @@ def train(
         return launch(nproc, ["train", *args])
 
     if resume is not None:
-        world = distributed.init()
-        cfg = None
-        if world.is_main:  # only rank 0 reads (and later writes) the run folder
+        def read_run() -> tuple[TrainConfig, str, str, float]:
+            # only rank 0 reads (and later writes) the run folder; the process group is created with the
+            # run's own distributed.backend and timeout, which rank 0 hands to the others before it exists
             run = RunFolder(resume)
-            cfg = check_resumable(run)
+            saved = check_resumable(run)
             extra = parse_overrides(set_)
             if set(extra) - {"cycles"}:
                 raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
             if "cycles" in extra:  # saved by the trainer, once the folder is checked and locked
-                cfg = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
-        cfg = distributed.broadcast_object(cfg)
+                saved = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
+            return saved, saved.distributed.backend, saved.device, saved.distributed.timeout
+
+        world, cfg = distributed.init_from_main(read_run)
         target = Path(resume)
     else:
         cfg = build_config(TrainConfig, config, set_)
@@ -102,7 +104,10 @@ def train(
         target = out
     precision = run_precision(cfg, resolve_device(cfg.device))  # a bad device or precision fails here
     say = out_console.print if world.is_main else (lambda *a, **k: None)
-    processes = f", {world.size} processes ({world.backend})" if world.distributed else ""
+    processes = ""
+    if world.distributed:  # the backend and timeout the process group was created with
+        timeout = "" if world.timeout_s is None else f", timeout {world.timeout_s:g} s"
+        processes = f", {world.size} processes ({world.backend}{timeout})"
     say(f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
         f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}, {precision.label}{processes}) → {target}",
         highlight=False)
