@@ -105,9 +105,14 @@ def test_writer_reader_round_trip(tmp_path):
     wheel_mask = b.concept_mask(ids["wheel"])
     assert wheel_mask[:, 3, 4].all() and wheel_mask[:, 2, 2].tolist() == [True, False, True, False]
     assert b.concept_mask(ids["park"]).sum() == 20 and b.concept_mask(ids["park"])[3].all()
-    threaded = list(ds.batches(3, num_workers=2))
-    assert [len(x) for x in threaded] == [3, 1]
-    assert np.array_equal(threaded[1].masks["object"], b.masks["object"][3:])
+    chunks = list(ds.batches(3))
+    assert [len(x) for x in chunks] == [3, 1]
+    assert np.array_equal(chunks[1].masks["object"], b.masks["object"][3:])
+    # masks and labels alone: the same arrays, no image decoded
+    bare = ds.batch([2, 1], images=False)
+    assert bare.images is None and bare.indices.tolist() == [2, 1] and bare.mask_shape == (4, 5)
+    assert np.array_equal(bare.masks["part"], b.masks["part"][[2, 1]])
+    assert np.array_equal(bare.concept_mask(ids["wheel"]), wheel_mask[[2, 1]])
 
 
 def test_hand_made_broden_folder(tmp_path):

@@ -161,6 +161,7 @@ def test_vector_layers_cover_the_whole_image(planted):
     ("method", "median", "method must be auto, exact or sketch"),
     ("top_images", 0, "top_images must be >= 1"),
     ("union", "all", "union must be annotated or lite"),
+    ("num_workers", -1, "num_workers must be >= 0"),
 ])
 def test_options_are_checked_when_a_dissection_starts(planted, field, value, message):
     root, _ = planted
@@ -186,6 +187,74 @@ def test_the_dissect_module_keeps_its_name():
 
     assert inspect.ismodule(module) and module.dissect is dissect
     assert inspect.ismodule(deepcluster.interpret.dissect)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the probe
+
+
+@pytest.mark.parametrize("cache_mb", [512, 0])
+def test_worker_processes_read_what_this_process_reads(planted, cache_mb):
+    """The probe decoded by DataLoader worker processes (5 batches) gives the same dissection,
+    bit for bit, as read in this process: pass 1 and pass 2, with and without cached activations."""
+    root, _ = planted
+    options = DissectOptions(quantile=0.6, batch_size=8, show_progress=False, device="cpu", feature_cache_mb=cache_mb)
+    here = dissect(Planted(pool=2), "pool", root, replace(options, num_workers=0))
+    workers = dissect(Planted(pool=2), "pool", root, replace(options, num_workers=2))
+    assert here.cached_features == workers.cached_features == (cache_mb > 0)
+    for name in ("thresholds", "intersect", "activation", "truth", "iou", "unit_pixels", "top_images", "top_values",
+                 "top_masks"):
+        a, b = getattr(here, name), getattr(workers, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+def test_the_loader_dataset_is_paths_and_indices(planted):
+    """What a worker process receives pickles small (the probe's file names, index arrays, the
+    concept table) and reads the same batches after the round trip."""
+    import pickle
+
+    from deepcluster.interpret.dissect import _Concepts, _ProbeBatches
+
+    root, _ = planted
+    probe = BrodenDataset(root)
+    batches = _ProbeBatches(probe, 16, table=_Concepts(probe), mask_pixels=SIZE * SIZE)
+    blob = pickle.dumps(batches)
+    assert len(blob) < 2 * len(pickle.dumps(probe)) + 20_000
+    copy = pickle.loads(blob)
+    assert len(copy) == len(batches) == 3
+    a, b = batches[2], copy[2]
+    assert a.indices.tolist() == list(range(32, N_IMAGES)) and not a.error
+    for x, y in zip(a, b):
+        assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+    assert a.images.dtype == torch.uint8 and a.pix.dtype == torch.int16 and a.pix.shape[-1] == SIZE * SIZE
+    without_images = _ProbeBatches(probe, 16, images=False, table=_Concepts(probe), mask_pixels=SIZE * SIZE)[2]
+    assert without_images.images is None and torch.equal(without_images.pix, a.pix)
+
+
+def test_a_missing_image_read_by_a_worker_fails_in_one_line(planted, tmp_path):
+    import shutil
+
+    root, _ = planted
+    broken = tmp_path / "probe"
+    shutil.copytree(root, broken)
+    (broken / "images" / "000017.png").unlink()
+    options = DissectOptions(quantile=0.6, batch_size=8, show_progress=False, device="cpu", num_workers=2)
+    with pytest.raises(DataError, match=r"^image .*000017.png \(row 19 of index.csv\) does not exist") as err:
+        dissect(Planted(), "act", broken, options)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_default_workers_are_the_cores_of_this_rank(monkeypatch):
+    from deepcluster.interpret.dissect import MAX_NUM_WORKERS, default_num_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_num_workers() == DissectOptions().num_workers == min(12, MAX_NUM_WORKERS)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_num_workers() == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(256)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_num_workers() == MAX_NUM_WORKERS
 
 
 # ---------------------------------------------------------------------------------------------

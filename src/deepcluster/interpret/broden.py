@@ -40,7 +40,6 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,20 +197,26 @@ class BrodenBatch:
 
     #: int64 indices of the samples in the dataset.
     indices: np.ndarray
-    #: uint8 B x 3 x ih x iw.
-    images: np.ndarray
+    #: uint8 B x 3 x ih x iw; None when the batch was read without its images
+    #: (:meth:`BrodenDataset.batch`).
+    images: np.ndarray | None
     #: Pixel-level category -> int32 B x K x sh x sw.
     masks: dict[str, np.ndarray]
     #: Image-level category -> int32 B x K.
     labels: dict[str, np.ndarray]
+    #: ``sh x sw`` of :meth:`concept_mask` (``ih x iw`` when the probe has no pixel-level
+    #: category, as :attr:`BrodenSample.mask_shape`); None: the masks' or the images' size.
+    mask_shape: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def concept_mask(self, label: int) -> np.ndarray:
         """Bool B x sh x sw: where ``label`` occurs in any category."""
-        sh, sw = next(iter(self.masks.values())).shape[-2:] if self.masks else self.images.shape[-2:]
-        return _concept_mask(self.masks, self.labels, label, (len(self), sh, sw))
+        shape = self.mask_shape
+        if shape is None:
+            shape = next(iter(self.masks.values())).shape[-2:] if self.masks else self.images.shape[-2:]
+        return _concept_mask(self.masks, self.labels, label, (len(self), *shape))
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +404,9 @@ class BrodenDataset:
     """A folder in the Broden layout (see the module docstring).
 
     ``categories`` restricts the categories read (default: all rows of ``category.csv``).
-    Indexing gives a :class:`BrodenSample`; :meth:`batches` stacks samples efficiently.
+    Indexing gives a :class:`BrodenSample`; :meth:`batch` stacks samples (optionally without
+    their images), :meth:`batches` all of them, a batch at a time. An instance holds the file
+    names and ``index.csv``'s entries, not the pixels: it pickles small (DataLoader workers).
     """
 
     def __init__(self, root: str | Path, *, categories: Sequence[str] | None = None):
@@ -512,57 +519,60 @@ class BrodenDataset:
         for i in range(len(self)):
             yield self[i]
 
-    def batches(
-        self, batch_size: int = 64, *, indices: Sequence[int] | None = None, num_workers: int = 0
-    ) -> Iterator[BrodenBatch]:
-        """Stacked samples, ``batch_size`` at a time, in index order (or the order of ``indices``).
-
-        ``num_workers > 0`` decodes files in that many threads (PIL releases the GIL while
-        decoding). All images of a batch must share ``ih, iw`` and ``sh, sw``.
-        """
+    def batches(self, batch_size: int = 64, *, indices: Sequence[int] | None = None) -> Iterator[BrodenBatch]:
+        """:meth:`batch` of ``batch_size`` samples at a time, in index order (or the order of
+        ``indices``), read in this process (a dissection decodes its batches in DataLoader
+        worker processes: :func:`deepcluster.interpret.dissect.dissect`)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         order = list(range(len(self))) if indices is None else [int(i) for i in indices]
-        pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-        try:
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                samples = list(pool.map(self.__getitem__, chunk)) if pool else [self[i] for i in chunk]
-                yield self._stack(samples)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
 
-    def _stack(self, samples: list[BrodenSample]) -> BrodenBatch:
-        first = samples[0]
-        for s in samples[1:]:
-            if s.image.shape != first.image.shape or s.mask_shape != first.mask_shape:
+    def batch(self, indices: Sequence[int], *, images: bool = True) -> BrodenBatch:
+        """The samples at ``indices`` stacked; without ``images`` only their masks and labels are
+        read (:attr:`BrodenBatch.images` is then None). All of them must share ``ih, iw`` and
+        ``sh, sw``."""
+        n = len(self)
+        order = []
+        for i in indices:
+            if not -n <= int(i) < n:
+                raise IndexError(i)
+            order.append(int(i) % n)
+        if not order:
+            raise ValueError("a batch needs at least one sample")
+        first = order[0]
+        for i in order[1:]:
+            if self.image_size(i) != self.image_size(first) or self.mask_size(i) != self.mask_size(first):
                 raise DataError(
-                    f"images {first.filename} and {s.filename} of {self.root} differ in size "
-                    f"({first.image.shape[1:]} vs {s.image.shape[1:]} / masks {first.mask_shape} vs {s.mask_shape}): "
-                    "batch them separately or use batch_size=1"
+                    f"images {self._meta[first][0]} and {self._meta[i][0]} of {self.root} differ in size "
+                    f"({self.image_size(first)} vs {self.image_size(i)} / masks {self.mask_size(first)} vs "
+                    f"{self.mask_size(i)}): batch them separately or use batch_size=1"
                 )
-        sh, sw = first.mask_shape
-        b = len(samples)
+        sh, sw = self.mask_size(first)
+        b = len(order)
+        per_image = [self.load_masks(i) for i in order]
         masks = {}
         for cat in self.pixel_categories:
-            k = max(s.masks[cat].shape[0] for s in samples)
+            k = max(m[cat].shape[0] for m in per_image)
             arr = np.zeros((b, k, sh, sw), dtype=np.int32)
-            for j, s in enumerate(samples):
-                arr[j, : s.masks[cat].shape[0]] = s.masks[cat]
+            for j, m in enumerate(per_image):
+                arr[j, : m[cat].shape[0]] = m[cat]
             masks[cat] = arr
+        per_labels = [self.load_labels(i) for i in order]
         labels = {}
         for cat in self.image_categories:
-            k = max(len(s.labels[cat]) for s in samples)
+            k = max(len(lab[cat]) for lab in per_labels)
             arr = np.zeros((b, k), dtype=np.int32)
-            for j, s in enumerate(samples):
-                arr[j, : len(s.labels[cat])] = s.labels[cat]
+            for j, lab in enumerate(per_labels):
+                arr[j, : len(lab[cat])] = lab[cat]
             labels[cat] = arr
         return BrodenBatch(
-            indices=np.array([s.index for s in samples], dtype=np.int64),
-            images=np.stack([s.image for s in samples]),
+            indices=np.array(order, dtype=np.int64),
+            images=np.stack([self.load_image(i) for i in order]) if images else None,
             masks=masks,
             labels=labels,
+            mask_shape=(sh, sw) if self.pixel_categories else self.image_size(first),
         )
 
 

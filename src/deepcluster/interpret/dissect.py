@@ -62,6 +62,15 @@ The settings named above (``quantile``, ``method``, ``memory_budget_mb``, ``top_
 ``iou_threshold``, ``union``) are fields of :class:`DissectOptions`, passed to :func:`dissect`
 (one model) or :func:`dissect_many` (several, the probe read once per pass for all).
 
+**Reading the probe.** Each pass reads the probe through a ``torch.utils.data.DataLoader``
+whose ``num_workers`` worker processes (:attr:`DissectOptions.num_workers`) decode the batches
+in order while the models compute: pass 1 the images, pass 2 the concept masks too, tabulated
+into concept columns in the worker (and the images only when a model has no cached
+activations). Batches arrive as CPU tensors, pinned when the device is a GPU, and are copied
+to it without blocking. Every tensor the passes compute lives on the dissection's device,
+except the activations cached between the passes (on the CPU, pinned for a GPU) and the
+units' packed regions for the page (numpy).
+
 Everything is float32 on the model's side and float64 counts; CUDA is used when present.
 Output files: :func:`deepcluster.interpret.dissect_report.write_dissection`; ``tally.csv`` is
 read back by :func:`deepcluster.interpret.tally.read_tally`.
@@ -73,32 +82,31 @@ import contextlib
 import functools
 import math
 import os
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from deepcluster.core.device import resolve_device
 from deepcluster.core.errors import ConfigError, DataError, first_line
 from deepcluster.core.precision import FP32, Precision
 from deepcluster.core.progress import progress_bar
-from deepcluster.interpret.broden import BrodenDataset
+from deepcluster.interpret.broden import BrodenBatch, BrodenDataset
 from deepcluster.interpret.model_source import resolve_layer
 from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
 from deepcluster.models.hooks import capture_outputs
 
 __all__ = [
     "IOU_THRESHOLD",
+    "MAX_NUM_WORKERS",
     "QUANTILE",
     "UNIONS",
     "DissectOptions",
@@ -106,6 +114,7 @@ __all__ = [
     "DissectTarget",
     "cache_dir",
     "default_concepts",
+    "default_num_workers",
     "dissect",
     "dissect_many",
     "lite_primary_category",
@@ -121,6 +130,10 @@ UNIONS = ("annotated", "lite")
 TOP_IMAGES = 8
 #: Up-sampled maps handled at once in pass 2 (elements: 32 MB of float32), bounding its memory.
 _PAIR_CHUNK = 1 << 23
+#: Largest default of :attr:`DissectOptions.num_workers` (:func:`default_num_workers`).
+MAX_NUM_WORKERS = 16
+#: Batches each loader worker decodes ahead.
+_PREFETCH = 2
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -366,63 +379,15 @@ class _Prepare:
         self.std = torch.tensor(std, device=device).view(1, ch, 1, 1)
         self.luma = torch.tensor(_LUMA, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images).to(self.device).float().div_(255.0)
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, ih, iw) images on the CPU (pinned for a GPU) -> the model's float inputs on the device."""
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
         if self.grey:
             x = (x * self.luma).sum(1, keepdim=True)
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             down = self.size < min(x.shape[-2:])
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=down)
         return (x - self.mean) / self.std
-
-
-def _image_batches(probe: BrodenDataset, batch_size: int, pool: ThreadPoolExecutor | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    n_images = len(probe)
-    for start in range(0, n_images, batch_size):
-        idx = list(range(start, min(n_images, start + batch_size)))
-        imgs = list(pool.map(probe.load_image, idx)) if pool else [probe.load_image(i) for i in idx]
-        yield np.asarray(idx, dtype=np.int64), np.stack(imgs)
-
-
-_DONE = object()
-
-
-def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """``items`` produced by a background thread, ``depth`` ahead (decoding overlaps compute)."""
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for it in items:
-                if not put((True, it)):
-                    return
-            put((True, _DONE))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put((False, exc))
-
-    thread = threading.Thread(target=work, name="dissect-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, it = q.get()
-            if not ok:
-                raise it
-            if it is _DONE:
-                return
-            yield it
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,9 +452,10 @@ class _Concepts:
             return np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], 0).astype(np.int32)
         return self.lut[raw]
 
-    def batch(self, batch, mask_pixels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Pixel columns (images, K, mask_pixels), image columns (images, J) (each concept once per
-        pixel / image) and the categories annotated in each image ((images, categories) bool)."""
+    def tabulate(self, batch: BrodenBatch, mask_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pixel columns (images, K, mask_pixels) and image columns (images, J), int32 (each
+        concept once per pixel / image unless ``lite``), and the categories annotated in each
+        image ((images, categories) bool). Numpy only: the probe's loader workers run it."""
         batch_len = len(batch)
         annotated = np.zeros((batch_len, len(self.categories)), dtype=bool)
         pix_parts, pix_cats, img_parts, img_cats = [], [], [], []
@@ -507,7 +473,7 @@ class _Concepts:
         pix = np.concatenate(pix_parts, 1) if pix_parts else np.zeros((batch_len, 0, mask_pixels), np.int32)
         img = np.concatenate(img_parts, 1) if img_parts else np.zeros((batch_len, 0), np.int32)
         if self.lite:
-            return torch.from_numpy(pix).to(device), torch.from_numpy(img).to(device), annotated
+            return pix, img, annotated
         for j in range(1, img.shape[1]):
             img[:, j] = np.where((img[:, j : j + 1] == img[:, :j]).any(1), 0, img[:, j])
         for j, cj in enumerate(img_cats):  # a concept given for the whole image covers its pixels
@@ -523,7 +489,98 @@ class _Concepts:
             if earlier:
                 dup = (pix[:, k : k + 1] == pix[:, earlier]).any(1)
                 pix[:, k][dup] = 0
-        return torch.from_numpy(pix).to(device), torch.from_numpy(img).to(device), annotated
+        return pix, img, annotated
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the probe: DataLoader worker processes
+
+
+def default_num_workers() -> int:
+    """:attr:`DissectOptions.num_workers`'s default: the cores this process may run on (its CPU
+    affinity), shared among torchrun's local ranks (``LOCAL_WORLD_SIZE``), at most
+    ``MAX_NUM_WORKERS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_ranks = 1
+    return max(0, min(MAX_NUM_WORKERS, cores // local_ranks))
+
+
+class _Batch(NamedTuple):
+    """One item of the probe's loader: a batch of probe images, decoded. CPU tensors, pinned
+    when the dissection runs on a GPU; a field a pass does not read is None."""
+
+    #: int64 (B,): the images' rows of index.csv.
+    indices: torch.Tensor
+    #: uint8 (B, 3, ih, iw).
+    images: torch.Tensor | None = None
+    #: (B, K, sh * sw) and (B, J) int32: the concept columns of the pixels and of the images
+    #: (:meth:`_Concepts.tabulate`; pass 2). ``pix`` is int16 when the columns fit, halving what
+    #: the workers pass through shared memory.
+    pix: torch.Tensor | None = None
+    img: torch.Tensor | None = None
+    #: bool (B, categories): the categories annotated in each image (pass 2).
+    annotated: torch.Tensor | None = None
+    #: A :class:`~deepcluster.core.errors.DataError` met while reading (a missing or corrupt
+    #: file), raised again as it is by the main process.
+    error: str = ""
+
+
+class _ProbeBatches(Dataset):
+    """Item ``b``: batch ``b`` of the probe, decoded -- what a DataLoader worker process computes.
+
+    It holds only what the workers need, cheap to pickle: the probe (its file names and
+    index.csv's entries), the batches' indices and, for pass 2, the concept table (label
+    numbers to columns) -- no model, activation or count.
+    """
+
+    def __init__(self, probe: BrodenDataset, batch_size: int, *, images: bool = True,
+                 table: _Concepts | None = None, mask_pixels: int = 0):
+        n = len(probe)
+        self.probe, self.images, self.table, self.mask_pixels = probe, images, table, mask_pixels
+        self.narrow = table is not None and len(table.numbers) < np.iinfo(np.int16).max
+        self.batches = [np.arange(lo, min(lo + batch_size, n), dtype=np.int64) for lo in range(0, n, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> _Batch:
+        indices = self.batches[b]
+        try:
+            if self.table is None:  # pass 1: the images only
+                images = np.stack([self.probe.load_image(int(i)) for i in indices])
+                return _Batch(torch.from_numpy(indices), torch.from_numpy(images))
+            batch = self.probe.batch(indices, images=self.images)
+            pix, img, annotated = self.table.tabulate(batch, self.mask_pixels)
+            if self.narrow:
+                pix = pix.astype(np.int16)
+        except DataError as exc:
+            return _Batch(torch.from_numpy(indices), error=str(exc))
+        return _Batch(torch.from_numpy(indices), None if batch.images is None else torch.from_numpy(batch.images),
+                      torch.from_numpy(pix), torch.from_numpy(img), torch.from_numpy(annotated))
+
+
+def _probe_loader(batches: _ProbeBatches, options: DissectOptions, device: torch.device) -> Iterator[_Batch]:
+    """``batches``' items in order, decoded by ``options.num_workers`` worker processes
+    (``_PREFETCH`` batches ahead each; in this process for 0, or for a single batch), pinned
+    for a GPU."""
+    workers = min(options.num_workers, len(batches)) if len(batches) > 1 else 0
+    loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=_PREFETCH if workers else None,
+                        persistent_workers=False)
+    items = iter(loader)
+    try:
+        for batch in items:
+            if batch.error:
+                raise DataError(batch.error)
+            yield batch
+    finally:
+        del items  # the workers stop now, also when the dissection fails or stops early
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,7 +623,9 @@ class DissectOptions:
     The fields are stored as given and checked once, by :meth:`validate`, when a dissection
     starts (as scikit-learn checks an estimator's parameters in ``fit``);
     :func:`dissect` and :func:`dissect_many` call it. ``dataclasses.replace(options, ...)``
-    derives a variant.
+    derives a variant. The defaults are fixed but ``num_workers``'s, which is this machine's:
+    the cores this process may use (:func:`default_num_workers`), read when the options are
+    made. ``num_workers`` changes how fast the probe is read, never the result.
     """
 
     #: Top quantile of each unit's activations that counts as active, in (0, 1)
@@ -584,8 +643,12 @@ class DissectOptions:
     show_progress: bool = True
     #: Top-activating images kept per unit, with the unit's region on them (>= 1).
     top_images: int = TOP_IMAGES
-    #: Extra threads decoding the probe's PNG files (one background thread always reads ahead).
-    num_workers: int = 0
+    #: Worker processes of the probe's DataLoader, decoding its PNG files (and tabulating the
+    #: concept masks for pass 2) while the models compute, each ``_PREFETCH`` batches ahead;
+    #: ``0`` reads in this process, between forward passes. Default: the cores available to
+    #: this process, divided among torchrun's local ranks, at most ``MAX_NUM_WORKERS``
+    #: (:func:`default_num_workers`). A probe of one batch is always read in this process.
+    num_workers: int = field(default_factory=default_num_workers)
     #: Memory the ``exact`` method may use in ``auto`` mode, per model.
     memory_budget_mb: float = 256
     #: When the layers' activations over the whole probe take at most this much (all models
@@ -609,6 +672,8 @@ class DissectOptions:
             raise ConfigError(f"method must be auto, exact or sketch, got {self.method!r}")
         if self.top_images < 1:
             raise ConfigError(f"top_images must be >= 1, got {self.top_images}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.union not in UNIONS:
             raise ConfigError(f"union must be {' or '.join(UNIONS)}, got {self.union!r}")
         return self
@@ -648,7 +713,8 @@ def dissect(
     concepts : BrodenDataset or path
         The probe; all its images must share one size, and so must their masks.
     options : DissectOptions, optional
-        Quantile, IoU threshold, union rule, threshold method, batch size, device...
+        Quantile, IoU threshold, union rule, threshold method, batch size, device, decoding
+        processes...
         (:class:`DissectOptions`; default: its defaults, NetDissect-Lite's settings).
     input_size : int, optional
         Side the images are resized to (bilinear, anti-aliased when shrinking); default: as stored.
@@ -794,8 +860,9 @@ class _Reader:
     prepare: _Prepare
     layer: str
 
-    def __call__(self, images: np.ndarray, prepared: dict[tuple, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, maps); ``prepared`` shares the inputs between targets preparing them alike."""
+    def __call__(self, images: torch.Tensor, prepared: dict[tuple, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, maps) of uint8 CPU ``images``; ``prepared`` shares the inputs between targets
+        preparing them alike."""
         key = self.prepare.key
         if key not in prepared:
             prepared[key] = self.prepare(images)
@@ -814,7 +881,8 @@ class _ThresholdPass:
     #: (units, n_top): each unit's largest map maxima, best first, and the images they come from.
     top_values: torch.Tensor
     top_images: torch.Tensor
-    #: (images, units, feat_h, feat_w) float32 on the CPU: the layer's activations, when cached.
+    #: (images, units, feat_h, feat_w) float32 on the CPU (pinned for a GPU): the layer's
+    #: activations, when cached.
     features: torch.Tensor | None
     units: int
     feature_shape: tuple[int, int]
@@ -850,21 +918,25 @@ class _Thresholds:
         self.top_images = torch.zeros((self.units, 0), dtype=torch.int64, device=self.device)
         need = 4 * total * self.units
         if need <= cache_bytes_left:
-            self.cache = torch.empty((self.n_images, self.units, self.feat_h, self.feat_w), dtype=torch.float32)
+            # pinned for a GPU: both copies (here and in pass 2) are asynchronous, ordered on the device's stream
+            self.cache = torch.empty((self.n_images, self.units, self.feat_h, self.feat_w), dtype=torch.float32,
+                                     pin_memory=self.device.type == "cuda")
             return need
         return 0
 
-    def add(self, indices: np.ndarray, feats: torch.Tensor) -> None:
+    def add(self, indices: torch.Tensor, device_indices: torch.Tensor, feats: torch.Tensor) -> None:
+        """One batch: ``feats`` its maps, ``indices`` its probe rows (on the CPU) and
+        ``device_indices`` the same on the device."""
         units = self.units
         if tuple(feats.shape[1:]) != (units, self.feat_h, self.feat_w):
             raise DataError(f"layer {self.layer!r} output changed shape between batches "
                             f"({tuple(feats.shape[1:])} vs {(units, self.feat_h, self.feat_w)})")
         if self.cache is not None:
-            self.cache[int(indices[0]) : int(indices[-1]) + 1] = feats.cpu()
+            self.cache[int(indices[0]) : int(indices[-1]) + 1].copy_(feats, non_blocking=True)
         self.quantiles.add(feats.transpose(0, 1).reshape(units, -1))
         batch_max = feats.amax((2, 3)).T  # units x batch
         candidate_values = torch.cat([self.top_values, batch_max], 1)
-        candidate_images = torch.cat([self.top_images, torch.from_numpy(indices).to(self.device).expand(units, -1)], 1)
+        candidate_images = torch.cat([self.top_images, device_indices.expand(units, -1)], 1)
         self.top_values, slots = candidate_values.topk(min(self.n_top, candidate_values.shape[1]), dim=1)
         self.top_images = candidate_images.gather(1, slots)
 
@@ -888,25 +960,21 @@ def _threshold_pass(probe: BrodenDataset, readers: Sequence[_Reader], options: D
     and, when they fit ``options.feature_cache_mb``, the layer's activations (module docstring),
     per target."""
     n_images = len(probe)
-    pool = ThreadPoolExecutor(options.num_workers) if options.num_workers > 0 else None
     states = [_Thresholds(r.layer, n_images=n_images, quantile=options.quantile, method=options.method,
                           n_top=min(options.top_images, n_images), memory_budget_mb=options.memory_budget_mb,
                           device=device) for r in readers]
     cache_left = options.feature_cache_mb * 2**20
-    try:
-        with torch.inference_mode(), progress_bar("dissect: thresholds", n_images,
-                                                  enabled=options.show_progress) as advance:
-            for indices, images in _prefetch(_image_batches(probe, options.batch_size, pool)):
-                prepared: dict[tuple, torch.Tensor] = {}
-                for reader, state in zip(readers, states):
-                    inputs, feats = reader(images, prepared)
-                    if state.quantiles is None:  # the first batch sizes the state
-                        cache_left -= state.start(inputs, feats, cache_left)
-                    state.add(indices, feats)
-                advance(len(indices))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    with torch.inference_mode(), progress_bar("dissect: thresholds", n_images,
+                                              enabled=options.show_progress) as advance:
+        for batch in _probe_loader(_ProbeBatches(probe, options.batch_size), options, device):
+            device_indices = batch.indices.to(device, non_blocking=True)
+            prepared: dict[tuple, torch.Tensor] = {}
+            for reader, state in zip(readers, states):
+                inputs, feats = reader(batch.images, prepared)
+                if state.quantiles is None:  # the first batch sizes the state
+                    cache_left -= state.start(inputs, feats, cache_left)
+                state.add(batch.indices, device_indices, feats)
+            advance(len(batch.indices))
     return [s.result() for s in states]
 
 
@@ -945,7 +1013,7 @@ class _IouCounts:
         self.cat_activation = torch.zeros(units, self.n_cats, dtype=torch.float64, device=device)  # Lite's tally_units_cat
         self.unit_pixels = torch.zeros(units, dtype=torch.float64, device=device)
         self.top_masks = np.zeros((units, first.top_images.shape[1], self.mask_h, (self.mask_w + 7) // 8), dtype=np.uint8)
-        self.column_category = torch.from_numpy(table.column_category).to(device)
+        self.column_category = torch.as_tensor(table.column_category, device=device)
         self.unit_offsets = torch.arange(units, device=device) * (n_concepts + 1)
         self.pairs_per_chunk = max(1, _PAIR_CHUNK // self.mask_pixels)
 
@@ -1021,22 +1089,28 @@ def _iou_pass(probe: BrodenDataset, table: _Concepts, readers: Sequence[_Reader]
     mask_pixels = mask_shape[0] * mask_shape[1]
     n_concepts = len(table.numbers)
     truth = torch.zeros(n_concepts + 1, dtype=torch.float64, device=device)
-    set_members = torch.from_numpy(table.set_members).to(device)
+    set_members = torch.as_tensor(table.set_members, device=device)
     counts = [_IouCounts(table, first, mask_shape, device) for first in firsts]
+    # the images are decoded only when a target has no cached activations to count from
+    batches = _ProbeBatches(probe, options.batch_size, images=any(f.features is None for f in firsts), table=table,
+                            mask_pixels=mask_pixels)
     with torch.inference_mode(), progress_bar("dissect: IoU", len(probe), enabled=options.show_progress) as advance:
-        for batch in _prefetch(probe.batches(options.batch_size, num_workers=options.num_workers)):
-            pix, img, annotated = table.batch(batch, mask_pixels, device)
+        for batch in _probe_loader(batches, options, device):
+            pix = batch.pix.to(device, non_blocking=True).int()
+            img = batch.img.to(device, non_blocking=True)
             truth += torch.bincount(pix.reshape(-1), minlength=n_concepts + 1).double()
             truth += torch.bincount(img.reshape(-1), minlength=n_concepts + 1).double() * mask_pixels
             # images x concept sets: whether one of the set's categories is annotated in the image
-            annotated_set = (torch.from_numpy(annotated).to(device)[:, None, :] & set_members[None]).any(2).double()
-            batch_images = torch.from_numpy(batch.indices).to(device)
+            annotated = batch.annotated.to(device, non_blocking=True)
+            annotated_set = (annotated[:, None, :] & set_members[None]).any(2).double()
+            batch_images = batch.indices.to(device, non_blocking=True)
+            lo, hi = int(batch.indices[0]), int(batch.indices[-1]) + 1
             prepared: dict[tuple, torch.Tensor] = {}
             for reader, first, count in zip(readers, firsts, counts):
                 if first.features is not None:
-                    feats = first.features[int(batch.indices[0]) : int(batch.indices[-1]) + 1].to(device)
+                    feats = first.features[lo:hi].to(device, non_blocking=True)
                 else:
                     feats = reader(batch.images, prepared)[1]
                 count.add(feats, batch_images, pix, img, annotated_set)
-            advance(len(batch))
+            advance(len(batch.indices))
     return [count.result(truth) for count in counts]
