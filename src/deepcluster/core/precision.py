@@ -162,9 +162,10 @@ def exact_fp32() -> None:
     :func:`resolve_precision` calls it whenever it resolves ``fp32``; bf16 runs keep PyTorch's
     defaults (their convolutions are bf16 anyway). It changes nothing on a CPU.
     """
-    torch.backends.cudnn.conv.fp32_precision = "ieee"
-    torch.backends.cudnn.rnn.fp32_precision = "ieee"
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    # The allow_tf32 switches, not the fp32_precision ones: setting cuDNN's conv flag alone leaves
+    # PyTorch's own readers of cudnn.allow_tf32 (torch.backends.cudnn.flags, inductor) failing.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def set_deterministic(on: bool) -> None:
