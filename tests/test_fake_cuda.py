@@ -15,7 +15,8 @@ from tests.fake_cuda import CUDA, devices, fake_cuda
 
 from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.core.precision import FP32
-from deepcluster.data.source import as_source
+from deepcluster.data.base import TensorImageDataset
+from deepcluster.data.source import ImageSource
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import build_network
@@ -56,7 +57,8 @@ def test_a_training_epoch_on_the_gpu(digits):
         model = build_network(cfg, 1, int(images.shape[-1])).to(CUDA)
         model.reset_top_layer(4, generator=torch.Generator().manual_seed(0))
         model.top_layer.to(CUDA)
-        stats = train_epoch(model, as_source(images), pseudo, make_optimizer(model, cfg),
+        pinned = ImageSource(TensorImageDataset("digits", images), pin=True)  # gathered by a background thread
+        stats = train_epoch(model, pinned, pseudo, make_optimizer(model, cfg),
                             make_top_optimizer(model, cfg), cfg, _reader(cfg),
                             generator=torch.Generator().manual_seed(0), sampler_seed=0)
         assert set(stats) == {"loss", "train_acc"}

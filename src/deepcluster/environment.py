@@ -55,8 +55,9 @@ class RunEnv:
         return cls(cfg=cfg, device=device, precision=run_precision(cfg, device), show_progress=show_progress)
 
     def source(self, dataset: ImageDataset) -> ImageSource:
-        """Where ``dataset`` is read from: in memory within ``data.memory_budget_mb``, else streamed."""
-        return source_for(self.cfg, dataset, pin=self.device.type == "cuda")
+        """Where ``dataset`` is read from: in memory within ``data.memory_budget_mb``, else streamed
+        (a JPEG folder decoded on this GPU, ``data.decode``)."""
+        return source_for(self.cfg, dataset, device=self.device)
 
     def features(self, channels: int, *, show_progress: bool | None = None) -> FeatureOptions:
         """How the run's networks read images of ``channels`` channels: the run's normalisation,

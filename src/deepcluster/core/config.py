@@ -54,7 +54,10 @@ class DataConfig(StrictModel):
     # or ingested pool is streamed through `workers` DataLoader processes, and the cycle's features
     # are kept at full width only within it. None: a quarter of RAM; 0: always stream.
     memory_budget_mb: int | None = Field(None, ge=0)
-    workers: int = Field(2, ge=0)
+    workers: int | None = Field(None, ge=0)  # None: the cores per process (data.source.default_workers)
+    # Streamed JPEG folders: "auto" decodes them on the GPU (torchvision.io.decode_jpeg, nvJPEG) when
+    # the run computes on one, else in the workers with PIL; "device" always on the run's device; "pil" never.
+    decode: Literal["auto", "pil", "device"] = "auto"
 
 
 class ModelConfig(StrictModel):

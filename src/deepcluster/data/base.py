@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -182,6 +183,27 @@ class FolderImageDataset(ImageDataset):
             return self._cache[i]
         return read_image(self.paths[i], self.size)
 
+    @property
+    def all_jpeg(self) -> bool:
+        """Whether every file is a JPEG (by its extension): what :func:`decode_jpegs` can decode."""
+        return all(p.lower().endswith((".jpg", ".jpeg")) for p in self.paths)
+
+    def read_encoded(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """The undecoded bytes of the files at ``indices``, for :func:`decode_jpegs` to decode a
+        batch at once (on a GPU): one uint8 tensor of the files end to end and the N + 1 offsets
+        where each starts (one tensor, not one per file, so a worker hands it over in one piece)."""
+        blobs = []
+        for i in as_index_array(indices, len(self)):
+            try:
+                with open(self.paths[int(i)], "rb") as f:
+                    blobs.append(f.read())
+            except OSError as exc:
+                raise DataError(f"cannot read image {self.paths[int(i)]} ({exc.strerror or exc}): check the file "
+                                "and its permissions") from None
+        offsets = torch.tensor(np.cumsum([0] + [len(b) for b in blobs]), dtype=torch.int64)
+        data = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if blobs else torch.empty(0, dtype=torch.uint8)
+        return data, offsets
+
     def images_tensor(self) -> torch.Tensor:
         """Decode every image (with a progress bar) and return them as uint8 N×3×S×S.
 
@@ -235,6 +257,38 @@ def read_image(path: str | Path, size: int) -> torch.Tensor:
     if tensor.shape[1:] != (size, size):
         tensor = TF.resize(tensor, [size, size], antialias=True)
     return tensor
+
+
+def decode_jpegs(encoded: tuple[torch.Tensor, torch.Tensor], size: int, device: torch.device | str,
+                 paths: Sequence[str] = ()) -> torch.Tensor:
+    """Decode a batch of JPEG files' bytes (as :meth:`FolderImageDataset.read_encoded` gives them)
+    on ``device`` (nvJPEG on a GPU) to uint8 RGB, resized like :func:`read_image` (antialiased
+    bilinear): N×3×size×size on ``device``.
+
+    ``paths`` names the files for errors: a file nvJPEG cannot decode is read again with PIL,
+    which either decodes it or raises the :class:`DataError` naming it.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    data, offsets = encoded
+    bounds = offsets.tolist()
+    files = [data[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    if not files:
+        return torch.empty((0, 3, size, size), dtype=torch.uint8, device=device)
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, which has no batched GPU decode here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        images = [read_image(p, size).to(device) for p in paths] if len(paths) == len(files) else None
+        if images is None:
+            raise DataError("cannot decode a batch of JPEG files: set data.decode=pil, which names the broken "
+                            "file, then remove or re-encode it") from None
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
+    for k, img in enumerate(images):
+        out[k] = img if img.shape[1:] == (size, size) else TF.resize(img, [size, size], antialias=True)
+    return out
 
 
 def as_index_array(indices, n: int) -> np.ndarray:
