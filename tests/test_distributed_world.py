@@ -186,10 +186,6 @@ def test_empty_shares_streamed_training_with_sync_batchnorm_and_evaluation_under
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="train/cycle.py train_epoch: plain BatchNorm cannot normalise a rank's one-row share of "
-                          "the last batch ('Expected more than 1 value per channel when training'); the fix, for its "
-                          "owner: merge a last batch of fewer than 2 × world-size rows into the batch before it",
-                   strict=False)
 def test_empty_and_one_row_shares_with_plain_batchnorm_under_three_ranks(tmp_path):
     src = grey_folder(tmp_path / "src", 66)
     ok(deepcluster("train", "-c", CONFIG, *SETS, "--set", "data.name=folder", "--set", f"data.root={src}",

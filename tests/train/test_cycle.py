@@ -117,3 +117,10 @@ def test_a_diverging_loss_stops_the_epoch_with_one_clear_error(setup):
     cfg = cfg.model_copy(update={"lr": 1e30})
     with pytest.raises(TrainingError, match="non-finite.*lower lr"):
         _cycle(cfg, images, reader)
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before(setup):
+    cfg, images, reader = setup  # 300 images in batches of 13: the last has 1 (BatchNorm cannot train on it)
+    cfg = cfg.model_copy(update={"batch_size": 13})
+    _, out = _cycle(cfg, images, reader)
+    assert np.isfinite(out.epoch["loss"])

@@ -201,6 +201,8 @@ def train_epoch(
     batches = list(sampler.batches(cfg.batch_size))
     if positions is not None:  # a cycle's sample of the pool: the sampler's indices are positions in it
         batches = [torch.from_numpy(positions[idx.numpy()]) for idx in batches]
+    if len(batches) > 1 and len(batches[-1]) < 2 * world.size:  # BatchNorm cannot normalise a one-row share:
+        batches[-2:] = [torch.cat(batches[-2:])]  # the short last batch joins the one before
     # Every process draws the whole batch's augmentation and takes its own share of the rows:
     # together they take exactly the steps of a single process.
     shares = [idx[distributed.shard(len(idx), world)] for idx in batches]
