@@ -13,8 +13,9 @@ pseudo-random array of its shape (``numpy()`` of a CUDA one fails, as it does on
 reports one device, moving a module made of fake tensors swaps its parameters even
 though the fake mode holds weak references to them, and ``backward()`` -- whose engine needs a real CUDA
 context -- gives every leaf it reaches a zero gradient on that leaf's device, as a real backward
-places them. Operators whose output shape depends on values (``nonzero``, boolean masks,
-``bincount``) cannot run on fake tensors: tests stop short of them or call the parts around them.
+places them. Operators whose output shape depends on values (``nonzero``, boolean masks)
+cannot run on fake tensors (``bincount`` with ``minlength`` is given the shape it has when every
+value is below it): tests stop short of them or call the parts around them.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ def _backward(self: torch.Tensor, *args, **kwargs) -> None:
     return None
 
 
+_BINCOUNT = torch.bincount
+
+
+def _bincount(input: torch.Tensor, weights: torch.Tensor | None = None, minlength: int = 0) -> torch.Tensor:
+    if not isinstance(input, FakeTensor) or minlength < 1:
+        return _BINCOUNT(input, weights, minlength)
+    # the shape a real bincount has when every value is below minlength (as its callers ensure)
+    ones = torch.ones_like(input) if weights is None else weights
+    return torch.zeros(minlength, dtype=ones.dtype, device=input.device).index_add_(0, input, ones)
+
+
 @contextlib.contextmanager
 def fake_cuda() -> Iterator[FakeTensorMode]:
     """Inside, tensors are fake and ``cuda:0`` exists (see the module's docstring)."""
@@ -94,6 +106,7 @@ def fake_cuda() -> Iterator[FakeTensorMode]:
         mock.patch.object(FakeTensor, "__float__", lambda self: 1.0, create=True),
         mock.patch("torch.utils.weakref", _NoWeakrefs),
         mock.patch.object(torch.Tensor, "backward", _backward),
+        mock.patch("torch.bincount", _bincount),
         mock.patch.object(torch.Tensor, "pin_memory", lambda self, *a, **k: self),
         mock.patch.object(torch.Tensor, "is_pinned", lambda self, *a, **k: False),
         mock.patch("torch.cuda.is_available", lambda: True),

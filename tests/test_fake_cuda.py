@@ -15,8 +15,7 @@ from tests.fake_cuda import CUDA, devices, fake_cuda
 
 from deepcluster.core.config import TrainConfig, build_config
 from deepcluster.core.precision import FP32
-from deepcluster.data.base import TensorImageDataset
-from deepcluster.data.source import ImageSource
+from deepcluster.data.source import as_source
 from deepcluster.data.splits import load_train_data, normalization
 from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import build_network
@@ -57,8 +56,8 @@ def test_a_training_epoch_on_the_gpu(digits):
         model = build_network(cfg, 1, int(images.shape[-1])).to(CUDA)
         model.reset_top_layer(4, generator=torch.Generator().manual_seed(0))
         model.top_layer.to(CUDA)
-        pinned = ImageSource(TensorImageDataset("digits", images), pin=True)  # gathered by a background thread
-        stats = train_epoch(model, pinned, pseudo, make_optimizer(model, cfg),
+        # (a pinned source's read-ahead thread is tested in tests/data: fake tensors cannot cross threads)
+        stats = train_epoch(model, as_source(images), pseudo, make_optimizer(model, cfg),
                             make_top_optimizer(model, cfg), cfg, _reader(cfg),
                             generator=torch.Generator().manual_seed(0), sampler_seed=0)
         assert set(stats) == {"loss", "train_acc"}
@@ -127,7 +126,7 @@ def test_pca_moments_on_the_gpu():
 
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     with fake_cuda():
-        pre = Preprocessor(pca_dim=4, device=CUDA)
+        pre = Preprocessor(pca_dim=4, eigen_power=0.0, device=CUDA)  # fake eigenvalues have no sign to whiten by
         pre.partial_fit(x[:150]).partial_fit(x[150:])
         pre.finalize()
         assert pre.transform(x).shape == (300, 4)
@@ -142,3 +141,36 @@ def test_similarity_and_ensembles_on_the_gpu(tiny_run):
         assert sim is not None
         ens = ensembles_for_runs([tiny_run, tiny_run], names=["a", "b"], train_limit=60, test_limit=30)
         assert ens is not None
+
+
+def test_dissection_reads_its_probe_onto_the_gpu(tiny_run, tmp_path):
+    """Pass 1 (probe reader, forward to the layer, quantiles, top images) and pass 2's reading and
+    tallies of the concepts run on the GPU up to the first operator whose output shape depends on
+    the activations' values (``nonzero`` of the units above threshold), where fake tensors stop:
+    a device mismatch before it would raise a different error."""
+    from torch._subclasses.fake_tensor import DynamicOutputShapeException
+
+    from deepcluster.interpret.concepts import make_concept_probe
+    from deepcluster.interpret.dissect import DissectOptions, dissect
+    from deepcluster.runs import RunFolder, build_network
+
+    probe = make_concept_probe(tmp_path / "probe", n_images=12, size=28, show_progress=False)
+    cfg = RunFolder(tiny_run).load_config()
+    model = build_network(cfg, 1, 8)
+    # feature_cache_mb=0: the cache is addressed by the probe's row numbers, which fake tensors do not hold
+    options = DissectOptions(device="cuda", num_workers=0, batch_size=4, feature_cache_mb=0, show_progress=False)
+    with fake_cuda(), pytest.raises(DynamicOutputShapeException, match="nonzero"):
+        dissect(model, "conv2", probe, options, input_size=8, mean=(0.5,), std=(0.5,), grey=True)
+
+
+def test_clustering_stays_on_the_gpu_it_is_given(digits):
+    """``device: cuda:1`` (or a rank's own GPU): PCA moments and k-means there, nothing on cuda:0."""
+    from unittest import mock
+
+    from deepcluster.cluster import preprocess_and_cluster
+
+    cfg, _ = digits
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    with fake_cuda(), mock.patch("torch.cuda.device_count", lambda: 2):
+        step = preprocess_and_cluster(x, cfg.model_copy(update={"whiten": False}), seed=0, device="cuda:1")
+        assert step.result.assignments.shape == (200,)

@@ -57,7 +57,8 @@ class Preprocessor:
 
     Notes
     -----
-    The components are the eigenvectors of the covariance (``numpy.linalg.eigh`` in float64);
+    The components are the eigenvectors of the covariance (``numpy.linalg.eigh`` in float64, or
+    ``torch.linalg.eigh`` on ``device`` when it is a GPU);
     their variances on the fitted data are its eigenvalues, which both whiten and detect a
     degenerate PCA before anything divides by zero.
     """
@@ -137,7 +138,7 @@ class Preprocessor:
             )
         mean = _sum(moments.total, sharded) / n
         cov = _sum(moments.outer, sharded) / n - np.outer(mean, mean)
-        eig, vec = np.linalg.eigh((cov + cov.T) / 2)  # ascending
+        eig, vec = _eigh((cov + cov.T) / 2, self.device)  # ascending
         eig, vec = eig[::-1][:pca_dim], vec[:, ::-1][:, :pca_dim]
         keep = eig > _DEGENERATE_REL_VAR * max(float(eig[0]), 0.0) if eig[0] > 0 else np.zeros(pca_dim, bool)
         rank = int(keep.sum())
@@ -207,6 +208,17 @@ class Preprocessor:
     def fit_transform(self, x: np.ndarray, *, sharded: bool = False) -> np.ndarray:
         """Fit on ``x`` and return ``transform(x)``."""
         return self.fit(x, sharded=sharded).transform(x)
+
+
+def _eigh(sym: np.ndarray, device: torch.device | str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix: LAPACK on the CPU,
+    cuSOLVER on a GPU (a 4,096² matrix takes about a minute on two CPU cores, well under a second
+    on a GPU)."""
+    dev = torch.device(device) if device is not None else None
+    if dev is None or dev.type == "cpu":
+        return np.linalg.eigh(sym)
+    eig, vec = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(sym)).to(dev))
+    return eig.cpu().numpy(), vec.cpu().numpy()
 
 
 def _sum(values: np.ndarray, sharded: bool) -> np.ndarray:
