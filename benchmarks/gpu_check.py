@@ -669,10 +669,13 @@ def distributed_section(chk: Check, one_process: Task) -> None:
         b = np.load(two / "assignments" / "cycle_001.npy", allow_pickle=False)
         same = a.shape == b.shape and bool((a == b).all())
         c1, c2 = (sum(_metrics(r)[0]["seconds"].values()) for r in (one, two))
+        # identical is guaranteed on CPUs only (docs/configuration.md, "What is exact where"): on a
+        # GPU the two runs' float reductions differ, so near-identical clusters pass there
+        close = a.shape == b.shape and nmi(a, b) >= 0.99
         chk.add(s, "vs 1 process (the digits train step)",
                 f"cycle 1: 1 process {c1:.2f} s, 2 ranks {c2:.2f} s (x{c1 / max(c2, 1e-9):.2f}); assignments "
-                + ("identical" if same else f"DIFFER (NMI {nmi(a, b):.4f}, {int((a != b).sum())} of {len(a)} rows)"),
-                status="ok" if same else "FAIL")
+                + ("identical" if same else f"differ (NMI {nmi(a, b):.4f}, {int((a != b).sum())} of {len(a)} rows)"),
+                status="ok" if same or (close and not chk.smoke) else "FAIL")
 
     chk.task(s, "vs 1 process", compare, ranks, one_process)
 
