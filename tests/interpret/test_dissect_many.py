@@ -96,3 +96,13 @@ def test_cli_several_models_bad_pairings_are_one_line(probe, nets_file, args, me
 def test_cli_lce_needs_two_models(probe, nets_file):
     res = runner.invoke(app, ["dissect", f"{nets_file}:lenet", "--layer", "conv2", "--lce", "--concepts", str(probe), "-q"])
     assert res.exit_code == 2 and "at least 2 MODELs" in res.output
+
+
+def test_cli_workers_decode_the_probe_with_the_same_tally(probe, nets_file, tmp_path):
+    common = [f"{nets_file}:lenet", "--layer", "conv2", "--concepts", str(probe), "--device", "cpu", "-q"]
+    for workers in ("0", "2"):
+        res = runner.invoke(app, ["dissect", *common, "--workers", workers, "--out", str(tmp_path / workers)])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "0" / "tally.csv").read_bytes() == (tmp_path / "2" / "tally.csv").read_bytes()
+    res = runner.invoke(app, ["dissect", *common, "--workers", "-1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output

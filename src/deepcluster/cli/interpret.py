@@ -102,6 +102,7 @@ class DissectArgs:
     feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layers' activations between the two passes when they fit in this many MB, all models together (0: always run the models twice, nothing held).")] = 512
     max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto"
+    workers: Annotated[int | None, typer.Option(min=0, help="Processes decoding the probe's images and masks (0: in the main process; default: the cores per process, at most 16).")] = None
     precision: Annotated[str | None, typer.Option(help="Forward passes in fp32, bf16 or auto (bf16 where the hardware has it); default: a run folder's own, else auto.")] = None
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None
     quiet: QuietOption = False
@@ -198,9 +199,10 @@ def _dissect_options(args: DissectArgs):
     """The :class:`~deepcluster.interpret.dissect.DissectOptions` of the command line."""
     from deepcluster.interpret.dissect import DissectOptions
 
+    workers = {} if args.workers is None else {"num_workers": args.workers}
     return DissectOptions(quantile=args.quantile, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
                           method=args.method, device=args.device, show_progress=not args.quiet,
-                          feature_cache_mb=args.feature_cache_mb, union=args.union)
+                          feature_cache_mb=args.feature_cache_mb, union=args.union, **workers)
 
 
 def _write_results(results: list, outs: list[Path], args: DissectArgs, start: float) -> None:
