@@ -99,6 +99,7 @@ from deepcluster.core.device import resolve_device
 from deepcluster.core.errors import ConfigError, DataError, first_line
 from deepcluster.core.precision import FP32, Precision
 from deepcluster.core.progress import progress_bar
+from deepcluster.data.source import default_workers
 from deepcluster.interpret.broden import BrodenBatch, BrodenDataset
 from deepcluster.interpret.model_source import resolve_layer
 from deepcluster.interpret.quantile import HistogramQuantile, TopKQuantile
@@ -497,18 +498,10 @@ class _Concepts:
 
 
 def default_num_workers() -> int:
-    """:attr:`DissectOptions.num_workers`'s default: the cores this process may run on (its CPU
-    affinity), shared among torchrun's local ranks (``LOCAL_WORLD_SIZE``), at most
-    ``MAX_NUM_WORKERS``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    try:
-        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local_ranks = 1
-    return max(0, min(MAX_NUM_WORKERS, cores // local_ranks))
+    """:attr:`DissectOptions.num_workers`'s default: training's decode workers
+    (:func:`~deepcluster.data.source.default_workers`: the cores this process may run on, shared
+    among torchrun's local ranks), at most ``MAX_NUM_WORKERS``."""
+    return min(MAX_NUM_WORKERS, default_workers())
 
 
 class _Batch(NamedTuple):
