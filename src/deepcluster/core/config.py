@@ -207,15 +207,31 @@ class TrainConfig(StrictModel):
 # --------------------------------------------------------------------------- loading
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
+def _format_validation_error(err: ValidationError, source: str, overridden: dict[str, Any] | None = None) -> str:
+    """One line naming every bad key; with ``overridden`` (the nested ``--set`` keys) each key is
+    blamed on where its value came from: ``--set`` or ``source`` (the YAML file)."""
+    parts, sources = [], set()
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        if overridden is not None and _reaches(overridden, e["loc"]):
+            loc = f"--set {loc}"
+        else:
+            sources.add(source)
         parts.append(f"{loc}: {msg}")
-    return f"invalid config ({source}): " + "; ".join(parts)
+    where = f" ({', '.join(sorted(sources))})" if sources else ""
+    return f"invalid config{where}: " + "; ".join(parts)
+
+
+def _reaches(tree: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    node: Any = tree
+    for p in loc:
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -262,10 +278,47 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The presets installed with the package (``configs/`` of the repository links here).
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def available_presets(kind: Literal["train", "study"] = "train") -> list[str]:
+    """Names of the installed presets: training configs (``-c fmnist_lenet``) or study specs
+    (``deepcluster study fmnist_k``)."""
+    folder = PRESETS_DIR if kind == "train" else PRESETS_DIR / "studies"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def resolve_config_file(value: str | Path, kind: Literal["train", "study"] = "train") -> Path:
+    """A config given as a file path, or as the name of an installed preset (``fmnist_lenet`` or
+    ``fmnist_lenet.yaml``): an existing file wins over a preset of the same name.
+
+    Raises
+    ------
+    ConfigError
+        Neither a file nor a preset; the message lists the presets.
+    """
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    folder = PRESETS_DIR if kind == "train" else PRESETS_DIR / "studies"
+    name = path.name[:-5] if path.name.endswith((".yaml", ".yml")) else path.name
+    preset = folder / f"{name}.yaml"
+    if len(path.parts) == 1 and preset.is_file():
+        return preset
+    names = ", ".join(available_presets(kind))
+    what = "config file" if kind == "train" else "study spec"
+    hint = f" (the preset of that name: -c {name})" if preset.is_file() and kind == "train" else (
+        f" (the preset of that name: {name})" if preset.is_file() else "")
+    raise ConfigError(f"{what} {value} not found{hint}: pass a YAML file or a preset name: {names} "
+                      "(`deepcluster list` shows them)")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found: pass an existing YAML file, e.g. configs/fmnist_lenet.yaml")
+        raise ConfigError(f"config file {path} not found: pass an existing YAML file, or a preset name such as "
+                          "fmnist_lenet (`deepcluster list` shows them)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -303,15 +356,21 @@ def apply_overrides(
     """
     data = base.model_dump(mode="json") if isinstance(base, BaseModel) else dict(base or {})
     data.pop("version", None)  # written by save_config, informative only
-    data = deep_merge(data, parse_overrides(overrides))
+    extra = parse_overrides(overrides)
+    data = deep_merge(data, extra)
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        blame = extra if source != "--set" and not isinstance(overrides, Mapping) and extra else None
+        raise ConfigError(_format_validation_error(e, source, blame)) from None
 
 
 def build_config(model: type[M], path: str | Path | None = None, overrides: Sequence[str] | None = None) -> M:
-    """Load ``path`` (optional), apply ``--set`` overrides, validate into ``model``."""
+    """Load ``path`` (optional; for a :class:`TrainConfig` also a preset name, see
+    :func:`resolve_config_file`), apply ``--set`` overrides, validate into ``model``.
+    A bad key is blamed on where it came from: the file or ``--set``."""
+    if path is not None and model is TrainConfig:
+        path = resolve_config_file(path)
     data = read_yaml(path) if path is not None else {}
     return apply_overrides(model, data, overrides, source=str(path) if path else "--set")
 
