@@ -18,6 +18,7 @@ Reading a folder never runs code from it: checkpoints are loaded with ``weights_
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import os
 import socket
@@ -35,7 +36,41 @@ from deepcluster.core.errors import ConfigError, TrainingError, first_line
 from deepcluster.core.files import load_torch_file, read_jsonl, write_text
 from deepcluster.models import DeepClusterNet, build_model
 
-__all__ = ["RunFolder", "build_network", "check_output_folder"]
+__all__ = ["RunFolder", "build_network", "check_output_folder", "data_root", "portable_root"]
+
+#: ``--data-root DIR`` of the offline commands: where a moved run folder's data now lives.
+_DATA_ROOT: contextvars.ContextVar[str | None] = contextvars.ContextVar("deepcluster_data_root", default=None)
+
+
+@contextlib.contextmanager
+def data_root(root: str | Path | None) -> Iterator[None]:
+    """Within this block, every run folder loads its config with ``data.root`` = ``root``
+    (``--data-root DIR`` of the offline commands: the run folder or its data moved).
+    ``None`` changes nothing."""
+    if root is None:
+        yield
+        return
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise ConfigError(f"--data-root {root}: no such folder; pass the folder that holds the run's images")
+    token = _DATA_ROOT.set(str(path.resolve()))
+    try:
+        yield
+    finally:
+        _DATA_ROOT.reset(token)
+
+
+def portable_root(root: str | None, run_dir: str | Path) -> str | None:
+    """``data.root`` as a run folder stores it: relative to the folder when the data lies inside it
+    (so that they move together), else absolute -- never relative to where ``train`` ran."""
+    if root is None:
+        return None
+    path = Path(root).expanduser().resolve()
+    folder = Path(run_dir).expanduser().resolve()
+    try:
+        return path.relative_to(folder).as_posix() or "."
+    except ValueError:
+        return str(path)
 
 
 @dataclass
@@ -84,12 +119,26 @@ class RunFolder:
         return self
 
     def load_config(self) -> TrainConfig:
+        """The run's config, with ``data.root`` made absolute: a relative root is the folder's own
+        (``data/`` inside the run folder), or, in folders written before 0.3, relative to where
+        ``train`` ran. Within :func:`data_root` the given root replaces it."""
         data = read_yaml(self.require().config_path)
         data.setdefault("precision", "fp32")  # folders from before precision existed were trained in fp32
+        section = data.get("data")
+        if isinstance(section, dict):
+            override = _DATA_ROOT.get()
+            if override is not None:
+                section["root"] = override
+            elif isinstance(section.get("root"), str) and not Path(section["root"]).expanduser().is_absolute():
+                inside = self.path / section["root"]
+                section["root"] = str((inside if inside.exists() else Path(section["root"])).resolve())
         return apply_overrides(TrainConfig, data, source=str(self.config_path))
 
     def save_config(self, cfg: TrainConfig) -> None:
-        write_text(self.config_path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        """Write ``config.yaml``; ``data.root`` is stored by :func:`portable_root`."""
+        data = config_to_dict(cfg)
+        data["data"]["root"] = portable_root(cfg.data.root, self.path)
+        write_text(self.config_path, yaml.safe_dump(data, sort_keys=False))
 
     def metrics(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl``; a torn last line (an interrupted write) is dropped with a warning."""

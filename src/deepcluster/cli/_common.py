@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,16 +16,50 @@ from rich.markup import escape
 
 from deepcluster.core.errors import DeepClusterError, DeepClusterWarning, DiskFullError
 
-__all__ = ["QuietOption", "SetOption", "csv_option", "err_console", "fmt", "out_console", "user_errors"]
+__all__ = ["DataRootOption", "QuietOption", "SetOption", "csv_option", "err_console", "fmt", "out_console",
+           "user_errors"]
 
-out_console = Console()
-err_console = Console(stderr=True)
+
+def _console(stream: Any, stderr: bool = False) -> Console:
+    """A console that wraps lines at the terminal's width, and not at all into a file or pipe
+    (where rich would wrap at 80 columns and split numbers across lines); ``COLUMNS`` still rules."""
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    wide = not terminal and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, soft_wrap=wide, width=200 if wide else None)
+
+
+out_console = _console(sys.stdout)
+err_console = _console(sys.stderr, stderr=True)
+
+
+def _flags_show_no_value() -> None:
+    """``--quiet`` is a flag: typer's rich help shows every option's type, flags as ``<bool>``, which
+    reads as if they took a value (``--quiet true`` then passes ``true`` as an argument)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_deepcluster", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._deepcluster = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_value()
 
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set k=20 --set data.limit=5000 (repeatable)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+DataRootOption = Annotated[
+    Path | None,
+    typer.Option("--data-root", help="Where the run's images are now, when the run folder or its data moved "
+                                     "(replaces the data.root saved in config.yaml; not written back)."),
+]
 
 
 def user_errors(fn):

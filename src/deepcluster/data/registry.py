@@ -106,11 +106,12 @@ def _resolve_root(name: str, root: str | Path | None) -> Path:
         return path
     path = Path(root).expanduser()
     if not path.exists():
-        raise DataError(f"data folder {path} for dataset {name!r} does not exist: fix --set data.root=DIR")
+        raise DataError(f"data folder {path} for dataset {name!r} does not exist: point data.root at the images "
+                        "(--set data.root=DIR for a new run; --data-root DIR for a run folder whose data moved)")
     if not path.is_dir():
         raise DataError(
             f"data root {path} for dataset {name!r} is a file, not a folder: "
-            "pass the folder that contains it with --set data.root=DIR"
+            "pass the folder that contains it (--set data.root=DIR for a new run; --data-root DIR for a run folder)"
         )
     return path
 
