@@ -205,20 +205,30 @@ class RunFolder:
         """Hold ``.lock`` (fcntl) while training in the folder; a second trainer gets a one-line error.
 
         The operating system releases the lock when its holder dies, so a lock left by a killed
-        process is simply taken over. The folder is created if needed (and removed again when it
-        was created here and nothing but the lock was written in it).
+        process is simply taken over; a normal finish (or a one-line error) removes the file. The
+        folder is created if needed (and removed again when it was created here and nothing but
+        the lock was written in it).
         """
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
                 raise TrainingError(f"{self.path} is in use: {holder} is training in it; wait for it to finish "
                                     "(or stop it), then resume") from None
+            try:  # the holder before us may have removed the file as we opened it: lock the one on disk
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
             info = f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
@@ -228,7 +238,12 @@ class RunFolder:
                 if created and {p.name for p in self.path.iterdir()} == {".lock"}:
                     os.unlink(path)
                     self.path.rmdir()
+                    created = False
                 raise
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    if path.exists():
+                        os.unlink(path)  # still held: nobody can take it between the check and the removal
         finally:
             os.close(fd)
 

@@ -27,6 +27,7 @@ from deepcluster.core.config import (
     deep_merge,
     parse_overrides,
     read_yaml,
+    resolve_config_file,
 )
 from deepcluster.core.errors import ConfigError
 
@@ -162,7 +163,7 @@ def load_spec(path: str | Path) -> StudySpec:
     ConfigError
         Unknown keys or bad values, with the key named.
     """
-    data = read_yaml(path)
+    data = read_yaml(spec_file(path))
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
@@ -174,11 +175,17 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"invalid study spec ({path}): " + "; ".join(dict.fromkeys(parts))) from None
 
 
+def spec_file(path: str | Path) -> Path:
+    """A study spec given as a file, or as the name of an installed study (``fmnist_k``)."""
+    return resolve_config_file(path, "study")
+
+
 def resolve_base(spec: StudySpec, spec_path: str | Path) -> Path:
-    """The base TrainConfig file, relative to the spec file."""
+    """The base TrainConfig file, relative to the spec file (or an installed preset's name)."""
     base = Path(spec.base_config).expanduser()
     if not base.is_absolute():
-        base = Path(spec_path).resolve().parent / base
+        near = spec_file(spec_path).resolve().parent / base
+        base = near if near.is_file() or len(base.parts) > 1 else resolve_config_file(base)
     if not base.is_file():
         raise ConfigError(
             f"study spec {spec_path}: base_config {spec.base_config} not found (looked at {base}); "

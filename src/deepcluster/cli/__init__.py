@@ -26,10 +26,19 @@ app = typer.Typer(
 
 
 def list_() -> None:
-    """List the datasets and architectures this version knows."""
+    """List the presets, datasets and architectures this version knows."""
+    from deepcluster.core.config import PRESETS_DIR, available_presets, read_yaml
     from deepcluster.data import available_datasets
     from deepcluster.models import available_models
 
+    out_console.print("presets (deepcluster train -c NAME):", highlight=False)
+    for name in available_presets("train"):
+        cfg = read_yaml(PRESETS_DIR / f"{name}.yaml")
+        data, model = cfg.get("data", {}), cfg.get("model", {})
+        out_console.print(f"  {name:<22} {data.get('name', 'fashion-mnist')}, {model.get('arch', 'lenet5')}, "
+                          f"k={cfg.get('k', 10)}, {cfg.get('cycles', 15)} cycles", highlight=False)
+    out_console.print("studies (deepcluster study NAME): " + ", ".join(available_presets("study")), highlight=False)
+    out_console.print(f"  (the files: {PRESETS_DIR}; copy one to change it)", highlight=False)
     out_console.print("datasets: " + ", ".join(available_datasets()), highlight=False)
     out_console.print("models:   " + ", ".join(available_models()), highlight=False)
 

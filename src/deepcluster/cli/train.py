@@ -9,12 +9,13 @@ import typer
 from rich.markup import escape
 
 from deepcluster import __version__
-from deepcluster.cli._common import QuietOption, SetOption, fmt, out_console, user_errors
+from deepcluster.cli._common import DataRootOption, QuietOption, SetOption, fmt, out_console, user_errors
 
 EPILOG = (
-    "Examples: deepcluster train -c configs/fmnist_lenet.yaml -o runs/fm;  "
-    "deepcluster train -c configs/digits_tiny.yaml --set k=30 --set pca_dim=off -o runs/d;  "
-    "deepcluster train --resume runs/fm [--set cycles=30]"
+    "Examples: deepcluster train -c digits_tiny -o runs/digits;  "
+    "deepcluster train -c fmnist_lenet --set k=30 --set pca_dim=off -o runs/fm;  "
+    "deepcluster train --resume runs/digits --set cycles=8.  "
+    "Presets (deepcluster list): " + ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 )
 
 
@@ -51,21 +52,23 @@ def print_cycle(record: dict[str, Any], total: int) -> None:
 
 @user_errors
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/fmnist_lenet.yaml.")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="A preset name (e.g. fmnist_lenet, digits_tiny: `deepcluster list`) or a YAML file.")] = None,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine (torchrun --standalone --nproc_per_node N); the run is the same, batch_size stays the global batch.")] = None,
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
     from deepcluster.analysis.alignment import resolve_init
     from deepcluster.core import distributed
-    from deepcluster.core.config import TrainConfig, build_config, parse_overrides
+    from deepcluster.core.config import TrainConfig, apply_overrides, build_config, parse_overrides
     from deepcluster.core.device import resolve_device
     from deepcluster.core.errors import ConfigError
     from deepcluster.core.precision import run_precision
     from deepcluster.runs import RunFolder, check_output_folder
+    from deepcluster.runs import data_root as use_data_root
     from deepcluster.train import train as run_training
     from deepcluster.train.runner import check_resumable
 
@@ -73,9 +76,13 @@ def train(
         raise ConfigError("--resume takes the config from the run folder: drop --config/--out")
     if resume is None and out is None:
         raise ConfigError("say where the run goes: --out runs/NAME")
+    if resume is None and data_root is not None:
+        raise ConfigError("--data-root is for a run folder whose data moved (with --resume): "
+                          "for a new run use --set data.root=DIR")
     if nproc is not None and nproc > 1 and not distributed.launched_by_torchrun():
         args = ["--resume", str(resume)] if resume is not None else ["--out", str(out)]
         args += ["--config", str(config)] if config is not None else []
+        args += ["--data-root", str(data_root)] if data_root is not None else []
         args += [a for item in set_ or [] for a in ("--set", item)] + (["--quiet"] if quiet else [])
         return launch(nproc, ["train", *args])
 
@@ -84,18 +91,38 @@ def train(
             # only rank 0 reads (and later writes) the run folder; the process group is created with the
             # run's own distributed.backend and timeout, which rank 0 hands to the others before it exists
             run = RunFolder(resume)
-            saved = check_resumable(run)
+            with use_data_root(data_root):  # a moved data folder: saved into config.yaml by the trainer
+                saved = check_resumable(run)
             extra = parse_overrides(set_)
             if set(extra) - {"cycles"}:
                 raise ConfigError("with --resume only --set cycles=N may change (to extend a run); other keys would break reproducibility")
+            done = run.load_checkpoint("last")["cycle"] if run.checkpoint_path.is_file() else 0
             if "cycles" in extra:  # saved by the trainer, once the folder is checked and locked
-                saved = build_config(TrainConfig, run.config_path, [f"cycles={extra['cycles']}"])
+                saved = apply_overrides(TrainConfig, saved, {"cycles": extra["cycles"]}, source="--set")
+                if saved.cycles < done:
+                    raise ConfigError(f"{resume} has {done} finished cycles: --set cycles={saved.cycles} cannot undo "
+                                      f"them; extend it (--set cycles={done + 1} or more), or train a new run")
+            if data_root is not None:
+                out_console.print(f"data.root → {saved.data.root} (saved in {run.config_path})", highlight=False)
+            if "cycles" in extra and done > 0:
+                out_console.print(f"extending {resume}: {done} cycles done, {saved.cycles} in all", highlight=False)
+            if done >= saved.cycles:  # every rank gets None and stops
+                if data_root is not None:
+                    run.save_config(saved)
+                out_console.print(f"nothing to do: {resume} has finished its {done} cycles "
+                                  f"(--set cycles={done + 5} extends it)", highlight=False)
+                return None, saved.distributed.backend, saved.device, saved.distributed.timeout
             return saved, saved.distributed.backend, saved.device, saved.distributed.timeout
 
         world, cfg = distributed.init_from_main(read_run)
+        if cfg is None:
+            distributed.shutdown()
+            return
         target = Path(resume)
     else:
         cfg = build_config(TrainConfig, config, set_)
+        if cfg.data.root is not None:  # stored absolute in the run folder: it works from anywhere
+            cfg = apply_overrides(TrainConfig, cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
         world = distributed.init(cfg.distributed.backend, cfg.device, cfg.distributed.timeout)
         if world.is_main:
             check_output_folder(out)

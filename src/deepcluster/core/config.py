@@ -59,6 +59,10 @@ class DataConfig(StrictModel):
     # the run computes on one, else in the workers with PIL; "device" always on the run's device; "pil" never.
     decode: Literal["auto", "pil", "device"] = "auto"
 
+    _off = field_validator("test_split", "limit", "image_size", mode="before")(
+        classmethod(lambda cls, v: _off_to_none(v))
+    )
+
 
 class ModelConfig(StrictModel):
     arch: str = "lenet5"
