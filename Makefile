@@ -72,7 +72,7 @@ demo: install data
 	@if [ -f $(DEMO)/config.yaml ]; then \
 	  $(BIN)/deepcluster train --resume $(DEMO); \
 	else \
-	  $(BIN)/deepcluster train --config configs/fmnist_lenet.yaml --set data.root=$(FMNIST) --out $(DEMO); \
+	  $(BIN)/deepcluster train --config fmnist_lenet --set data.root=$(FMNIST) --out $(DEMO); \
 	fi
 	$(BIN)/deepcluster evaluate $(DEMO)
 
