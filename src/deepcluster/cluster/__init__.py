@@ -2,9 +2,11 @@
 
 Each DeepCluster cycle fits a :class:`Preprocessor` (PCA-whitening + L2) on the features,
 clusters them with :func:`cluster_features` (k-means or PIC), and uses the assignments as
-pseudo-labels; :func:`nmi` between consecutive cycles measures stability.
+pseudo-labels; :func:`nmi` between consecutive cycles measures stability. Its
+:class:`ClusterAssigner` assigns new features to the clusters as the clustering assigned its own.
 """
 
+from deepcluster.cluster.assigner import ClusterAssigner
 from deepcluster.cluster.dispatch import METHODS, cluster_features
 from deepcluster.cluster.empty import resplit_empty
 from deepcluster.cluster.faiss_kmeans import kmeans
@@ -16,6 +18,7 @@ from deepcluster.cluster.result import ClusterResult
 
 __all__ = [
     "METHODS",
+    "ClusterAssigner",
     "ClusterResult",
     "ClusterStep",
     "Preprocessor",

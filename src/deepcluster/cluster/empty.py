@@ -6,6 +6,11 @@ clusters of a single point cannot be split and are never drawn. How the points a
 they are projected on a random direction through the donor's centroid and cut at the median,
 so both halves are non-empty even when all the donor's points are identical (a perturbed
 second centroid, as in the paper, would leave one side empty for duplicated points).
+
+Each split can be recorded (``record``) as a rule on the points: those of the donor whose
+projection on the direction (through the donor's mean) lies above the cut move to the empty
+cluster. :class:`~deepcluster.cluster.assigner.ClusterAssigner` replays these rules after the
+nearest-centroid search, so that new points are assigned exactly as the clustering assigned its own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ def resplit_empty(
     rng: np.random.Generator | int | None,
     *,
     sharded: bool = False,
+    record: list[dict] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Re-split non-empty clusters until none of the ``k`` clusters is empty.
 
@@ -44,6 +50,14 @@ def resplit_empty(
         ``assignments`` and ``x`` are this process's rows of a distributed run: cluster sizes are
         all-reduced and a donor's points gathered, so that every rank takes the same decisions
         (with the same ``rng``) and the result is the one of a single process holding all rows.
+    record : list, optional
+        Each split is appended to it, in order, as the rule that replays it on any point: a dict
+        with ``donor``, ``empty`` (ints), ``mean`` and ``direction`` (float64, shape (d,)), ``cut``
+        (float) and ``tied`` (int). A point of the donor moves to ``empty`` when
+        ``(x - mean) @ direction > cut``; ``cut`` lies halfway between the projections of the last
+        point that stayed and the first that moved. ``tied`` counts the points that moved although
+        their projection equals the cut (identical points cut in two): no rule on the points can
+        replay those, and the rule keeps them with the donor.
 
     Returns
     -------
@@ -102,6 +116,8 @@ def resplit_empty(
         # Stable sort: ties (duplicated points) are still cut into two equal halves.
         order = np.argsort(proj, kind="stable")
         moved = order[len(rows) // 2 :]  # positions among the donor's points
+        if record is not None:
+            record.append(_split_rule(donor, int(empty), pts.mean(axis=0), direction, proj[order], len(rows) // 2))
         mine = moved[(moved >= before) & (moved < before + len(members))] - before
         a[members[mine]] = empty
         sizes[donor] -= len(moved)
@@ -113,3 +129,16 @@ def resplit_empty(
             centroids[empty] = rows[moved].mean(axis=0)
         n_resplit += 1
     return a, centroids, n_resplit
+
+
+def _split_rule(donor: int, empty: int, mean: np.ndarray, direction: np.ndarray, sorted_proj: np.ndarray,
+                half: int) -> dict:
+    """The rule of one split (see ``record`` of :func:`resplit_empty`): the points at sorted
+    positions ``half`` and above moved."""
+    stay, move = float(sorted_proj[half - 1]), float(sorted_proj[half])
+    cut = stay + (move - stay) / 2
+    if not cut < move:  # adjacent floats: the midpoint rounds up to the first point that moved
+        cut = stay
+    tied = int((sorted_proj[half:] <= cut).sum())  # moved, yet not above the cut: identical projections
+    return {"donor": int(donor), "empty": int(empty), "mean": np.asarray(mean, dtype=np.float64).copy(),
+            "direction": np.asarray(direction, dtype=np.float64).copy(), "cut": cut, "tied": tied}

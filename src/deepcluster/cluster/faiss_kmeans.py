@@ -283,7 +283,8 @@ def _resplit_and_gather(local: np.ndarray, x: np.ndarray, k: int, centroids: np.
                         *, sharded: bool, faiss_splits: int) -> ClusterResult:
     """Re-split the empty clusters of the assignments ``local`` of the rows ``x``, total the loss,
     and (sharded) gather the assignments of every rank."""
-    local, centroids, ours = resplit_empty(local, x, k, centroids, rng, sharded=sharded)
+    fitted, splits = centroids, []
+    local, centroids, ours = resplit_empty(local, x, k, centroids, rng, sharded=sharded, record=splits)
     loss = _sq_error(x, centroids.astype(np.float64), local)
     if sharded:
         loss = float(distributed.all_reduce_sum(np.array([loss]))[0])
@@ -295,6 +296,8 @@ def _resplit_and_gather(local: np.ndarray, x: np.ndarray, k: int, centroids: np.
         n_resplit=faiss_splits + ours,
         loss=loss,
         sizes=np.bincount(assignments, minlength=k).astype(np.int64),
+        search_centroids=np.asarray(fitted, dtype=np.float32),
+        splits=splits,
     )
 
 

@@ -3,6 +3,8 @@
 Training (each cycle) and Initial Alignment (cycle 1 of many random networks) both call
 :func:`preprocess_and_cluster`, so IA sees exactly what the first cycle of a run clusters. Its
 ``n_init`` restarts k-means from several seeds on the one fitted PCA and keeps the lowest loss.
+Its :class:`ClusterStep` keeps, with the clusters, the :class:`~deepcluster.cluster.assigner.ClusterAssigner`
+that assigns new features to them as the clustering assigned its own (the run checkpoints keep it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from deepcluster.cluster._checks import check_int
+from deepcluster.cluster.assigner import ClusterAssigner
 from deepcluster.cluster.dispatch import cluster_features
 from deepcluster.cluster.preprocess import Preprocessor
 from deepcluster.cluster.result import ClusterResult
@@ -29,11 +32,13 @@ __all__ = ["ClusterStep", "preprocess_and_cluster", "preprocess_and_cluster_many
 
 @dataclass
 class ClusterStep:
-    """Clusters of one cycle, the seconds of each phase, and the PCA dimensions kept."""
+    """Clusters of one cycle, the seconds of each phase, the PCA dimensions kept, and what assigns
+    new features to the clusters."""
 
     result: ClusterResult
     seconds: dict[str, float] = field(default_factory=dict)
     pca_dim: int | None = None  # dimensions actually kept (fewer than asked when features are rank-deficient)
+    assigner: ClusterAssigner | None = None  # None: the result keeps no centroids to assign to
 
 
 def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], cfg: TrainConfig, *, seed: int,
@@ -89,7 +94,9 @@ def preprocess_and_cluster(x: np.ndarray | Callable[[], Iterable[np.ndarray]], c
     runs = n_init if cfg.clustering == "kmeans" else 1
     result = _lowest_loss(x, cfg, k or cfg.k, seeds=range(seed, seed + runs), sharded=sharded, device=device)
     times["clustering"] = time.perf_counter() - t
-    return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim)
+    assigner = ClusterAssigner.from_clustering(pre, result, x, method=cfg.clustering, relu=cfg.cluster_relu,
+                                               sharded=sharded)
+    return ClusterStep(result=result, seconds=times, pca_dim=pre.effective_dim, assigner=assigner)
 
 
 def _lowest_loss(x: np.ndarray, cfg: TrainConfig, k: int, *, seeds: range, sharded: bool,

@@ -209,6 +209,41 @@ class Preprocessor:
         """Fit on ``x`` and return ``transform(x)``."""
         return self.fit(x, sharded=sharded).transform(x)
 
+    def state_dict(self) -> dict:
+        """The fitted transform as tensors and numbers (``torch.load(weights_only=True)``-safe):
+        ``d_in``, ``l2``, ``pca_dim``, and ``mean`` (float64, d_in) and ``matrix`` (float64,
+        d_in × effective_dim: the components with the whitening scales folded in), both ``None``
+        without PCA. :meth:`from_state` rebuilds a Preprocessor that transforms bit for bit alike."""
+        if not self.is_fitted:
+            raise ValueError("Preprocessor.state_dict was called before fit")
+        pca = self._matrix is not None
+        return {"d_in": int(self._d_in), "l2": bool(self.l2), "pca_dim": self.pca_dim,
+                "eigen_power": float(self.eigen_power),
+                "mean": torch.from_numpy(np.ascontiguousarray(self._mean, dtype=np.float64)).clone() if pca else None,
+                "matrix": torch.from_numpy(np.ascontiguousarray(self._matrix, dtype=np.float64)).clone() if pca else None}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Preprocessor:
+        """A fitted Preprocessor from :meth:`state_dict`; ValueError when ``state`` is not one."""
+        try:
+            d_in, l2 = int(state["d_in"]), bool(state["l2"])
+            mean, matrix = state["mean"], state["matrix"]
+            pre = cls(pca_dim=state["pca_dim"], eigen_power=float(state["eigen_power"]), l2=l2)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a Preprocessor state ({e.__class__.__name__}: {e})") from None
+        if (mean is None) != (matrix is None):
+            raise ValueError("not a Preprocessor state: a PCA needs both its mean and its matrix")
+        if matrix is not None:
+            mean = np.ascontiguousarray(torch.as_tensor(mean).numpy(), dtype=np.float64)
+            matrix = np.ascontiguousarray(torch.as_tensor(matrix).numpy(), dtype=np.float64)
+            if mean.shape != (d_in,) or matrix.ndim != 2 or matrix.shape[0] != d_in:
+                raise ValueError(f"not a Preprocessor state: mean {mean.shape} and matrix {matrix.shape} "
+                                 f"for {d_in} input dimensions")
+            pre._mean, pre._matrix = mean, matrix
+        pre._d_in = d_in
+        pre.effective_dim = d_in if matrix is None else int(matrix.shape[1])
+        return pre
+
 
 def _eigh(sym: np.ndarray, device: torch.device | str | None) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix: LAPACK on the CPU,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,13 @@ class ClusterResult:
         centroid); ``nan`` for PIC.
     sizes : np.ndarray
         int64, shape (k,), number of samples in each cluster.
+    search_centroids : np.ndarray or None
+        k-means: the fitted centroids every sample was assigned to (nearest) before the empty
+        clusters were re-split; ``centroids`` are those after. ``None`` for PIC.
+    splits : list of dict
+        k-means: the re-splits after the final assignment, in order, as rules on the samples
+        (see ``record`` of :func:`~deepcluster.cluster.resplit_empty`). Nearest of
+        ``search_centroids``, then these rules, gives ``assignments``.
     """
 
     assignments: np.ndarray
@@ -35,3 +42,5 @@ class ClusterResult:
     n_resplit: int
     loss: float
     sizes: np.ndarray
+    search_centroids: np.ndarray | None = None
+    splits: list[dict] = field(default_factory=list)
