@@ -9,6 +9,12 @@
               sampling uniformly over clusters, with augmentation
 
 With ``pool_subset`` each cycle clusters and trains on a fresh sample of the pool (Algorithm 2).
+
+A cycle that clusters keeps what assigns new images to its clusters: the
+:class:`~deepcluster.cluster.ClusterAssigner` (PCA, centroids, re-split rules) and, on the rank
+that writes the run folder, a copy of the network's weights that computed the clustered features
+(:attr:`CycleTargets.backbone`, taken before the epoch changes them). The runner keeps both in
+the checkpoints (``deepcluster assign``).
 Everything around the cycle (seeding, processes, checkpoints, logging, resuming) lives in
 :mod:`deepcluster.train.runner`.
 """
@@ -25,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcluster.cluster import ClusterResult, ClusterStep, preprocess_and_cluster
+from deepcluster.cluster import ClusterAssigner, ClusterResult, ClusterStep, preprocess_and_cluster
 from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig
 from deepcluster.core.device import to_device
@@ -37,8 +43,8 @@ from deepcluster.models import DeepClusterNet
 from deepcluster.train.augment import apply_crop_flip, crop_flip_params
 from deepcluster.train.sampler import UniformClusterSampler
 
-__all__ = ["CycleTargets", "cluster_step", "cluster_targets", "cycle_seed", "make_optimizer", "make_top_optimizer",
-           "pool_sample", "run_cycle", "train_epoch"]
+__all__ = ["CycleTargets", "backbone_state", "cluster_step", "cluster_targets", "cycle_seed", "make_optimizer",
+           "make_top_optimizer", "pool_sample", "run_cycle", "train_epoch"]
 
 
 @dataclass
@@ -52,6 +58,8 @@ class CycleTargets:
     seconds: dict[str, float] = field(default_factory=dict)
     pca_dim: int | None = None
     positions: np.ndarray | None = None  # Algorithm 2: the images of the cycle's sample (None: all)
+    assigner: ClusterAssigner | None = None  # assigns new features to the clusters (None: not clustered)
+    backbone: dict[str, torch.Tensor] | None = None  # the weights whose features were clustered (rank 0, CPU)
 
 
 @dataclass
@@ -88,6 +96,8 @@ def run_cycle(
     seed = cycle_seed(cfg.seed, cycle)
     if kept is None:
         targets = cluster_targets(model, source, cfg, reader, seed)  # features → PCA/L2 → k-means
+        if distributed.world().is_main:  # the network that computed the clustered features, kept with them
+            targets.backbone = backbone_state(model)
         model.reset_top_layer(targets.k, generator=generator)  # a new top layer ...
     else:
         targets = kept
@@ -114,7 +124,12 @@ def cluster_targets(model: nn.Module, source: ImageSource, cfg: TrainConfig, rea
         assignments[positions] = step.result.assignments
     return CycleTargets(assignments=assignments, k=step.result.k, clustered=True, result=step.result,
                         seconds=step.seconds, pca_dim=step.pca_dim if cfg.pca_dim is not None else None,
-                        positions=positions)
+                        positions=positions, assigner=step.assigner)
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of ``model``'s weights and buffers without its top layer."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if not k.startswith("top_layer.")}
 
 
 def pool_sample(n: int, size: int | None, seed: int) -> np.ndarray | None:

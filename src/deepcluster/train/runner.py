@@ -6,6 +6,11 @@ cycle, seeds everything from ``(seed, cycle)``, runs the cycle itself
 kept pseudo-labels once clustering is halted, or the labels of the supervised baseline
 (:func:`kept_targets`) -- and records it: ``metrics.jsonl``, assignments, checkpoints, TensorBoard.
 Processes, DDP and BatchNorm statistics under torchrun are handled here too, around the cycle.
+
+Every checkpoint keeps, under ``clusters``, the clustering of its cycle -- or of the last cycle
+that clustered, once clustering is halted; ``None`` for a run that never clustered (supervised)
+-- so that ``deepcluster assign`` can put new images in its clusters exactly as the cycle put its
+own (:func:`clusters_record`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from deepcluster.models.sync_batchnorm import convert_sync_batchnorm
 from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.cycle import CycleTargets, cycle_seed, make_optimizer, run_cycle
 
-__all__ = ["RunState", "check_resumable", "kept_targets", "prepare_run", "train"]
+__all__ = ["CLUSTERS_FORMAT", "RunState", "check_resumable", "clusters_record", "kept_targets", "prepare_run",
+           "train"]
 
 CycleCallback = Callable[[dict[str, Any]], None]
 
@@ -62,6 +68,7 @@ class RunState:
     init_ia: dict[str, Any] | None  # how init=best_ia:N chose the initialisation
     kept_metrics: list[dict[str, Any]]  # resumed: the metrics.jsonl records of the finished cycles
     ddp_bytes: list[int]  # bytes this rank gave to DDP's gradient all-reduces (a one-element counter)
+    clusters: dict[str, Any] | None = None  # the last clustering, as checkpoints keep it (clusters_record)
 
     @property
     def in_channels(self) -> int:
@@ -133,6 +140,8 @@ def _train_cycles(state: RunState, *, on_cycle: CycleCallback | None, stop_after
             if world.distributed and not cfg.distributed.sync_batchnorm:
                 _broadcast_buffers(model)  # rank 0's BatchNorm statistics: what it checkpoints
             state.assignments = outcome.targets.assignments
+            if world.is_main and outcome.targets.clustered:  # halted or supervised: the last clustering stays
+                state.clusters = clusters_record(state, cycle, outcome.targets)
             record = cycle_record(state, cycle, outcome.targets, previous, outcome.epoch, outcome.seconds)
             if world.distributed:
                 record["world_size"] = world.size
@@ -215,6 +224,7 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         state.top_state = checkpoint.get("top_layer")
         state.start_cycle = checkpoint["cycle"] + 1
         state.assignments = checkpoint["assignments"]
+        state.clusters = checkpoint.get("clusters")  # absent from checkpoints of deepcluster 0.2.0 and before
     return state
 
 
@@ -324,6 +334,47 @@ def cycle_record(state: RunState, cycle: int, targets: CycleTargets, previous: n
     return record
 
 
+#: Version of the ``clusters`` entry of the checkpoints (:func:`clusters_record`).
+CLUSTERS_FORMAT = 1
+
+
+def clusters_record(state: RunState, cycle: int, targets: CycleTargets) -> dict[str, Any] | None:
+    """The ``clusters`` entry of the checkpoints from ``cycle`` on: what assigns new images to its
+    clusters exactly as the cycle assigned its own (``deepcluster assign``).
+
+    Tensors, numbers, strings, lists, dicts and None only (``weights_only``-safe):
+
+    ``format``, ``cycle``
+        This layout's version; the cycle that clustered.
+    ``backbone``
+        The network's weights and buffers (no top layer) *when it computed the clustered
+        features*: at the start of the cycle, before its epoch. The checkpoint's ``model`` is the
+        network after the epoch, whose features were never clustered.
+    ``layer``, ``mean``, ``std``, ``batch_size``, ``precision``, ``device``, ``processes``
+        How the features were read: the layer (None: the trunk output), the normalisation, the
+        images per forward pass, the precision's label, the kind of device (``cpu``, ``cuda``),
+        and the processes that shared the images (each read its contiguous share in batches from
+        its first image).
+    ``assigner``
+        :meth:`ClusterAssigner.state_dict`: PCA (mean, whitened components), L2, centroids,
+        re-split rules, sizes.
+    ``images``
+        How many images the cycle clustered (Algorithm 2: its sample of the pool).
+
+    None when the cycle kept no assigner or no backbone (another rank than 0).
+    """
+    if targets.assigner is None or targets.backbone is None:
+        return None
+    reader = state.reader
+    return {"format": CLUSTERS_FORMAT, "cycle": int(cycle), "backbone": targets.backbone,
+            "layer": state.cfg.cluster_layer, "mean": [float(m) for m in reader.mean],
+            "std": [float(v) for v in reader.std], "batch_size": int(reader.batch_size),
+            "precision": reader.precision.label, "device": reader.device.type,
+            "processes": int(distributed.world().size),
+            "assigner": targets.assigner.state_dict(),
+            "images": int((targets.assignments >= 0).sum())}
+
+
 def _seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -350,6 +401,7 @@ def _save_cycle(state: RunState, cycle: int, record: dict[str, Any]) -> None:
         "in_channels": state.in_channels,
         "input_size": state.input_size,
         "version": __version__,
+        "clusters": state.clusters,  # None: the run has not clustered (supervised)
     }
     torch_save(run.checkpoint_path, ckpt)
     if cycle % state.cfg.checkpoint_every == 0 or cycle == state.cfg.cycles:
