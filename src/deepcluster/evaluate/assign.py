@@ -90,8 +90,9 @@ class AssignResult:
     checkpoint_cycle : int
         The cycle of the checkpoint read.
     exact : bool
-        Whether the images are assigned exactly as the cycle assigned its own (see the module
-        docstring); False for PIC, or when the features are computed differently from training's.
+        Whether the images are guaranteed to be assigned exactly as the cycle assigned its own (see
+        the module docstring): False for PIC, after a re-split of identical images, with bf16
+        features, or when the precision or device differs from training's (``notes`` says which).
     notes : list of str
         Why ``exact`` is False, and what was done to the images (channels, size).
     """
