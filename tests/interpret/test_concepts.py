@@ -29,6 +29,7 @@ from deepcluster.interpret.concepts import (
     load_photos,
     make_concept_probe,
     photo_path,
+    probe_is_made,
 )
 
 
@@ -293,6 +294,29 @@ def test_probe_is_deterministic(tmp_path):
     with pytest.raises(DataError, match="delete it or choose another folder"):
         make_concept_probe(a, n_images=7, size=32, seed=3, show_progress=False)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert probe_is_made(a, n_images=6, size=32, seed=3)
+    assert not probe_is_made(a, n_images=6, size=32, seed=4) and not probe_is_made(tmp_path / "none")
+
+
+def test_the_default_probe_says_when_it_is_made(tmp_path, monkeypatch):
+    """Building the built-in probe inside `dissect` takes seconds to a minute: a line says what and
+    where before, and when it is ready; a cached probe is reused without a word."""
+    from deepcluster.interpret import concepts
+    from deepcluster.interpret.dissect import default_concepts
+
+    monkeypatch.setenv("DEEPCLUSTER_CACHE", str(tmp_path))
+    made: list[Path] = []
+    monkeypatch.setattr(concepts, "make_concept_probe", lambda root, show_progress: made.append(root) or root)
+    monkeypatch.setattr(concepts, "probe_is_made", lambda root: bool(made))
+    lines: list[str] = []
+    assert default_concepts(show_progress=False, log=lines.append) == tmp_path / "concept_probe"
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("making the built-in concept probe (1000 images of 64 px, once")
+    assert str(tmp_path / "concept_probe") in lines[0] and "about" in lines[0]
+    assert lines[1].startswith("concept probe ready in ")
+    lines.clear()
+    default_concepts(show_progress=False, log=lines.append)
+    assert lines == [] and len(made) == 2  # make_concept_probe checks and reuses it
 
 
 def test_probe_masks_are_consistent(tmp_path):

@@ -18,7 +18,7 @@ training code (:func:`deepcluster.cluster.preprocess_and_cluster`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepcluster.analysis.progress_log import ProgressLog
 from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
 from deepcluster.cluster import nmi
 from deepcluster.cluster.pipeline import preprocess_and_cluster_many
@@ -199,6 +200,7 @@ def initial_alignment(
     models_per_pass: int | None = None,
     setting: Mapping[str, Any] | None = None,
     show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> IAResult:
     """Sample IA(θ, k) for the initialisations ``seeds`` of ``cfg``'s network.
 
@@ -222,6 +224,11 @@ def initial_alignment(
         Networks per stacked pass (default: as many as fit in about 1.5 GB of features, ≤ 25).
     setting : mapping or None
         The overrides that define this setting, kept in the result for reports.
+    show_progress : bool
+        A progress bar (on a terminal).
+    log : callable or None
+        Receives a line ``IA <setting>: i/n networks, t s, about r s left`` at most every 10 s
+        while the networks are measured (on the main rank): progress that also shows in a log file.
 
     Returns
     -------
@@ -267,7 +274,9 @@ def initial_alignment(
     groups = [seeds[start : start + per_pass] for start in range(0, len(seeds), per_pass)]
     mine = groups[distributed.shard(len(groups), world)]
     show_progress = show_progress and world.is_main
-    with progress_bar(f"IA {setting_name(setting or {})}", total=sum(map(len, mine)), enabled=show_progress) as advance:
+    total = sum(map(len, mine))
+    ticker = ProgressLog(log if world.is_main else None, f"IA {setting_name(setting or {})}", total, unit="networks")
+    with progress_bar(f"IA {setting_name(setting or {})}", total=total, enabled=show_progress) as advance:
         for group in mine:
             models = [build_network(cfg, in_ch, size, seed=s).to(device) for s in group]
             t = time.perf_counter()
@@ -290,6 +299,7 @@ def initial_alignment(
             for step in steps:
                 values.append(nmi(labels[mask], step.result.assignments[mask]))
                 advance(1)
+            ticker.update(len(values))
     if world.distributed:
         values = [v for part in distributed.all_gather_objects(values) for v in part]
         every = distributed.all_gather_objects(phases)

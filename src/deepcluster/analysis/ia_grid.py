@@ -8,6 +8,7 @@ settings that share their data (same ``data`` section) load it once.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from deepcluster.analysis.alignment import IAResult, apply_setting, initial_alignment, labels_for_ia
+from deepcluster.analysis.progress_log import duration
 from deepcluster.core.config import TrainConfig
 from deepcluster.core.errors import ConfigError
 from deepcluster.data.splits import load_train_data
@@ -54,24 +56,35 @@ def ia_grid(
     method: str = "auto",
     show_progress: bool = True,
     on_result: Callable[[IAResult], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[IAResult]:
     """IA of the initialisations ``seeds`` under every setting of ``grid`` (see :func:`initial_alignment`).
 
     ``labelled`` / ``label_file`` choose the labels IA is computed on (:func:`labels_for_ia`);
-    ``on_result`` receives each setting's result as soon as it is known.
+    ``on_result`` receives each setting's result as soon as it is known. ``log`` receives what
+    runs (settings × networks × images) before the first setting, progress lines while a setting
+    runs longer than 10 s, and the time left after each setting.
     """
     settings = expand_grid(base, grid)  # validate every setting before any work
     data_cache: dict[str, Any] = {}
     results = []
-    for setting, cfg in settings:
+    start = time.perf_counter()
+    for i, (setting, cfg) in enumerate(settings):
         key = cfg.data.model_dump_json()
         if key not in data_cache:
             data = load_train_data(cfg)
             data_cache[key] = (data, labels_for_ia(data, labelled=labelled, label_file=label_file, seed=cfg.seed))
         data, labels = data_cache[key]
+        if log is not None and i == 0:
+            log(f"Initial Alignment: {len(settings)} setting(s) × {len(seeds)} random {cfg.model.arch} networks, "
+                f"each clustered into k groups on {len(data)} images")
         res = initial_alignment(cfg, seeds, labels=labels, data=data, method=method, setting=setting,
-                                show_progress=show_progress)
+                                show_progress=show_progress, log=log)
         if on_result is not None:
             on_result(res)
         results.append(res)
+        if log is not None and i + 1 < len(settings):
+            spent = time.perf_counter() - start
+            log(f"{i + 1}/{len(settings)} settings in {duration(spent)}, about "
+                f"{duration(spent / (i + 1) * (len(settings) - i - 1))} left")
     return results

@@ -43,6 +43,7 @@ import yaml
 from rich.markup import escape
 
 from deepcluster import __version__
+from deepcluster.analysis.progress_log import ProgressLog, duration
 from deepcluster.analysis.study_spec import (
     Setting,
     StudySpec,
@@ -299,30 +300,54 @@ class _Worker:
         return self.spec.seeds[0] if isinstance(self.spec.seeds, list) else 0
 
     def setting_ia(self, setting: Setting, n: int) -> dict[str, Any]:
-        """IA of ``n`` networks (seeds 0..n-1) under ``setting``, cached in ``ia/<setting>.json``."""
+        """IA of ``n`` networks (seeds 0..n-1) under ``setting``, cached in ``ia/<setting>.json``
+        (``"cached": True`` in the record when it was read from there)."""
         path = self.dir / "ia" / f"{setting.slug}.json"
         if path.exists():
             cached = json.loads(path.read_text())
             if len(cached["values"]) >= n:
                 values = np.asarray(cached["values"][:n])
-                return {**cached, "seeds": cached["seeds"][:n], "values": values.tolist(), "summary": _five(values)}
+                return {**cached, "seeds": cached["seeds"][:n], "values": values.tolist(), "summary": _five(values),
+                        "cached": True}
         from deepcluster.analysis.alignment import initial_alignment
 
         cfg = setting_config(self.spec, self.base, setting, self.seed_for_distribution())
-        res = initial_alignment(cfg, list(range(n)), labelled=self.spec.ia.labelled, show_progress=False)
+        res = initial_alignment(cfg, list(range(n)), labelled=self.spec.ia.labelled, show_progress=False,
+                                log=self.progress_log)
         values = np.asarray(res.values, dtype=float)
         record = {"setting": setting.slug, "params": setting.as_dict(), "seeds": [int(s) for s in res.seeds],
                   "values": values.tolist(), "summary": _five(values)}
         write_json(path, record)
         return record
 
+    @property
+    def progress_log(self) -> Log | None:
+        """Where progress lines of long steps go: the study's log, unless progress is off (--quiet)."""
+        return self.log if self.show_progress else None
+
     def _distributions(self, settings: list[Setting], n: int, what: str) -> dict[str, dict[str, Any]]:
-        self.log(f"IA distributions ({what}): {len(settings)} settings × {n} random networks")
+        """IA of ``n`` random networks per setting: one line per setting (its median, seconds and
+        the time left), so that the phase shows in a log file too."""
+        self.log(f"IA distributions ({what}): {len(settings)} settings × {n} random networks "
+                 "(each network's features of the training images, clustered as cycle 1 would)")
         out = {}
+        start, computed = time.perf_counter(), 0
         with progress_bar("IA distributions", len(settings), enabled=self.show_progress) as advance:
-            for s in settings:
-                out[s.slug] = self.setting_ia(s, n)
+            for i, s in enumerate(settings):
+                t0 = time.perf_counter()
+                out[s.slug] = record = self.setting_ia(s, n)
                 advance(1)
+                if record.pop("cached", False):
+                    if self.show_progress:
+                        self.log(f"IA {s.slug}: median {record['summary']['median']:.3f} (from ia/{s.slug}.json)")
+                    continue
+                computed += 1
+                if not self.show_progress:
+                    continue
+                left = len(settings) - i - 1
+                eta = f"; about {duration((time.perf_counter() - start) / computed * left)} left" if left else ""
+                self.log(f"IA {s.slug}: median {record['summary']['median']:.3f} over {n} networks "
+                         f"({duration(time.perf_counter() - t0)}); {i + 1}/{len(settings)} settings{eta}")
         return out
 
     def span_seeds(self) -> tuple[list[int], dict[str, Any]]:
@@ -337,6 +362,7 @@ class _Worker:
         assert not isinstance(span, list)
         self.log(f"IA of {span.pool} candidate seeds, to pick {span.ia_span} spanning its range")
         values = []
+        ticker = ProgressLog(self.progress_log, "IA of candidate seeds", span.pool, unit="seeds", every=15.0)
         with progress_bar("IA of candidate seeds", span.pool, enabled=self.show_progress) as advance:
             for seed in range(span.pool):
                 cfg = setting_config(self.spec, self.base, setting, seed)
@@ -344,6 +370,7 @@ class _Worker:
                 res = initial_alignment(cfg, [net_seed], labelled=self.spec.ia.labelled, show_progress=False)
                 values.append(float(res.values[0]))
                 advance(1)
+                ticker.update(len(values))
         order = np.argsort(values, kind="stable")
         picks = [int(i) for i in order[np.round(np.linspace(0, span.pool - 1, span.ia_span)).astype(int)]]
         choice = {"setting": setting.slug, "pool": span.pool, "ia": values, "picked": picks,

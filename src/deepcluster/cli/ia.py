@@ -9,21 +9,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from deepcluster.cli._common import QuietOption, out_console, user_errors
+from deepcluster.cli._common import QuietOption, err_console, out_console, user_errors
 
 if TYPE_CHECKING:
     from deepcluster.analysis.alignment import IAResult
 
-EPILOG = (
-    "Examples: deepcluster ia -c configs/fmnist_lenet.yaml --set k=5 --seeds 100;  "
-    "deepcluster ia -c configs/fmnist_lenet.yaml --set k=5,10,20,200 --set pca_dim=off,32,256 --seeds 30 -o runs/ia_k;  "
-    "deepcluster ia -c configs/digits_tiny.yaml --labelled 200"
-)
+#: Every example runs as written, from any folder (tests/interpret/test_help_examples.py).
+EPILOG = "\n\n".join([
+    "Examples:",
+    "deepcluster ia -c digits_tiny --seeds 20",
+    "deepcluster ia -c digits_tiny --set k=10,20,50 --set pca_dim=off,16 --seeds 10 -o runs/ia_digits",
+    "deepcluster ia -c fmnist_lenet --set k=5 --set data.limit=10000 --seeds 30 --labelled 2000",
+])
 
 
 @user_errors
 def ia(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config (YAML) whose network and clustering are measured.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config whose network and clustering are measured: a YAML file or a preset name (deepcluster list).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key; comma-separated values make a grid, e.g. --set k=5,10,20 (repeatable).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", "-n", min=1, help="Random initialisations sampled per setting.")] = 100,
     first_seed: Annotated[int, typer.Option("--first-seed", help="Seeds are first-seed, first-seed+1, ...")] = 0,
@@ -58,8 +60,12 @@ def ia(
             highlight=False, markup=False,
         )
 
+    def note(message: str) -> None:  # progress on stderr: stdout keeps the results
+        err_console.print(message, highlight=False, markup=False, soft_wrap=True)
+
     results = ia_grid(base, grid, range(first_seed, first_seed + seeds), labelled=labelled, label_file=labels,
-                      method=method, show_progress=not quiet, on_result=show)
+                      method=method, show_progress=not quiet, on_result=show,
+                      log=note if world.is_main and not quiet else None)
     if not world.is_main:  # under torchrun the seeds were shared out; rank 0 writes and prints
         distributed.shutdown()
         return

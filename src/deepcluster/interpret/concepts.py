@@ -364,6 +364,22 @@ def _meta(n_images: int, size: int, seed: int) -> dict:
     return {"generator": "deepcluster concept probe", "version": PROBE_VERSION, "n_images": n_images, "size": size, "seed": seed}
 
 
+def probe_is_made(root: str | Path, *, n_images: int = DEFAULT_N_IMAGES, size: int = DEFAULT_SIZE,
+                  seed: int = 0) -> bool:
+    """Whether ``root`` already holds the probe these arguments make (so that
+    :func:`make_concept_probe` returns at once)."""
+    root = Path(root)
+    meta_path = root / PROBE_META
+    if not ((root / INDEX_FILE).is_file() and meta_path.is_file()):
+        return False
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    meta = _meta(n_images, size, seed)
+    return isinstance(old, dict) and {k: old.get(k) for k in meta} == meta
+
+
 def make_concept_probe(
     root: str | Path,
     *,
@@ -385,14 +401,8 @@ def make_concept_probe(
     root = Path(root)
     meta = _meta(n_images, size, seed)
     if root.exists():
-        meta_path = root / PROBE_META
-        if (root / INDEX_FILE).is_file() and meta_path.is_file():
-            try:
-                old = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
-                old = None
-            if isinstance(old, dict) and {k: old.get(k) for k in meta} == meta:
-                return root
+        if probe_is_made(root, n_images=n_images, size=size, seed=seed):
+            return root
         if not root.is_dir() or any(root.iterdir()):
             raise DataError(
                 f"{root} exists and does not hold a concept probe made with n_images={n_images}, size={size}, "

@@ -151,15 +151,27 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "deepcluster"
 
 
-def default_concepts(*, show_progress: bool = True) -> Path:
-    """The built-in concept probe (1000 images at 64 px), generated once into :func:`cache_dir`."""
-    from deepcluster.interpret.concepts import make_concept_probe
+def default_concepts(*, show_progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
+    """The built-in concept probe (1000 images at 64 px), generated once into :func:`cache_dir`.
+
+    ``log`` gets a line before the probe is generated (what, where, about how long) and one when
+    it is ready; nothing when the cached probe is reused.
+    """
+    from deepcluster.interpret.concepts import DEFAULT_N_IMAGES, DEFAULT_SIZE, make_concept_probe, probe_is_made
 
     root = cache_dir() / "concept_probe"
+    made = probe_is_made(root)
+    if not made and log is not None:
+        log(f"making the built-in concept probe ({DEFAULT_N_IMAGES} images of {DEFAULT_SIZE} px, once; later "
+            f"dissections reuse it) in {root}: about 10 s of one core, longer on a busy machine")
+    start = time.perf_counter()
     try:
-        return make_concept_probe(root, show_progress=show_progress)
+        root = make_concept_probe(root, show_progress=show_progress)
     except OSError:  # another process renamed its copy into place first
-        return make_concept_probe(root, show_progress=False)
+        root = make_concept_probe(root, show_progress=False)
+    if not made and log is not None:
+        log(f"concept probe ready in {time.perf_counter() - start:.1f} s")
+    return root
 
 
 # --------------------------------------------------------------------------------------------
