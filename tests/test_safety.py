@@ -207,7 +207,7 @@ def test_a_checkpoint_of_another_architecture_is_one_line(run):
 def test_a_full_disk_is_one_line_nothing_is_lost_and_the_run_resumes(trained, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("mount -t tmpfs is not permitted here")
     try:
         run = mnt / "run"

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from deepcluster import __version__
-from deepcluster.cli import compare, data, evaluate, ia, interpret, report, study, train
+from deepcluster.cli import assign, compare, data, evaluate, ia, interpret, report, study, train
 from deepcluster.cli._common import out_console
 
 __all__ = ["app", "main"]
@@ -59,6 +59,7 @@ def _main(
 # The order of registration is the order of `deepcluster --help`.
 train.register(app)
 evaluate.register(app)
+assign.register(app)
 ia.register(app)
 app.command("list")(list_)
 data.register(app)

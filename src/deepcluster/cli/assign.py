@@ -13,7 +13,7 @@ from rich.table import Table
 from deepcluster.cli._common import QuietOption, fmt, out_console, user_errors
 
 EPILOG = (
-    "Examples: deepcluster train -c configs/digits_tiny.yaml -o runs/digits;  "
+    "Examples: deepcluster train -c digits_tiny -o runs/digits;  "
     "deepcluster assign runs/digits --dataset digits --split test;  "
     "deepcluster assign runs/digits my_scans/ --checkpoint 5 --out scans.csv"
 )
@@ -34,9 +34,7 @@ def assign(
 ) -> None:
     """Assign images to the clusters of a run, exactly as its cycle assigned its own images.
 
-    Writes a CSV path,cluster,distance (index instead of path when the images have no files) and
-    prints how many images went to each cluster, against its size in training, and the purity of
-    each cluster's majority label where the images have labels.
+    Writes a CSV path,cluster,distance (index instead of path when the images have no files) and prints how many images went to each cluster, against its size in training, and the purity of each cluster's majority label where the images have labels.
     """
     from deepcluster.evaluate.assign import assign_images
 
