@@ -2,13 +2,20 @@
 
     runs/NAME/
       config.yaml              the full TrainConfig (+ package version)
-      checkpoint.pt            latest finished cycle: model, optimiser, cycle, assignments
+      checkpoint.pt            latest finished cycle: model, optimiser, cycle, assignments, and
+                               clusters (the cycle's PCA, centroids, re-splits and the network that
+                               computed the clustered features: ``deepcluster assign``)
       checkpoints/init.pt      the network at its random initialisation
       checkpoints/cycle_NNN.pt kept every ``checkpoint_every`` cycles
       assignments/cycle_NNN.npy
       metrics.jsonl            one record per finished cycle
       tensorboard/             the same curves for TensorBoard
-      .lock                    held (fcntl) while a process trains in the folder; names its pid
+      .lock                    held (fcntl) while a process trains in the folder; names its pid;
+                               removed when training ends
+
+``config.yaml`` stores ``data.root`` absolute, or relative to the folder when the data lies inside
+it (:func:`portable_root`): a folder works from any directory and when moved; :func:`data_root`
+(``--data-root DIR``) points a folder at data that moved.
 
 Reading a folder never runs code from it: checkpoints are loaded with ``weights_only=True``
 (tensors, numbers, strings, lists and dicts only), ``.npy`` files without pickles, YAML with
