@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from deepcluster.cli._common import QuietOption, csv_option, err_console, out_console, user_errors
+from deepcluster.cli._common import DataRootOption, QuietOption, csv_option, err_console, out_console, user_errors
 
 
 def _say(msg: str) -> None:
@@ -120,6 +120,7 @@ def ensemble(
     test_limit: Annotated[int | None, typer.Option("--test-limit", min=2, help="Test images (default: the run's eval.test_limit).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ensemble"),
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Weighted soft-voting ensemble of every pair of runs' linear probes (weights 0.5 ± |a − b|).
@@ -130,10 +131,12 @@ def ensemble(
         ensembles_for_runs,
         write_ensemble_outputs,
     )
+    from deepcluster.runs import data_root as runs_data_root
 
-    res = ensembles_for_runs(runs, names=name, layer=layer, checkpoint=checkpoint, lce=lce,
-                             train_limit=train_limit, test_limit=test_limit, device=device,
-                             show_progress=not quiet, log=_say)
+    with runs_data_root(data_root):
+        res = ensembles_for_runs(runs, names=name, layer=layer, checkpoint=checkpoint, lce=lce,
+                                 train_limit=train_limit, test_limit=test_limit, device=device,
+                                 show_progress=not quiet, log=_say)
     paths = write_ensemble_outputs(res, out)
     table = Table(title=f"pairwise ensembles on {res.info['dataset']} ({res.info['n_test']} test images)",
                   caption="gain = ensemble − better single model (accuracy points)", caption_justify="left")
@@ -166,6 +169,7 @@ def similarity(
     pool_budget: Annotated[int | None, typer.Option("--pool-budget", min=1, help="Conv maps are average-pooled to at most this many dims (default: eval.pool_budget).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("similarity"),
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Linear CKA (debiased) between every layer of several runs on the same images.
@@ -177,10 +181,12 @@ def similarity(
         similarity_for_runs,
         write_similarity_outputs,
     )
+    from deepcluster.runs import data_root as runs_data_root
 
-    res = similarity_for_runs(runs, names=name, layers=csv_option(layers), sample=sample, checkpoint=checkpoint,
-                              debiased=not biased, pool_budget=pool_budget, device=device,
-                              show_progress=not quiet, log=_say)
+    with runs_data_root(data_root):
+        res = similarity_for_runs(runs, names=name, layers=csv_option(layers), sample=sample, checkpoint=checkpoint,
+                                  debiased=not biased, pool_budget=pool_budget, device=device,
+                                  show_progress=not quiet, log=_say)
     paths = write_similarity_outputs(res, out)
     models = res.models
     for i, a in enumerate(models):
@@ -196,18 +202,30 @@ def similarity(
     _say(f"wrote {out}: " + ", ".join(paths))
 
 
+#: Every example runs as written from an empty folder, in order (tests/interpret/test_help_examples.py):
+#: two digits runs to compare.
+_RUNS = "Examples (after deepcluster train -c digits_tiny -o runs/digits and the same with -o runs/digits_s1 --set seed=1):"
+LCE_EPILOG = "\n\n".join([
+    _RUNS[:-2] + ", deepcluster dissect runs/digits --layer conv2 and the same for runs/digits_s1):",
+    "deepcluster lce runs/digits/dissect runs/digits_s1/dissect --layer conv2 -o lce   (models named digits, digits_s1)",
+    "deepcluster lce runs/digits/dissect/conv2/tally.csv runs/digits_s1/dissect/conv2/tally.csv --name seed0 "
+    "--name seed1 --groups 2 -o lce_named",
+])
+ENSEMBLE_EPILOG = "\n\n".join([
+    _RUNS,
+    "deepcluster ensemble runs/digits runs/digits_s1",
+    "deepcluster ensemble runs/digits runs/digits_s1 --layer fc1 --lce lce/lce.csv -o ensemble_fc1   (lce.csv: see lce's "
+    "examples)",
+])
+SIMILARITY_EPILOG = "\n\n".join([
+    _RUNS,
+    "deepcluster similarity runs/digits runs/digits_s1",
+    "deepcluster similarity runs/digits runs/digits_s1 --layers conv1,conv2 --checkpoint init --sample 200 -o sim_init",
+])
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``lce``, ``ensemble`` and ``similarity`` commands to ``app``."""
-    app.command("lce", epilog=(
-        "Examples: deepcluster lce runs/a/dissect runs/b/dissect runs/c/dissect --out lce;  "
-        "deepcluster lce t1.csv t2.csv t3.csv --name supervised --name simclr --name deepcluster "
-        "--performance results.csv --groups 3"
-    ))(lce)
-    app.command("ensemble", epilog=(
-        "Examples: deepcluster ensemble runs/a runs/b runs/c;  "
-        "deepcluster ensemble runs/a runs/b runs/c --layer conv2 --lce lce/lce.csv --test-limit 2000 --out ens"
-    ))(ensemble)
-    app.command("similarity", epilog=(
-        "Examples: deepcluster similarity runs/a runs/b;  "
-        "deepcluster similarity runs/a runs/b runs/c --layers conv1,conv2 --sample 1000 --out sim"
-    ))(similarity)
+    app.command("lce", epilog=LCE_EPILOG)(lce)
+    app.command("ensemble", epilog=ENSEMBLE_EPILOG)(ensemble)
+    app.command("similarity", epilog=SIMILARITY_EPILOG)(similarity)

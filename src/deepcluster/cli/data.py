@@ -11,11 +11,17 @@ from rich.markup import escape
 
 from deepcluster.cli._common import QuietOption, err_console, out_console, user_errors
 
-INGEST_EPILOG = (
-    "Examples: deepcluster data ingest ~/photos pools/photos --size 64;  "
-    "deepcluster data ingest shards/ pools/laion --size 96 --workers 8 (img2dataset .tar shards);  "
-    "then: deepcluster train -c configs/imagenet_alexnet.yaml --set data.name=ingested --set data.root=pools/photos --set data.image_size=64"
-)
+#: Every example runs as written, in order, where the README's Fashion-MNIST is installed
+#: (tests/interpret/test_help_examples.py).
+INGEST_EPILOG = "\n\n".join([
+    "Examples:",
+    "deepcluster data ingest /usr/share/datasets/fashion-mnist pools/fmnist",
+    "deepcluster data verify pools/fmnist",
+    "deepcluster train -c fmnist_lenet --set data.name=ingested --set data.root=pools/fmnist --set cycles=2 "
+    "-o runs/fmnist_pool",
+    "SOURCE may also be a folder of images (class sub-folders or flat; --size 64 to store them at 64 px) or of "
+    "img2dataset .tar shards.",
+])
 
 
 @user_errors
@@ -61,4 +67,5 @@ def register(app: typer.Typer) -> None:
     data_app = typer.Typer(no_args_is_help=True, help="Prepare pools of images larger than RAM: ingest, verify.")
     app.add_typer(data_app, name="data")
     data_app.command("ingest", epilog=INGEST_EPILOG)(ingest)
-    data_app.command("verify")(verify)
+    data_app.command("verify", epilog="Example: deepcluster data verify pools/fmnist (made by: deepcluster data ingest "
+                     "/usr/share/datasets/fashion-mnist pools/fmnist)")(verify)

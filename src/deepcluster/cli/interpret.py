@@ -17,7 +17,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from deepcluster.cli._common import QuietOption, command_from_fields, err_console, out_console, user_errors
+from deepcluster.cli._common import (
+    DataRootOption,
+    QuietOption,
+    command_from_fields,
+    err_console,
+    out_console,
+    user_errors,
+)
 
 
 def summary_table(summary: dict) -> Table:
@@ -80,31 +87,38 @@ def _out_folder(out: Path | None, info, layer: str, name: str, *, several: bool)
     return Path("dissect") / _slug(f"{name}_{layer}")
 
 
+_MODELS, _PROBE, _OUTPUT, _SPEED = "Models", "Probe and scoring", "Output", "Speed"
+
+
 @dataclass(frozen=True)
 class DissectArgs:
-    """The command line of ``deepcluster dissect``: its argument and options, in ``--help`` order."""
+    """The command line of ``deepcluster dissect``: its argument and options, in ``--help`` order.
 
-    models: Annotated[list[str], typer.Argument(metavar="MODEL", help="One or more models, each a run folder, a torchvision model name (resnet18, tv:alexnet) or module:attribute / file.py:attribute (an nn.Module or a callable returning one). Several models are dissected together: the probe is read and decoded once per pass for all.")]
-    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name (as in model.named_modules()), for our nets a probe name such as conv2, or last-conv (the top conv block: layer4 of a ResNet, features of AlexNet/VGG, conv5 of our AlexNet). Once for all models, or once per MODEL in order.")]
-    concepts: Annotated[Path | None, typer.Option("--concepts", help="A Broden-format folder (default: the built-in probe, generated once into the cache folder, $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None
-    weights: Annotated[list[str] | None, typer.Option("--weights", help="Local weights file for a torchvision or module:attribute model (nothing is downloaded): a state dict, or a MoCo, SwAV/DeepCluster-v2, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint (.pth, .pth.tar, .ckpt, .safetensors); its backbone is loaded strictly, heads are dropped. With several models: once per MODEL in order, - for a model without.")] = None
-    weights_prefix: Annotated[list[str] | None, typer.Option("--weights-prefix", metavar="PREFIX", help="The key prefix of the backbone in --weights, for a checkpoint layout that is not recognised (e.g. module.encoder.). Once for all, or once per MODEL (- for none).")] = None
-    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names (output folders, the LCE), one per MODEL in order (default: the run folder, or the model and weights file names).")] = None
-    checkpoint: Annotated[str, typer.Option(help="Run folders: last, init or a cycle with a kept checkpoint.")] = "last"
-    quantile: Annotated[float, typer.Option(help="Top quantile of each unit's activations that counts as active.")] = 0.005
-    iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Minimum IoU for a unit to be labelled with a concept.")] = 0.04
-    union: Annotated[str, typer.Option("--union", help="annotated: a unit's activated pixels enter a concept's union on the images where its category is annotated (NetDissect); lite: NetDissect-Lite's exact arithmetic (per labelled pixel, one category per concept, no de-duplication).")] = "annotated"
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/dissect/LAYER for run folders, else ./dissect/NAME_LAYER); with several models, the folder holding one sub-folder per model (NAME_LAYER).")] = None
-    lce: Annotated[bool, typer.Option("--lce", help="With several models: then their Dissect profiles and Learned Concepts Embedding, in OUT/lce (default ./dissect/lce), as `deepcluster lce` makes them.")] = False
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64
-    input_size: Annotated[int | None, typer.Option(help="Resize the probe images to this side (default: the run's input size; the probe's own size for other models).")] = None
-    method: Annotated[str, typer.Option(help="Thresholds: auto, exact (streaming top-k) or sketch (histograms, for huge probes).")] = "auto"
-    feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, help="Keep the layers' activations between the two passes when they fit in this many MB, all models together (0: always run the models twice, nothing held).")] = 512
-    max_units: Annotated[int, typer.Option(help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto"
-    workers: Annotated[int | None, typer.Option(min=0, help="Processes decoding the probe's images and masks (0: in the main process; default: the cores per process, at most 16).")] = None
-    precision: Annotated[str | None, typer.Option(help="Forward passes in fp32, bf16 or auto (bf16 where the hardware has it); default: a run folder's own, else auto.")] = None
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy machine).")] = None
+    The help is one line per option; docs/interpretation.md has the detail (weights layouts, the
+    union rules, thresholds, decoding)."""
+
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", show_default=False, help="A run folder, a torchvision name (resnet18) or module:attr / file.py:attr. Several: dissected together, the probe read once.")]
+    layer: Annotated[list[str], typer.Option("--layer", "-l", metavar="LAYER", rich_help_panel=_MODELS, help="A probe layer of our nets (conv2), a module name (layer4, features.8) or last-conv. Once, or once per MODEL.")]
+    checkpoint: Annotated[str, typer.Option(metavar="WHICH", rich_help_panel=_MODELS, help="Run folders: last, init or a kept cycle number.")] = "last"
+    weights: Annotated[list[str] | None, typer.Option("--weights", metavar="FILE", rich_help_panel=_MODELS, help="Local weights of a torchvision or module:attr model: a state dict or a MoCo, SwAV, DINO, solo-learn, VISSL, BYOL or Lightning checkpoint. Once per MODEL (- for none).")] = None
+    weights_prefix: Annotated[list[str] | None, typer.Option("--weights-prefix", metavar="PREFIX", rich_help_panel=_MODELS, help="The backbone's key prefix in --weights when its layout is not recognised (module.encoder.).")] = None
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", metavar="NAME", rich_help_panel=_MODELS, help="One per MODEL, for output folders and the LCE (default: the run folder's or model's name).")] = None
+    input_size: Annotated[int | None, typer.Option(metavar="PX", rich_help_panel=_MODELS, help="Resize probe images to this side (default: a run's input size, else the probe's).")] = None
+    concepts: Annotated[Path | None, typer.Option("--concepts", metavar="DIR", rich_help_panel=_PROBE, help="A Broden-format folder (default: the built-in probe, made once in $DEEPCLUSTER_CACHE or ~/.cache/deepcluster).")] = None
+    quantile: Annotated[float, typer.Option(metavar="Q", rich_help_panel=_PROBE, help="Top fraction of a unit's activations that counts as active.")] = 0.005
+    iou_threshold: Annotated[float, typer.Option("--iou-threshold", metavar="IOU", rich_help_panel=_PROBE, help="IoU a unit needs to be labelled with a concept.")] = 0.04
+    union: Annotated[str, typer.Option("--union", metavar="RULE", rich_help_panel=_PROBE, help="annotated (NetDissect) or lite (NetDissect-Lite's exact arithmetic).")] = "annotated"
+    method: Annotated[str, typer.Option(metavar="METHOD", rich_help_panel=_PROBE, help="Thresholds: auto, exact or sketch (histograms, for huge probes).")] = "auto"
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", rich_help_panel=_OUTPUT, help="Default RUN/dissect/LAYER, else ./dissect/NAME_LAYER; several models: a sub-folder each.")] = None
+    lce: Annotated[bool, typer.Option("--lce", rich_help_panel=_OUTPUT, help="Several models: also their Learned Concepts Embedding in OUT/lce.")] = False
+    max_units: Annotated[int, typer.Option(metavar="N", rich_help_panel=_OUTPUT, help="Labelled units shown in dissect.html (all are in tally.csv).")] = 64
+    batch_size: Annotated[int, typer.Option(metavar="N", rich_help_panel=_SPEED, help="Images per forward pass.")] = 64
+    workers: Annotated[int | None, typer.Option(min=0, metavar="N", rich_help_panel=_SPEED, help="Processes decoding the probe (0: none; default: the cores per process, at most 16).")] = None
+    threads: Annotated[int | None, typer.Option(min=1, metavar="N", rich_help_panel=_SPEED, help="PyTorch CPU threads (default: PyTorch's choice).")] = None
+    device: Annotated[str, typer.Option(metavar="DEVICE", rich_help_panel=_SPEED, help="auto, cpu or cuda.")] = "auto"
+    precision: Annotated[str | None, typer.Option(metavar="P", rich_help_panel=_SPEED, help="fp32, bf16 or auto (default: a run folder's own, else auto).")] = None
+    feature_cache_mb: Annotated[float, typer.Option("--feature-cache-mb", min=0, metavar="MB", rich_help_panel=_SPEED, help="Keep activations between the two passes up to this size (0: run the models twice).")] = 512
+    data_root: DataRootOption = None
     quiet: QuietOption = False
 
 
@@ -182,13 +196,18 @@ def _labels_and_folders(args: DissectArgs, per: _PerModel, infos: list) -> tuple
     return labels, outs
 
 
+def _note(message: str) -> None:
+    """A progress line on stderr (stdout keeps the results)."""
+    err_console.print(escape(message), highlight=False, soft_wrap=True)
+
+
 def _probe_root(concepts: Path | None, *, quiet: bool) -> Path:
     """The probe folder: --concepts, else the built-in probe (generated on first use)."""
     from deepcluster.core.errors import DataError
     from deepcluster.interpret.dissect import default_concepts
 
     if concepts is None:
-        return default_concepts(show_progress=not quiet)
+        return default_concepts(show_progress=not quiet, log=None if quiet else _note)
     if not concepts.is_dir():
         raise DataError(f"concept folder {concepts} does not exist: pass a Broden-format folder (e.g. NetDissect's "
                         "broden1_224), or make one with `deepcluster concepts make DIR`")
@@ -226,11 +245,12 @@ def _write_results(results: list, outs: list[Path], args: DissectArgs, start: fl
 @user_errors
 def dissect_cmd(args: DissectArgs) -> None:
     """Network dissection (NetDissect-Lite): label each unit of a layer with the concept of a
-    Broden-format probe its top activations overlap best (IoU). Writes tally.csv, summary.json,
-    thresholds.npy, iou.npy, concepts.csv and dissect.html per model; with --lce, the models'
-    Learned Concepts Embedding."""
+    Broden-format probe that its top activations overlap best (IoU). Writes tally.csv, summary.json
+    and dissect.html (and thresholds.npy, iou.npy, concepts.csv) per model. Details:
+    docs/interpretation.md."""
     from deepcluster.interpret.broden import BrodenDataset
     from deepcluster.interpret.dissect import dissect_many
+    from deepcluster.runs import data_root
 
     start = time.perf_counter()
     if args.threads:
@@ -238,7 +258,8 @@ def dissect_cmd(args: DissectArgs) -> None:
 
         torch.set_num_threads(args.threads)
     per = _per_model_options(args)
-    targets, infos = _load_targets(args, per)
+    with data_root(args.data_root):
+        targets, infos = _load_targets(args, per)
     labels, outs = _labels_and_folders(args, per, infos)
     ds = BrodenDataset(_probe_root(args.concepts, quiet=args.quiet))
     results = dissect_many(targets, ds, _dissect_options(args))
@@ -271,17 +292,22 @@ def concepts_make(
                       f"({per_cat}) in {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
 
 
+#: Every example runs as written from an empty folder, in order (tests/interpret/test_help_examples.py).
+DISSECT_EPILOG = "\n\n".join([
+    "Examples (after deepcluster train -c digits_tiny -o runs/digits):",
+    "deepcluster dissect runs/digits --layer conv2",
+    "deepcluster dissect runs/digits --layer conv2 --checkpoint init -o runs/digits/dissect/conv2_init",
+    "deepcluster dissect torchvision.models:resnet18 --layer layer4",
+    "deepcluster dissect runs/digits resnet18 --layer conv2 --layer last-conv -o dissect/two --lce",
+    "Published checkpoints (--weights FILE) and every option in detail: docs/interpretation.md",
+])
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``dissect`` command and the ``concepts`` group to ``app``."""
-    app.command("dissect", epilog=(
-        "Examples: deepcluster dissect runs/demo --layer conv5;  "
-        "deepcluster dissect resnet18 --weights resnet18.pth --layer layer4 --concepts broden1_224 --input-size 224;  "
-        "deepcluster dissect resnet50 resnet50 resnet50 --weights moco.pth.tar --weights swav.pth --weights dino.pth "
-        "--name moco --name swav --name dino --layer last-conv --concepts broden1_224 --input-size 224 --out thesis --lce;  "
-        "deepcluster dissect mynets.py:build --layer features.8"
-    ))(command_from_fields(DissectArgs, dissect_cmd))
+    app.command("dissect", epilog=DISSECT_EPILOG)(command_from_fields(DissectArgs, dissect_cmd))
 
     concepts_app = typer.Typer(no_args_is_help=True, help="Concept probes for `deepcluster dissect`.")
     app.add_typer(concepts_app, name="concepts")
-    concepts_app.command("make", epilog="Example: deepcluster concepts make probes/small --n-images 200 --size 48")(
+    concepts_app.command("make", epilog="Example:\n\ndeepcluster concepts make probes/small --n-images 200 --size 48")(
         concepts_make)

@@ -40,16 +40,19 @@ def summary_table(summary: StudySummary) -> Table:
     return table
 
 
-EPILOG = (
-    "Examples: deepcluster study configs/studies/fmnist_k.yaml;  "
-    "a second worker on the same study: the same command in another shell (or --max-trials N);  "
-    "deepcluster study runs/studies/fmnist_k --summarize-only"
-)
+#: Every example runs as written, from any folder (tests/interpret/test_help_examples.py).
+EPILOG = "\n\n".join([
+    "Examples (the studies: deepcluster list):",
+    "deepcluster study fmnist_relu --max-trials 1   (one trial, then stop; again to continue)",
+    "deepcluster study fmnist_relu   (all 4 trials, about 10 min on 2 cores; a second worker: the same command in "
+    "another shell)",
+    "deepcluster study runs/studies/fmnist_relu --summarize-only",
+])
 
 
 @user_errors
 def study(
-    spec: Annotated[Path, typer.Argument(help="A study YAML (e.g. configs/studies/fmnist_k.yaml), or a study folder to continue.")],
+    spec: Annotated[Path, typer.Argument(help="A study: a preset name (fmnist_k), a study YAML file, or a study folder to continue.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default runs/studies/<name>).")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: SQLite in the study folder).")] = None,
     max_trials: Annotated[int | None, typer.Option("--max-trials", min=0, help="Run at most N trials, then stop (0: only prepare the queue, IA and prescreen).")] = None,

@@ -168,6 +168,17 @@ def _load_weights(model: nn.Module, path: str | Path, prefix: str | None) -> Loa
     return load_backbone_state(path, model, prefix=prefix)
 
 
+def _check_pool(cfg, path: Path) -> None:
+    """An ingested pool's normalisation is read from the pool: one line naming --data-root when the
+    run folder's pool is not where config.yaml says (moved with or without the run)."""
+    from deepcluster.data.registry import canonical_name
+
+    root = cfg.data.root
+    if canonical_name(cfg.data.name) == "ingested" and root is not None and not Path(root).expanduser().is_dir():
+        raise DataError(f"run {path}: its ingested pool {root} does not exist (moved?): pass --data-root DIR, "
+                        "the folder that holds the pool now")
+
+
 def _from_run(path: Path, spec: str, checkpoint: str) -> tuple[nn.Module, ModelInfo]:
     from deepcluster.data.splits import normalization
     from deepcluster.runs import RunFolder, build_network
@@ -179,6 +190,7 @@ def _from_run(path: Path, spec: str, checkpoint: str) -> tuple[nn.Module, ModelI
     model = build_network(cfg, in_channels, input_size)
     model.load_state_dict(ckpt["model"], strict=True)
     model.eval()
+    _check_pool(cfg, path)
     mean, std = normalization(cfg, in_channels)
     info = ModelInfo(
         name=path.resolve().name, kind="run", spec=spec, in_channels=in_channels, input_size=input_size,
