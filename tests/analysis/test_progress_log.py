@@ -41,8 +41,8 @@ def test_ia_grid_says_what_runs_and_the_time_left():
     base = build_config(TrainConfig, BASE, ["threads=1", "data.limit=300", "k=5"])
     results = ia_grid(base, {"pca_dim": [4, 8]}, [0, 1], show_progress=False, log=lines.append)
     assert len(results) == 2
-    assert lines[0] == ("Initial Alignment: 2 setting(s) × 2 random tiny_cnn networks, each clustered into k groups "
-                        "on 300 images")
+    assert lines[0] == ("Initial Alignment: 2 setting(s) × 2 random tiny_cnn networks on 300 images (k=5), each "
+                        "clustered as cycle 1 of training would")
     assert lines[-1].startswith("1/2 settings in ") and lines[-1].endswith(" left")
 
 

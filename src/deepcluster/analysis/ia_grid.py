@@ -76,8 +76,9 @@ def ia_grid(
             data_cache[key] = (data, labels_for_ia(data, labelled=labelled, label_file=label_file, seed=cfg.seed))
         data, labels = data_cache[key]
         if log is not None and i == 0:
-            log(f"Initial Alignment: {len(settings)} setting(s) × {len(seeds)} random {cfg.model.arch} networks, "
-                f"each clustered into k groups on {len(data)} images")
+            ks = ",".join(str(k) for k in sorted({c.k for _, c in settings}))
+            log(f"Initial Alignment: {len(settings)} setting(s) × {len(seeds)} random {cfg.model.arch} networks on "
+                f"{len(data)} images (k={ks}), each clustered as cycle 1 of training would")
         res = initial_alignment(cfg, seeds, labels=labels, data=data, method=method, setting=setting,
                                 show_progress=show_progress, log=log)
         if on_result is not None:
