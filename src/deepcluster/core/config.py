@@ -108,7 +108,17 @@ class EvalConfig(StrictModel):
     lowshot_weight_decay: float = Field(1e-2, ge=0)  # L2 of the low-shot logistic regression
     train_limit: int | None = Field(None, ge=10)
     test_limit: int | None = Field(None, ge=10)
+    # With no separate test split (folder, ingested, data.test_split: null) the probes train on the
+    # rest of the training images and score this seeded held-out part: a fraction in (0, 1) or a count.
+    holdout: float = Field(0.2, gt=0)
     pixel_baseline: bool = True
+
+    @field_validator("holdout")
+    @classmethod
+    def _fraction_or_count(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError(f"a fraction in (0, 1) or a whole number of images, got {v}")
+        return v
 
     @field_validator("knn_ks", "lowshot_n")
     @classmethod

@@ -14,7 +14,7 @@ from deepcluster.core.config import EvalConfig, TrainConfig
 from deepcluster.core.files import write_json
 from deepcluster.core.progress import console
 from deepcluster.data.source import ImageSource
-from deepcluster.data.splits import load_eval_splits
+from deepcluster.data.splits import eval_splits
 from deepcluster.environment import RunEnv
 from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.evaluate.lbfgs_probe import linear_probe
@@ -42,21 +42,24 @@ def evaluate_run(
     The quick, uncached evaluation that studies use (converged L-BFGS probe, one k, k-means of the
     clustering features). ``deepcluster evaluate`` runs the full suite instead
     (:func:`deepcluster.evaluate.suite.evaluate_suite`: SGD probe, several k, low-shot, cached).
-    Needs labels (train and test split). Writes ``evaluation.json`` into ``out`` (default
-    ``RUN/eval``) and returns the same dictionary.
+    Needs labels. Scored on the test split, or without one on a seeded held-out part of the training
+    images (``eval.holdout``; ``scored`` in the result says which). Writes ``evaluation.json`` into
+    ``out`` (default ``RUN/eval``) and returns the same dictionary.
     """
     log = log or (lambda msg: console.print(msg))
     run = RunFolder(Path(run_dir)).require()
     cfg = run.load_config()
     ecfg = eval_cfg or cfg.eval
     env = RunEnv.from_config(cfg, show_progress=show_progress)
-    train, test = load_eval_splits(cfg, ecfg.train_limit, ecfg.test_limit)
+    splits = eval_splits(cfg, ecfg)
+    train, test = splits.train, splits.test
     # in memory, or streamed when a split is larger than data.memory_budget_mb
     xtr_img, xte_img = env.source(train), env.source(test)
     reader = env.features(xtr_img.channels)
 
     results: dict[str, Any] = {"run": str(run.path), "checkpoint": checkpoint, "config": ecfg.model_dump(mode="json"),
-                               "n_train": len(train), "n_test": len(test), "models": {}}
+                               "n_train": len(train), "n_test": len(test), "scored": splits.scored,
+                               "fitted": splits.fitted, "models": {}}
     models = {"trained": run.build_model(checkpoint, cfg)}
     if compare_random:
         models["random"] = run.build_model("init", cfg)
@@ -67,9 +70,11 @@ def evaluate_run(
     cycles = run.assignment_cycles()
     if cycles and cfg.data.limit is None and ecfg.train_limit is None:
         last = np.asarray(run.load_assignments())
+        labels = np.asarray(train.labels)
+        if splits.held_out:  # the fitted part of the training images: their assignments
+            last = last[splits.train_index]
         mask = last >= 0  # an Algorithm 2 cycle clustered a sample of the pool: -1 outside it
-        results["last_assignment"] = {"cycle": cycles[-1],
-                                      **_cluster_metrics(np.asarray(train.labels)[mask], last[mask])}
+        results["last_assignment"] = {"cycle": cycles[-1], **_cluster_metrics(labels[mask], last[mask])}
 
     if ecfg.pixel_baseline:
         ptr = xtr_img.take(np.arange(len(xtr_img))).flatten(1).float().numpy() / 255.0

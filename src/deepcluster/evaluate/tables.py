@@ -2,7 +2,9 @@
 
 The pivots are shared by the Markdown file and the command line's rich tables, so both show the
 same cells: accuracies in percent, the linear probe's last epoch with its (optimistic) best epoch in
-brackets, the kNN accuracies of every k and the low-shot mean ± std of every n.
+brackets, the kNN accuracies of every k and the low-shot mean ± std of every n. Each table says
+which images were scored: a test split, or (a run without one) a held-out part of its training
+images, never called "test".
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from deepcluster.core.files import write_csv, write_text
 
 #: Column order of ``probe_table.csv``.
 CSV_FIELDS: tuple[str, ...] = ("run_name", "checkpoint", "label", "cycle", "layer", "dim", "protocol", "metric",
-                               "value", "std", "source", "seconds", "run")
+                               "value", "std", "scored", "source", "seconds", "run")
 
 _TITLES = {
-    "linear": "Linear probe: test accuracy (%) after the last epoch; in brackets the best epoch's (optimistic: "
-              "chosen on the test set)",
-    "knn": "Weighted cosine kNN: test accuracy (%)",
-    "lowshot": "Low-shot: test accuracy (%) with n labelled images per class, mean ± std over draws",
+    "linear": "Linear probe: {acc} (%) after the last epoch; in brackets the best epoch's (optimistic: "
+              "chosen on the {images} themselves)",
+    "knn": "Weighted cosine kNN: {acc} (%)",
+    "lowshot": "Low-shot: {acc} (%) with n labelled images per class, mean ± std over draws",
 }
 
 
@@ -36,6 +38,9 @@ class PivotTable:
         The protocol.
     title : str
         What the cells are.
+    scored : str
+        Which images were scored: ``"Scored on the test split (10,000 images)."``, or one clause per
+        run when they differ.
     header : list[str]
         Column names: ``layer``, ``dim``, then one per (run, checkpoint). The raw-pixel baseline
         is a last row ``raw pixels``, the same number in every column of its run.
@@ -47,6 +52,7 @@ class PivotTable:
     title: str
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
+    scored: str = ""
 
 
 def _ordered(values: Iterable[Any]) -> list[Any]:
@@ -80,8 +86,29 @@ def _cell(protocol: str, metrics: dict[str, dict[str, Any]]) -> str:
     return " / ".join(_pct(r["value"]) for r in metrics.values())
 
 
+def _is_test(scored: str) -> bool:
+    return not scored.startswith("held-out") and "split" in scored
+
+
+def scored_note(rows: list[dict[str, Any]]) -> str:
+    """Which images ``rows`` were scored on, as a sentence: ``"Scored on the test split (297 images)."``,
+    or per run (``"Scored on: a: ...; b: ..."``) when the runs differ."""
+    per_run = {r["run_name"]: r.get("scored") or "unrecorded images" for r in rows}
+    kinds = set(per_run.values())
+    if len(kinds) == 1:
+        return f"Scored on the {next(iter(kinds))}."
+    return "Scored on: " + "; ".join(f"{name}: the {what}" for name, what in per_run.items()) + "."
+
+
 def _title(protocol: str, rows: list[dict[str, Any]]) -> str:
-    title = _TITLES.get(protocol, protocol)
+    scored = {r.get("scored") or "" for r in rows}
+    if all(_is_test(s) for s in scored):
+        acc, images = "test accuracy", "test images"
+    elif all(s.startswith("held-out") for s in scored):
+        acc, images = "held-out accuracy", "held-out images"
+    else:
+        acc, images = "accuracy on the scored images", "scored images"
+    title = _TITLES[protocol].format(acc=acc, images=images) if protocol in _TITLES else protocol
     metrics = _ordered(r["metric"] for r in rows)
     if protocol == "knn":
         title += " for k = " + " / ".join(m.split("=", 1)[1] for m in metrics)
@@ -106,7 +133,8 @@ def pivot_tables(rows: list[dict[str, Any]]) -> list[PivotTable]:
     tables = []
     for protocol in _ordered(r["protocol"] for r in rows):
         prows = [r for r in rows if r["protocol"] == protocol]
-        table = PivotTable(protocol, _title(protocol, prows), ["layer", "dim", *labels.values()])
+        table = PivotTable(protocol, _title(protocol, prows), ["layer", "dim", *labels.values()],
+                           scored=scored_note(prows))
         for layer in _ordered(r["layer"] for r in prows):
             lrows = [r for r in prows if r["layer"] == layer]
             dims = _ordered(str(r["dim"]) for r in lrows if r.get("dim") is not None)
@@ -129,7 +157,7 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     """Every pivot table of ``rows`` as Markdown, one section per protocol."""
     parts = []
     for t in pivot_tables(rows):
-        parts.append(f"### {t.protocol}\n\n{t.title}.\n")
+        parts.append(f"### {t.protocol}\n\n{t.title}. {t.scored}\n")
         parts.append("| " + " | ".join(_escape(h) for h in t.header) + " |")
         parts.append("|" + "|".join(["---", "---:"] + ["---:"] * (len(t.header) - 2)) + "|")
         parts += ["| " + " | ".join(_escape(c) for c in r) + " |" for r in t.rows]
