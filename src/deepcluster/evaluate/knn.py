@@ -14,6 +14,10 @@ import faiss
 import numpy as np
 
 from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.core.progress import progress_bar
+
+#: Queries per faiss search (the progress bar advances between them).
+_QUERY_CHUNK = 4096
 
 #: The ks reported by default (Wu et al. 2018 use 200; 10 and 20 are common in small-data papers).
 DEFAULT_KS: tuple[int, ...] = (10, 20, 200)
@@ -32,6 +36,8 @@ def knn_accuracies(
     test_y: np.ndarray,
     *,
     ks: Sequence[int] = DEFAULT_KS,
+    description: str = "kNN",
+    show_progress: bool = False,
 ) -> dict[int, float]:
     """Accuracy of the similarity-weighted k-NN vote for several k, from one search.
 
@@ -43,6 +49,8 @@ def knn_accuracies(
         Integer labels (non-negative).
     ks : Sequence[int]
         Numbers of neighbours. A k larger than the training set uses every training sample.
+    description, show_progress
+        Label of the progress bar over the queries, and whether to show it.
 
     Returns
     -------
@@ -70,7 +78,13 @@ def knn_accuracies(
     xtr, xte = _unit(train_x), _unit(test_x)
     index = faiss.IndexFlatIP(xtr.shape[1])
     index.add(xtr)
-    sims, nbrs = index.search(xte, kmax)
+    sims = np.empty((len(xte), kmax), dtype=np.float32)
+    nbrs = np.empty((len(xte), kmax), dtype=np.int64)
+    with progress_bar(description, total=len(xte), enabled=show_progress, unit="queries") as advance:
+        for start in range(0, len(xte), _QUERY_CHUNK):
+            stop = min(start + _QUERY_CHUNK, len(xte))
+            sims[start:stop], nbrs[start:stop] = index.search(xte[start:stop], kmax)
+            advance(stop - start)
     n_classes = int(max(train_y.max(), test_y.max())) + 1
     weights = np.maximum(sims, 0).astype(np.float64) + 1e-6
     labels = train_y[nbrs]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from deepcluster.core.progress import progress_bar
 
 
 @dataclass
@@ -42,6 +45,7 @@ def fit_logistic_regression(
     weight_decay: float = 1e-4,
     max_iter: int = 200,
     seed: int = 0,
+    on_eval: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``softmax(x @ w + b)`` by full-batch L-BFGS with an L2 penalty on ``w``.
 
@@ -59,6 +63,8 @@ def fit_logistic_regression(
         L-BFGS iterations.
     seed : int
         Seed of the N(0, 0.01²) initial weights.
+    on_eval : callable, optional
+        Called with 1 after every evaluation of the loss (a progress bar's ``advance``).
 
     Returns
     -------
@@ -75,6 +81,8 @@ def fit_logistic_regression(
         opt.zero_grad()
         loss = F.cross_entropy(x @ w + b, y) + 0.5 * weight_decay * (w * w).sum()
         loss.backward()
+        if on_eval is not None:
+            on_eval(1)
         return loss
 
     opt.step(closure)
@@ -90,6 +98,8 @@ def linear_probe(
     weight_decay: float = 1e-4,
     max_iter: int = 200,
     seed: int = 0,
+    description: str = "linear probe",
+    show_progress: bool = False,
 ) -> ProbeResult:
     """Fit a multinomial logistic regression on standardised ``train_x`` and report accuracies.
 
@@ -106,6 +116,8 @@ def linear_probe(
         Integer labels.
     weight_decay, max_iter, seed
         See :func:`fit_logistic_regression`.
+    description, show_progress
+        Label of the progress bar over the loss evaluations of L-BFGS, and whether to show it.
 
     Returns
     -------
@@ -115,7 +127,10 @@ def linear_probe(
     ytr = torch.from_numpy(np.asarray(train_y, dtype=np.int64))
     yte = torch.from_numpy(np.asarray(test_y, dtype=np.int64))
     n_classes = int(max(ytr.max(), yte.max())) + 1
-    w, b = fit_logistic_regression(xtr, ytr, n_classes, weight_decay=weight_decay, max_iter=max_iter, seed=seed)
+    # the bar counts evaluations of the loss: at most 1.25 per iteration (torch's LBFGS max_eval)
+    with progress_bar(description, total=max_iter * 5 // 4, enabled=show_progress) as advance:
+        w, b = fit_logistic_regression(xtr, ytr, n_classes, weight_decay=weight_decay, max_iter=max_iter, seed=seed,
+                                       on_eval=advance)
     train_acc = float(((xtr @ w + b).argmax(1) == ytr).float().mean())
     test_acc = float(((xte @ w + b).argmax(1) == yte).float().mean())
     return ProbeResult(train_acc=train_acc, test_acc=test_acc, dim=int(xtr.shape[1]))

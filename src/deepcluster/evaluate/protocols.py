@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,46 @@ PROTOCOLS: tuple[str, ...] = ("linear", "knn", "lowshot")
 
 #: Iterations of the low-shot L-BFGS logistic regression (few samples: converges fast).
 LOWSHOT_MAX_ITER = 100
+
+#: How low-shot fits its regression (a cache key: the span fit changed the numbers by float
+#: rounding and L-BFGS's path, not its optimum; see :mod:`deepcluster.evaluate.lowshot`).
+LOWSHOT_FIT = "sample-span"
+
+#: A full-batch L-BFGS probe on more feature values than this (rows × dims) uses every CPU thread.
+_THREADED_LBFGS = 20_000_000
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Within the block, PyTorch's CPU operators use ``n`` threads (``None``: unchanged).
+
+    The probes' operators are small (a mini-batch of 256 rows, a low-shot fit of at most a few hundred):
+    splitting each over threads costs more in synchronisation than it saves, and on a shared or
+    loaded machine far more (measured on 2 busy cores: low-shot 10x, the SGD probe 3x slower
+    with 2 threads than with 1). Results do not depend on the thread count beyond float rounding.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def protocol_threads(protocol: str, params: dict[str, Any], n_rows: int, dim: int) -> int | None:
+    """CPU threads for one protocol: 1 for the SGD probe and low-shot (small operators), and for an
+    L-BFGS probe on few feature values; ``None`` (all) for a large L-BFGS probe and kNN (faiss
+    has its own threads)."""
+    if protocol == "lowshot" or (protocol == "linear" and params.get("probe") == "sgd"):
+        return 1
+    if protocol == "linear" and n_rows * dim <= _THREADED_LBFGS:
+        return 1
+    return None
 
 
 def check_protocols(protocols: list[str] | tuple[str, ...]) -> list[str]:
@@ -68,7 +110,8 @@ def protocol_params(protocol: str, ecfg: EvalConfig, seed: int) -> dict[str, Any
         return {"ks": list(ecfg.knn_ks), "weights": "cosine"}
     if protocol == "lowshot":
         return {"n": list(ecfg.lowshot_n), "repeats": ecfg.lowshot_repeats, "classifier": ecfg.lowshot_classifier,
-                "weight_decay": ecfg.lowshot_weight_decay, "max_iter": LOWSHOT_MAX_ITER, "seed": seed}
+                "weight_decay": ecfg.lowshot_weight_decay, "max_iter": LOWSHOT_MAX_ITER, "seed": seed,
+                "fit": LOWSHOT_FIT}
     check_protocols([protocol])
     raise AssertionError(protocol)  # pragma: no cover
 
@@ -98,13 +141,24 @@ def run_protocol(
     description : str
         Progress bar label.
     show_progress : bool
-        Show a progress bar (SGD probe).
+        Show a progress bar (epochs, L-BFGS evaluations, kNN queries, low-shot fits).
 
     Returns
     -------
     dict[str, Any]
         JSON-ready result, always with ``dim``.
     """
+    n_rows, dim = train[0].shape[0], int(train[0].shape[1])
+    on_cpu = torch.device(device).type == "cpu" or protocol != "linear" or params.get("probe") != "sgd"
+    threads = protocol_threads(protocol, params, n_rows, dim) if on_cpu else None
+    with cpu_threads(threads):
+        return _run(protocol, params, train, test, device=device, description=description,
+                    show_progress=show_progress)
+
+
+def _run(protocol: str, params: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
+         test: tuple[np.ndarray, np.ndarray], *, device: torch.device | str, description: str,
+         show_progress: bool) -> dict[str, Any]:
     (xtr, ytr), (xte, yte) = train, test
     dim = int(xtr.shape[1])
     if protocol == "linear" and params["probe"] == "sgd":
@@ -115,15 +169,17 @@ def run_protocol(
         return r.to_dict()
     if protocol == "linear":
         p = linear_probe(xtr, ytr, xte, yte, weight_decay=params["weight_decay"], max_iter=params["max_iter"],
-                         seed=params["seed"])
+                         seed=params["seed"], description=description or "linear probe", show_progress=show_progress)
         return {"test_acc": p.test_acc, "train_acc": p.train_acc, "dim": p.dim}
     if protocol == "knn":
-        accs = knn_accuracies(xtr, ytr, xte, yte, ks=params["ks"])
+        accs = knn_accuracies(xtr, ytr, xte, yte, ks=params["ks"], description=description or "kNN",
+                              show_progress=show_progress)
         return {"accs": {str(k): v for k, v in accs.items()}, "dim": dim}
     if protocol == "lowshot":
         res = lowshot_accuracy(xtr, ytr, xte, yte, shots=params["n"], repeats=params["repeats"], seed=params["seed"],
                                classifier=params["classifier"], weight_decay=params["weight_decay"],
-                               max_iter=params["max_iter"])
+                               max_iter=params["max_iter"], description=description or "low-shot",
+                               show_progress=show_progress)
         return {"shots": {str(n): r.to_dict() for n, r in res.items()}, "dim": dim}
     check_protocols([protocol])
     raise AssertionError(protocol)  # pragma: no cover

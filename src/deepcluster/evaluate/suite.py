@@ -34,10 +34,11 @@ from deepcluster.core.config import EvalConfig, TrainConfig, apply_overrides
 from deepcluster.core.errors import ConfigError, DiskFullError
 from deepcluster.core.files import write_json
 from deepcluster.data.source import ImageSource
-from deepcluster.data.splits import load_eval_splits
+from deepcluster.data.splits import EvalSplits, describe_test_split, eval_splits, has_test_split, holdout_identity
 from deepcluster.environment import RunEnv
 from deepcluster.evaluate.cache import EvalCache, file_fingerprint
 from deepcluster.evaluate.cycles import cycle_metrics
+from deepcluster.evaluate.plan import RunPlan, machine_speed, plan_message, protocol_seconds
 from deepcluster.evaluate.plots import write_bar_charts
 from deepcluster.evaluate.pooling import (
     extract_pooled_features,
@@ -78,9 +79,10 @@ class _Split:
 
 @dataclass
 class _RunData:
-    train: _Split
-    test: _Split
+    train: _Split  # the images the probes are fitted on
+    test: _Split  # the images they are scored on: the test split, or a held-out part of the training images
     reader: FeatureOptions  # normalisation, device, precision, batch size of the feature passes
+    splits: EvalSplits  # which images these are, in words (scored, fitted)
 
 
 def run_names(runs: Sequence[str | Path]) -> list[str]:
@@ -104,17 +106,29 @@ def run_eval_config(cfg: TrainConfig, eval_cfg: EvalConfig | dict[str, Any] | No
 
 
 def data_identity(cfg: TrainConfig, ecfg: EvalConfig) -> dict[str, Any]:
-    """What the evaluation data depend on (part of every cache key)."""
+    """What the evaluation data depend on (part of every cache key): without a test split, also the
+    held-out part's size and seed (:func:`~deepcluster.data.splits.holdout_identity`)."""
     return {"dataset": cfg.data.name, "split": cfg.data.split, "train_limit": ecfg.train_limit or cfg.data.limit,
             "test_split": cfg.data.test_split, "test_limit": ecfg.test_limit, "image_size": cfg.data.image_size,
-            "seed": cfg.seed}
+            "seed": cfg.seed, **holdout_identity(cfg, ecfg)}
 
 
 def _load_data(env: RunEnv, ecfg: EvalConfig) -> _RunData:
-    train, test = load_eval_splits(env.cfg, ecfg.train_limit, ecfg.test_limit)
-    images = env.source(train)
-    return _RunData(_Split(images, np.asarray(train.labels)), _Split(env.source(test), np.asarray(test.labels)),
-                    env.features(images.channels))
+    splits = eval_splits(env.cfg, ecfg)
+    images = env.source(splits.train)
+    return _RunData(_Split(images, np.asarray(splits.train.labels)),
+                    _Split(env.source(splits.test), np.asarray(splits.test.labels)),
+                    env.features(images.channels), splits)
+
+
+def scored_description(cfg: TrainConfig, ecfg: EvalConfig, entry: dict[str, Any]) -> str:
+    """Which images a cached number was scored on: recorded with it, or (entries written before
+    that was recorded, which all scored a test split) the test split of ``entry['n_test']`` images."""
+    if entry.get("scored"):
+        return str(entry["scored"])
+    if has_test_split(cfg) and entry.get("n_test") is not None:
+        return describe_test_split(cfg, int(entry["n_test"]), ecfg.test_limit)
+    return "unknown images (an old cache entry: recompute with --no-cache)"
 
 
 def _load_model(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[DeepClusterNet, int]:
@@ -352,6 +366,8 @@ class _Run:
     protocols: list[str]
     checkpoints: list[_Checkpoint]
     spill: _Spill | None
+    cfg: TrainConfig
+    ecfg: EvalConfig
 
     def finish(self) -> list[dict[str, Any]]:
         """Rank 0: the protocols left (on the spilled features), then the tidy rows."""
@@ -367,11 +383,13 @@ class _Run:
             for (layer, protocol), (entry, source) in sorted(
                     ck.entries.items(), key=lambda kv: (ck.layers.index(kv[0][0]), self.protocols.index(kv[0][1]))):
                 result = entry["result"]
+                scored = scored_description(self.cfg, self.ecfg, entry)
                 for metric, value, std in result_metrics(protocol, result):
                     rows.append({"run": str(self.run.path), "run_name": self.name, "checkpoint": ck.checkpoint,
                                  "label": ck.label, "cycle": entry.get("cycle"), "layer": layer,
                                  "dim": result.get("dim"), "protocol": protocol, "metric": metric, "value": value,
-                                 "std": std, "source": source, "seconds": entry.get("seconds")})
+                                 "std": std, "source": source, "seconds": entry.get("seconds"), "scored": scored,
+                                 "n_scored": entry.get("n_test"), "n_fitted": entry.get("n_train")})
         return rows
 
     def remove(self) -> None:
@@ -400,40 +418,48 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
     if unknown:
         raise ConfigError(f"unknown probe layer(s) {unknown} for arch {cfg.model.arch!r}; choose among {available}")
     data_id = data_identity(cfg, ecfg)
-    data: _RunData | None = None
-
-    def get_data() -> _RunData:
-        nonlocal data
-        if data is None:
-            log(f"{name}: loading {cfg.data.name} ({cfg.data.split} / {cfg.data.test_split})")
-            data = _load_data(env, ecfg)
-        return data
 
     jobs: list[tuple[str, list[str], dict[str, Any] | None]] = [
         (c, wanted, file_fingerprint(files[c])) for c in checkpoints]
     if ecfg.pixel_baseline if pixel_baseline is None else pixel_baseline:
         jobs.append((PIXELS, [PIXELS], None))
 
-    out = _Run(run, name, protocols, [], _Spill(cache.root.parent) if world.distributed else None)
+    # What the cache holds, for every checkpoint, before any work: the plan printed first says the rest.
+    todo: list[tuple[str, str, list[str], dict, dict, list[tuple[str, str]]]] = []
+    for checkpoint, ck_layers, fingerprint in jobs:
+        params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
+                             "data": data_id, "checkpoint": fingerprint,
+                             **({} if checkpoint == PIXELS else {"precision": env.precision.label})}
+                  for lyr in ck_layers for p in protocols}
+        entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        if use_cache and world.is_main:  # rank 0 owns the cache and the outputs
+            for key, prm in params.items():
+                entry = cache.get(checkpoint, key[0], key[1], prm)
+                if entry is not None:
+                    entries[key] = (entry, "cache")
+        missing = distributed.broadcast_object([key for key in params if key not in entries])
+        todo.append((checkpoint, checkpoint_label(checkpoint), ck_layers, params, entries, missing))
+
+    data: _RunData | None = None
+    if any(t[-1] for t in todo):
+        log(f"{name}: loading {cfg.data.name}")
+        data = _load_data(env, ecfg)
+        log(f"{name}: probes fitted on {data.splits.fitted}, scored on the {data.splits.scored}")
+        if world.is_main:
+            for line in plan_message(_plan(run, cfg, ecfg, name, todo, data), ecfg):
+                log(line)
+    else:
+        log(f"{name}: all {sum(len(t[4]) for t in todo)} numbers are in the cache")
+
+    out = _Run(run, name, protocols, [], _Spill(cache.root.parent) if world.distributed else None, cfg, ecfg)
     try:
-        for checkpoint, ck_layers, fingerprint in jobs:
-            label = checkpoint_label(checkpoint)
-            params = {(lyr, p): {**protocol_params(p, ecfg, cfg.seed), "layer": lyr, "pool_budget": ecfg.pool_budget,
-                                 "data": data_id, "checkpoint": fingerprint,
-                                 **({} if checkpoint == PIXELS else {"precision": env.precision.label})}
-                      for lyr in ck_layers for p in protocols}
-            entries: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-            if use_cache and world.is_main:  # rank 0 owns the cache and the outputs
-                for key, prm in params.items():
-                    entry = cache.get(checkpoint, key[0], key[1], prm)
-                    if entry is not None:
-                        entries[key] = (entry, "cache")
-            missing = distributed.broadcast_object([key for key in params if key not in entries])
-            log(f"{name} {label}: {len(entries)} cached, {len(missing)} to compute"
-                + (f" ({', '.join(dict.fromkeys(k[0] for k in missing))})" if missing else ""))
+        for checkpoint, label, ck_layers, params, entries, missing in todo:
             spilled: list[_Spilled] = []
             if missing:
-                computed, spilled = _compute(run, cfg, ecfg, checkpoint, missing, params, get_data(), cache,
+                assert data is not None
+                log(f"{name} {label}: {len(missing)} to compute ({', '.join(dict.fromkeys(k[0] for k in missing))})"
+                    + (f", {len(entries)} cached" if entries else ""))
+                computed, spilled = _compute(run, cfg, ecfg, checkpoint, missing, params, data, cache,
                                              f"{name} {label}", log, out.spill)
                 entries.update(computed)
             out.checkpoints.append(_Checkpoint(checkpoint, label, ck_layers, entries, spilled))
@@ -441,6 +467,59 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         out.remove()
         raise
     return out
+
+
+def _plan(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, name: str,
+          todo: list[tuple[str, str, list[str], dict, dict, list[tuple[str, str]]]], data: _RunData) -> RunPlan:
+    """What is left to compute for one run, with the estimated seconds of each part
+    (:mod:`deepcluster.evaluate.plan`): the features timed on one batch, the protocols from their sizes."""
+    speed = machine_speed()
+    n_fit, n_scored = len(data.train.labels), len(data.test.labels)
+    n_classes = int(max(data.train.labels.max(), data.test.labels.max())) + 1
+    plan = RunPlan(name)
+    dims: dict[str, int] = {}
+    per_image: float | None = None
+    for checkpoint, label, _, params, entries, missing in todo:
+        plan.cached += len(entries)
+        if not missing:
+            continue
+        plan.numbers += len(missing)
+        layers = list(dict.fromkeys(layer for layer, _ in missing))
+        if checkpoint == PIXELS:
+            plan.pixels = True
+        else:
+            plan.checkpoints.append(label)
+            plan.layers += [layer for layer in layers if layer not in plan.layers]
+        for _, protocol in missing:
+            if protocol not in plan.protocols:
+                plan.protocols.append(protocol)
+        if checkpoint == PIXELS:
+            dims[PIXELS] = pixel_features(data.train.images.take([0]), ecfg.pool_budget).shape[1]
+        else:
+            model = run.build_model(checkpoint, cfg).to(data.reader.device)
+            if per_image is None or any(layer not in dims for layer in layers):
+                per_image, shapes = _time_forward(model, data, layers)
+                dims.update({layer: pooled_dim(shape, ecfg.pool_budget) for layer, shape in shapes.items()})
+            plan.add("features", per_image * (n_fit + n_scored))
+        for layer, protocol in missing:
+            plan.add(protocol, protocol_seconds(protocol, params[(layer, protocol)], n_fit, n_scored, dims[layer],
+                                                n_classes, speed))
+    plan.protocols = [p for p in PROTOCOLS if p in plan.protocols]
+    return plan
+
+
+def _time_forward(model: DeepClusterNet, data: _RunData, layers: list[str]) -> tuple[float, dict[str, tuple]]:
+    """Seconds per image of a forward pass to ``layers`` (a batch of up to 32 images, after a warm-up
+    on 2), and each layer's output shape."""
+    n = min(32, len(data.train.images))
+    with torch.no_grad():
+        warm = data.reader.prepare(data.train.images.take([0, min(1, n - 1)]))
+        shapes = {k: tuple(v.shape[1:]) for k, v in model.layer_outputs(warm, layers, flatten=False).items()}
+        batch = data.reader.prepare(data.train.images.take(list(range(n))))
+        t0 = time.perf_counter()
+        model.layer_outputs(batch, layers, flatten=False)
+        seconds = time.perf_counter() - t0
+    return seconds / n, shapes
 
 
 def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str, missing: list[tuple[str, str]],
@@ -456,7 +535,8 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
     """
     world = distributed.world()
     layers = list(dict.fromkeys(layer for layer, _ in missing))
-    extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels)}
+    extra: dict[str, Any] = {"n_train": len(data.train.labels), "n_test": len(data.test.labels),
+                             "scored": data.splits.scored, "fitted": data.splits.fitted}
     if checkpoint == PIXELS:
         model, groups = None, [layers]
         extra["cycle"] = None
@@ -627,8 +707,13 @@ def evaluate_and_write(
     settings = {}
     for r, name in zip(runs, names):
         cfg = RunFolder(Path(r)).load_config()
-        settings[name] = {"path": str(r), "eval": run_eval_config(cfg, eval_cfg).model_dump(mode="json"),
-                          "data": data_identity(cfg, run_eval_config(cfg, eval_cfg))}
+        ecfg = run_eval_config(cfg, eval_cfg)
+        scored = list(dict.fromkeys(row["scored"] for row in rows if row["run_name"] == name))
+        settings[name] = {"path": str(r), "eval": ecfg.model_dump(mode="json"), "data": data_identity(cfg, ecfg),
+                          # which images the numbers were measured on: the test split, or a held-out part
+                          # of the training images when the dataset has none (never the fitted images)
+                          "scored": scored[0] if len(scored) == 1 else scored,
+                          "held_out": not has_test_split(cfg)}
     seconds = time.perf_counter() - t0
     meta = {"runs": settings, "checkpoints": list(checkpoints), "layers": list(layers) if layers else None,
             "protocols": check_protocols(list(protocols)), "seconds": round(seconds, 2)}
