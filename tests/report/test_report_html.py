@@ -137,7 +137,7 @@ def test_report_without_labels(tmp_path):
     html = path.read_text()
     for sec in SECTIONS:
         assert f'<section id="{sec}">' in html
-    assert "need labels and a test split" in html  # the numbers section says why it is empty
+    assert "need labels; this dataset has none" in html  # the numbers section says why it is empty
 
 
 def test_report_user_errors(tmp_path, two_runs):

@@ -8,17 +8,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from deepcluster.cli._common import QuietOption, csv_option, fmt, out_console, user_errors
+from deepcluster.cli._common import DataRootOption, QuietOption, csv_option, fmt, out_console, user_errors
 
 EPILOG = (
     "Examples: deepcluster evaluate runs/fm;  "
     "deepcluster evaluate runs/fm --checkpoints init,5,last --protocols linear,knn;  "
-    "deepcluster evaluate runs/a runs/b --out runs/compare --layers conv2,fc1 --set probe_epochs=10"
+    "deepcluster evaluate runs/a runs/b --out runs/compare --layers conv2,fc1 --set probe_epochs=10;  "
+    "deepcluster evaluate moved/run --data-root /new/place/of/images --protocols knn"
 )
 
 
 def _pivot_table(t: Any) -> Table:
-    table = Table(title=f"{t.protocol}", caption=t.title, caption_justify="left")
+    table = Table(title=f"{t.protocol}", caption=f"{t.title}. {t.scored}", caption_justify="left")
     for i, h in enumerate(t.header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for row in t.rows:
@@ -58,12 +59,24 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/eval for one run).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every number (the cache is refreshed).")] = False,
     timeout: Annotated[int, typer.Option("--timeout", min=10, help="Under torchrun: seconds a collective waits for the other ranks (the feature extraction; rank 0 runs the probes after every collective, alone).")] = 600,
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Linear probe (SGD, eval_linear protocol), kNN and low-shot per layer and checkpoint, cached.
 
-    Writes evaluation.json, probe_table.csv/.md, cycle_metrics.csv and probe_<protocol>.png.
+    Scored on the dataset's test split; without one (folder, ingested), on a seeded held-out part of
+    the training images (--set holdout=0.2), never on the images the probes were fitted on. Says first
+    what it will compute and about how long, and which switches make it shorter. Writes
+    evaluation.json, probe_table.csv/.md, cycle_metrics.csv and probe_<protocol>.png.
     """
+    from deepcluster.runs import data_root as using_data_root
+
+    with using_data_root(data_root):
+        _evaluate(runs, checkpoints, checkpoint, protocols, layers, set_, out, no_cache, timeout, quiet)
+
+
+def _evaluate(runs: list[Path], checkpoints: str | None, checkpoint: str | None, protocols: str, layers: str | None,
+              set_: list[str] | None, out: Path | None, no_cache: bool, timeout: int, quiet: bool) -> None:
     from deepcluster.core import distributed
     from deepcluster.core.config import EvalConfig, build_config
     from deepcluster.core.errors import ConfigError
@@ -106,16 +119,23 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Argument(help="A run folder made by `deepcluster train`.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/export).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
+    checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint; its features are paired with its own cycle's assignments (init: none).")] = "last",
     layer: Annotated[str | None, typer.Option(help="A probe layer name (default: the clustering features).")] = None,
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Write features (.npy) and cluster assignments (CSV: index or path → cluster)."""
+    """Write features (.npy) and the checkpoint's cluster assignments (CSV: index or path → cluster)."""
     from deepcluster.evaluate import export_run
+    from deepcluster.runs import data_root as using_data_root
 
-    summary = export_run(run, out, checkpoint=checkpoint, layer=layer, show_progress=not quiet)
-    out_console.print(f"features {tuple(summary['shape'])} → {summary['features']}", highlight=False)
-    out_console.print(f"assignments ({summary['n_clusters']} clusters, cycle {summary['assignment_cycle']}) → {summary['assignments']}", highlight=False)
+    with using_data_root(data_root):
+        summary = export_run(run, out, checkpoint=checkpoint, layer=layer, show_progress=not quiet)
+    out_console.print(f"features {tuple(summary['shape'])} → {summary['features']}", highlight=False, soft_wrap=True)
+    if summary["assignments"] is None:
+        out_console.print(f"no assignments: {summary['note']}", highlight=False, soft_wrap=True)
+    else:
+        out_console.print(f"assignments of cycle {summary['assignment_cycle']} ({summary['n_clusters']} clusters) → "
+                          f"{summary['assignments']}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

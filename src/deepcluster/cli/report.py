@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from deepcluster.cli._common import QuietOption, out_console, user_errors
+from deepcluster.cli._common import DataRootOption, QuietOption, out_console, user_errors
 
 EPILOG = (
     "Examples: deepcluster report runs/demo;  "
@@ -24,9 +24,18 @@ def report(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A report config YAML (e.g. a saved report_config.yaml).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a report key, e.g. --set sample=2000 --set map_method=tsne --set numbers=false.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """One HTML page, trained vs random init: probes, kNN, low-shot, maps, neighbours, filters, top images, clusters, curves."""
+    from deepcluster.runs import data_root as using_data_root
+
+    with using_data_root(data_root):
+        _report(runs, out, checkpoint, config, set_, device, quiet)
+
+
+def _report(runs: list[Path], out: Path | None, checkpoint: str | None, config: Path | None,
+            set_: list[str] | None, device: str, quiet: bool) -> None:
     from deepcluster.core.config import build_config
     from deepcluster.report import ReportConfig, build_report
 

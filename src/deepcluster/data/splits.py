@@ -160,7 +160,7 @@ def eval_splits(cfg: TrainConfig, ecfg: EvalConfig | None = None, *, train_limit
             scored += f", {len(held):,} of them scored (eval.test_limit)"
         if train_limit is not None and train_limit < len(fit):
             fit = fit[random_limit_indices(len(fit), train_limit, cfg.seed)]
-            fitted = f"{_count(len(fit))} of the other training images (eval.train_limit)"
+            fitted = f"{len(fit):,} of the other training images (eval.train_limit)"
         else:
             fitted = f"the other {_count(len(fit), 'training images')}"
         splits = EvalSplits(pool.subset(fit), pool.subset(held), held_out=True, scored=scored, fitted=fitted,

@@ -41,6 +41,7 @@ class _Run:
     labels: np.ndarray | None
     classes: list[str] | None
     index: np.ndarray  # sample → position in the run's training set
+    n_images: int  # the run's training images (the sample is ``len(index)`` of them)
     reader: FeatureOptions  # how the run's networks read the images (normalisation, device, precision)
     metrics: list[dict[str, Any]]
     assignments: dict[int, np.ndarray]  # cycle → full assignment
@@ -68,9 +69,23 @@ def _load_run(path: Path, name: str, rcfg: ReportConfig, device: torch.device, s
                               "the dataset changed since training; point data.root at the original images")
     return _Run(name=name, path=run.path, cfg=cfg, models=models, images=sub.images_tensor(),
                 labels=None if data.labels is None else data.labels[index], classes=data.classes,
-                index=index, metrics=run.metrics(), assignments=assignments,
+                index=index, n_images=n, metrics=run.metrics(), assignments=assignments,
                 reader=FeatureOptions(*normalization(cfg, data.channels), device=device, show_progress=show_progress,
                                       precision=run_precision(cfg, device), batch_size=cfg.feature_batch_size))
+
+
+def sample_statement(runs: list[_Run]) -> str:
+    """How many images the pictures use, as they are: ``"all 1,500 training images"``, ``"a seeded
+    sample of 5,000 of the 60,000 training images"``, per run when the runs differ."""
+    def one(r: _Run) -> str:
+        m = len(r.index)
+        return (f"all {r.n_images:,} training images" if m == r.n_images
+                else f"a seeded sample of {m:,} of the {r.n_images:,} training images")
+
+    phrases = {r.name: one(r) for r in runs}
+    if len(set(phrases.values())) == 1:
+        return next(iter(phrases.values())) + (" of each run" if len(runs) > 1 else "")
+    return "; ".join(f"{name}: {text}" for name, text in phrases.items())
 
 
 def _label(model_name: str, rcfg: ReportConfig) -> str:
@@ -131,8 +146,7 @@ def build_report(
         title="DeepCluster report: " + ", ".join(names),
         subtitle=[f"deepcluster {__version__} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
                   "Runs: " + ", ".join(str(p) for p in paths),
-                  (f"Trained checkpoint: {rcfg.checkpoint}; pictures from a seeded sample of "
-                   f"{rcfg.sample} training images per run.")],
+                  f"Trained checkpoint: {rcfg.checkpoint}; pictures from {sample_statement(loaded)}."],
     )
     ctx = _Context(page=page, fig_dir=fig_dir, rcfg=rcfg, log=log, show_progress=show_progress, device=dev)
     steps: list[tuple[str, Callable[[_Context, list[_Run]], None]]] = [
@@ -216,18 +230,21 @@ def _numbers(ctx: _Context, runs: list[_Run]) -> None:
     rc = ctx.rcfg
     sec = ctx.page.section("numbers", "Linear probes, kNN and low-shot",
                            "Frozen features of each layer. Linear: the official eval_linear protocol (SGD logistic "
-                           "regression on the train split; test accuracy at the last epoch, and apart, as an "
-                           "optimistic figure, at the best epoch). kNN: weighted cosine vote. Low-shot: logistic "
-                           "regression on n labelled images per class, mean ± std over draws. Every number is "
-                           "cached per run, checkpoint, layer and protocol in RUN/eval/cache.")
+                           "regression fitted on labelled training images; accuracy at the last epoch, and apart, "
+                           "as an optimistic figure, at the best epoch). kNN: weighted cosine vote. Low-shot: "
+                           "logistic regression on n labelled images per class, mean ± std over draws. The numbers "
+                           "are measured on the dataset's test split; a dataset without one (an image folder, an "
+                           "ingested pool) is scored on a seeded held-out part of its training images (eval.holdout), "
+                           "which the probes never see, though the network itself was trained on them (without "
+                           "their labels). Each table says which images it scored. Every number is cached per run, "
+                           "checkpoint, layer and protocol in RUN/eval/cache.")
     if not rc.numbers:
         sec.note("Skipped (numbers=false): `deepcluster evaluate RUN` computes them.")
         return
-    labelled = [r for r in runs if r.labels is not None and r.cfg.data.test_split is not None]
+    labelled = [r for r in runs if r.labels is not None]
     for r in runs:
         if r not in labelled:
-            sec.note(f"{r.name}: probes, kNN and low-shot need labels and a test split; this dataset has "
-                     f"{'no labels' if r.labels is None else 'no test split'}.")
+            sec.note(f"{r.name}: probes, kNN and low-shot need labels; this dataset has none.")
     if not labelled:
         return
     checkpoints = (["init"] if rc.compare_random else []) + [rc.checkpoint]
@@ -242,6 +259,7 @@ def _numbers(ctx: _Context, runs: list[_Run]) -> None:
              "tables also in numbers/probe_table.md and .csv.")
     for table in pivot_tables(res.rows):
         sec.heading(table.title)
+        sec.text(table.scored)
         sec.table(table.header, table.rows)
         chart = res.paths.get(f"chart_{table.protocol}")
         if chart is not None:
@@ -259,20 +277,38 @@ def _features(ctx: _Context, r: _Run) -> dict[str, np.ndarray]:
 
 
 def _maps(ctx: _Context, runs: list[_Run]) -> None:
+    from deepcluster.core.progress import progress_bar
     from deepcluster.report.feature_map import embed_2d, plot_feature_maps
 
     rc = ctx.rcfg
+    points = {r.name: min(rc.map_points, len(r.images)) for r in runs}
+    shown = (f"{next(iter(points.values())):,}" if len(set(points.values())) == 1
+             else ", ".join(f"{n:,} ({name})" for name, n in points.items()))
     sec = ctx.page.section("maps", "Feature-space maps",
-                           f"{rc.map_method.upper()} of the clustering features of {rc.map_points} sampled images, "
+                           f"{rc.map_method.upper()} of the clustering features of {shown} sampled images, "
                            "coloured by label when there are labels (Deep Dive Figure 2).")
-    for r in runs:
-        panels = {}
-        for m, f in _features(ctx, r).items():
-            xy, idx = embed_2d(f, method=rc.map_method, seed=rc.seed, max_points=rc.map_points)
-            panels[_label(m, rc)] = xy
-        labels = None if r.labels is None else r.labels[idx]
-        path = plot_feature_maps(panels, labels, ctx.png(f"map_{r.name}"), class_names=r.classes, title=r.name)
-        ctx.figure(sec, path, f"{r.name}.")
+    features = {r.name: _features(ctx, r) for r in runs}  # before the maps' bar: one progress display at a time
+    maps = sum(len(f) for f in features.values())
+    method = "t-SNE" if rc.map_method == "tsne" else "UMAP"
+    ctx.log(f"  {maps} {method} maps of up to {max(points.values()):,} points: usually 5-40 s each on a CPU "
+            "(--set map_points=1000 for less)")
+    done, t0 = 0, time.perf_counter()
+    with progress_bar(f"{method} maps", total=maps, enabled=ctx.show_progress) as advance:
+        for r in runs:
+            panels = {}
+            for m, f in features[r.name].items():
+                ts = time.perf_counter()
+                xy, idx = embed_2d(f, method=rc.map_method, seed=rc.seed, max_points=rc.map_points)
+                panels[_label(m, rc)] = xy
+                done += 1
+                advance(1)
+                left = maps - done
+                ctx.log(f"    {method} map {done}/{maps} ({r.name}, {_label(m, rc)}, {len(xy):,} points): "
+                        f"{time.perf_counter() - ts:.1f} s"
+                        + (f"; the other {left} about {(time.perf_counter() - t0) / done * left:.0f} s" if left else ""))
+            labels = None if r.labels is None else r.labels[idx]
+            path = plot_feature_maps(panels, labels, ctx.png(f"map_{r.name}"), class_names=r.classes, title=r.name)
+            ctx.figure(sec, path, f"{r.name}.")
 
 
 def _neighbours(ctx: _Context, runs: list[_Run]) -> None:
