@@ -126,3 +126,20 @@ def test_tables_name_the_scored_images():
     assert "test accuracy" in test.title and test.scored == "Scored on the test split (297 images)."
     mixed = pivot_tables([held[0], {**row, "run_name": "s", "scored": "test split (297 images)"}])[0]
     assert "scored images" in mixed.title and "r: the held-out" in mixed.scored and "s: the test split" in mixed.scored
+
+
+def test_suite_logs_its_plan_before_computing(tiny_run):
+    from deepcluster.evaluate import evaluate_suite
+
+    lines = []
+    evaluate_suite([tiny_run], ["init", "last"], ["fc2"], ["knn", "lowshot"], show_progress=False, log=lines.append,
+                   eval_cfg={"lowshot_n": [1], "lowshot_repeats": 1})
+    plan = next(i for i, line in enumerate(lines) if "numbers to compute" in line)
+    first = next(i for i, line in enumerate(lines) if " knn " in line)
+    assert plan < first and "6 numbers to compute" in lines[plan]
+    assert "about" in lines[plan] or "under a second" in lines[plan]
+    assert any("scored on the test split (297 images)" in line for line in lines[:plan])
+    lines.clear()
+    evaluate_suite([tiny_run], ["init", "last"], ["fc2"], ["knn"], show_progress=False, log=lines.append,
+                   eval_cfg={"lowshot_n": [1], "lowshot_repeats": 1})
+    assert any("all 3 numbers are in the cache" in line for line in lines)

@@ -135,7 +135,8 @@ def run_protocol(
     params : dict
         Its parameters.
     train, test : tuple[np.ndarray, np.ndarray]
-        (features, labels) of the training and test splits.
+        (features, labels) of the fitted and the scored images (the test split, or a held-out part
+        of the training images).
     device : torch.device or str
         Where the SGD probe trains.
     description : str

@@ -186,6 +186,13 @@ def evaluate_suite(
 ) -> list[dict[str, Any]]:
     """Evaluate runs × checkpoints × layers × protocols; every number cached in ``RUN/eval/cache``.
 
+    Probes are fitted on the training split and scored on the test split; a run without one
+    (``folder``, ``ingested``, ``data.test_split: null``) is scored on a seeded held-out part of its
+    training images (``eval.holdout``) and fitted on the rest
+    (:func:`~deepcluster.data.splits.eval_splits`). Before computing, ``log`` receives what is left
+    to compute, an estimate of its duration and the switches that shorten it
+    (:mod:`deepcluster.evaluate.plan`).
+
     Parameters
     ----------
     runs : Sequence[str or Path]
@@ -213,18 +220,23 @@ def evaluate_suite(
         Tidy rows with ``run`` (path), ``run_name``, ``checkpoint``, ``label`` (e.g. ``trained (last)``),
         ``cycle`` (of the checkpoint; ``None`` for pixels), ``layer``, ``dim``, ``protocol``,
         ``metric``, ``value`` (accuracies in [0, 1]; ``best_epoch`` an epoch number), ``std`` (low-shot
-        spread over draws, else ``None``), ``source`` (``cache`` or ``computed``) and ``seconds``
-        (compute time of the protocol, as recorded when it was computed).
+        spread over draws, else ``None``), ``source`` (``cache`` or ``computed``), ``seconds``
+        (compute time of the protocol, as recorded when it was computed), ``scored`` (which images
+        the number was measured on: ``"test split (10,000 images)"``, or without a test split
+        ``"held-out 20 % of the training images (300 of 1,500, seed 0)"``), ``n_scored`` and
+        ``n_fitted`` (images scored, and images the probe was fitted on).
 
     Raises
     ------
     ConfigError
         On an unknown protocol, layer or checkpoint name.
     DataError
-        If a run's dataset has no test split or no labels.
+        If a run's dataset has no labels, or (without a test split) ``eval.holdout`` leaves no image
+        to fit the probes on.
     TrainingError
         If a run folder or a checkpoint is missing.
     """
+    planned = log is not None  # the plan and its estimate are for someone who reads the log
     log = log or (lambda msg: None)
     protocols = check_protocols(list(protocols))
     checkpoints = list(dict.fromkeys(str(c).strip() for c in checkpoints))
@@ -242,7 +254,7 @@ def evaluate_suite(
     try:
         for run, name in zip(folders, names):
             done.append(_evaluate_run(run, name, checkpoints, layers, protocols, eval_cfg, pixel_baseline, use_cache,
-                                      show_progress, log))
+                                      show_progress, log, planned))
         if not distributed.world().is_main:
             return []
         return [row for r in done for row in r.finish()]
@@ -399,7 +411,7 @@ class _Run:
 
 def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Sequence[str] | None,
                   protocols: list[str], eval_cfg: EvalConfig | dict[str, Any] | None, pixel_baseline: bool | None,
-                  use_cache: bool, show_progress: bool, log: Log) -> _Run:
+                  use_cache: bool, show_progress: bool, log: Log, planned: bool = True) -> _Run:
     """Every collective of one run: which numbers are missing, then their features.
 
     In one process the protocols run as each layer group's features arrive (nothing is spilled).
@@ -445,7 +457,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         log(f"{name}: loading {cfg.data.name}")
         data = _load_data(env, ecfg)
         log(f"{name}: probes fitted on {data.splits.fitted}, scored on the {data.splits.scored}")
-        if world.is_main:
+        if world.is_main and planned:
             for line in plan_message(_plan(run, cfg, ecfg, name, todo, data), ecfg):
                 log(line)
     else:
@@ -509,17 +521,24 @@ def _plan(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, name: str,
 
 
 def _time_forward(model: DeepClusterNet, data: _RunData, layers: list[str]) -> tuple[float, dict[str, tuple]]:
-    """Seconds per image of a forward pass to ``layers`` (a batch of up to 32 images, after a warm-up
-    on 2), and each layer's output shape."""
-    n = min(32, len(data.train.images))
-    with torch.no_grad():
-        warm = data.reader.prepare(data.train.images.take([0, min(1, n - 1)]))
+    """Seconds per image of a forward pass to ``layers`` and each layer's output shape: timed on 16
+    images after a warm-up on 2, then, when that took under 0.2 s, on up to 256 (per-batch costs
+    would make a small batch look slow)."""
+    images, precision = data.train.images, data.reader.precision
+    with torch.no_grad(), precision.inference(model):  # as the extraction will run it
+        warm = precision.input(data.reader.prepare(images.take([0, min(1, len(images) - 1)])))
         shapes = {k: tuple(v.shape[1:]) for k, v in model.layer_outputs(warm, layers, flatten=False).items()}
-        batch = data.reader.prepare(data.train.images.take(list(range(n))))
-        t0 = time.perf_counter()
-        model.layer_outputs(batch, layers, flatten=False)
-        seconds = time.perf_counter() - t0
-    return seconds / n, shapes
+        per_image = 0.0
+        for n in (16, 256):
+            n = min(n, len(images), data.reader.batch_size)
+            batch = precision.input(data.reader.prepare(images.take(list(range(n)))))
+            t0 = time.perf_counter()
+            model.layer_outputs(batch, layers, flatten=False)
+            seconds = time.perf_counter() - t0
+            per_image = seconds / n
+            if seconds > 0.2 or n == len(images):
+                break
+    return per_image, shapes
 
 
 def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str, missing: list[tuple[str, str]],
