@@ -210,13 +210,13 @@ class FolderImageDataset(ImageDataset):
         The result is kept, so later calls and ``__getitem__`` no longer touch the files.
         """
         if self._cache is None:
-            from rich.progress import track
+            from deepcluster.core.progress import progress_bar
 
             out = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
-            for k, path in enumerate(
-                track(self.paths, description=f"Loading {len(self)} images", transient=True)
-            ):
-                out[k] = read_image(path, self.size)
+            with progress_bar(f"Loading {len(self)} images", len(self), unit="images") as advance:
+                for k, path in enumerate(self.paths):  # a bar on a terminal only: no blank lines in a log
+                    out[k] = read_image(path, self.size)
+                    advance(1)
             self._cache = out
         return self._cache
 
