@@ -44,8 +44,8 @@ def summary_table(summary: StudySummary) -> Table:
 EPILOG = "\n\n".join([
     "Examples (the studies: deepcluster list):",
     "deepcluster study fmnist_relu --max-trials 1   (one trial, then stop; again to continue)",
-    "deepcluster study fmnist_relu   (all 4 trials, about 10 min on 2 cores; a second worker: the same command in "
-    "another shell)",
+    "deepcluster study fmnist_relu   (all 4 trials, about a minute each on 2 cores; a second worker: the same "
+    "command in another shell)",
     "deepcluster study runs/studies/fmnist_relu --summarize-only",
 ])
 
