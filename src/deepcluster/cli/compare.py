@@ -138,7 +138,7 @@ def ensemble(
                                  train_limit=train_limit, test_limit=test_limit, device=device,
                                  show_progress=not quiet, log=_say)
     paths = write_ensemble_outputs(res, out)
-    table = Table(title=f"pairwise ensembles on {res.info['dataset']} ({res.info['n_test']} test images)",
+    table = Table(title=f"pairwise ensembles on {res.info['dataset']}, scored on the {res.info['scored']}",
                   caption="gain = ensemble − better single model (accuracy points)", caption_justify="left")
     for col in ("model a", "model b", "acc a", "acc b", "weights", "ensemble", "gain"):
         table.add_column(col, justify="left" if col.startswith("model") else "right")

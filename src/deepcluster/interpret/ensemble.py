@@ -340,13 +340,13 @@ def ensembles_for_runs(
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
     """
     from deepcluster.core.precision import run_precision
-    from deepcluster.data.splits import load_eval_splits
+    from deepcluster.data.splits import eval_splits
     from deepcluster.environment import RunEnv
     from deepcluster.evaluate.pooling import extract_pooled_features
     from deepcluster.interpret.lce import read_lce_groups
 
     log = log or (lambda m: None)
-    loaded = load_runs(runs, names=names, checkpoint=checkpoint)
+    loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False)
     groups: dict[str, str] = {}
     if lce is not None:
         groups = dict(lce) if isinstance(lce, Mapping) else read_lce_groups(lce)
@@ -358,7 +358,9 @@ def ensembles_for_runs(
     for lim, opt in ((train_limit, "--train-limit"), (test_limit, "--test-limit")):
         if lim is not None and lim < 2:
             raise ConfigError(f"{opt} must be at least 2 images, got {lim}")
-    train, test = load_eval_splits(cfg, train_limit or cfg.eval.train_limit, test_limit or cfg.eval.test_limit)
+    splits = eval_splits(cfg, train_limit=train_limit, test_limit=test_limit)  # a held-out part without a test split
+    train, test = splits.train, splits.test
+    log(f"  probes fitted on {splits.fitted}, scored on the {splits.scored}")
     ytr, yte = np.asarray(train.labels, dtype=np.int64), np.asarray(test.labels, dtype=np.int64)
     n_classes = int(max(ytr.max(), yte.max())) + 1
     xtr_img, xte_img = train.images_tensor(), test.images_tensor()
@@ -386,7 +388,7 @@ def ensembles_for_runs(
     rows = pairwise_ensembles({m: p.probabilities for m, p in probes.items()}, yte,
                               {m: p.test_acc for m, p in probes.items()})
     group_rows = aggregate_by_group(rows, groups) if groups else []
-    info = {"dataset": cfg.data.name, "train_split": cfg.data.split, "test_split": cfg.data.test_split,
+    info = {"dataset": cfg.data.name, "fitted": splits.fitted, "scored": splits.scored, "held_out": splits.held_out,
             "n_train": len(ytr), "n_test": len(yte), "n_classes": n_classes, "checkpoint": checkpoint,
             "runs": {r.name: str(r.path) for r in loaded}}
     return EnsembleResult(models=[r.name for r in loaded], layers=layers, probes=probes, labels=yte, rows=rows,
