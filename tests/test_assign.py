@@ -33,7 +33,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_tiny.yaml"
 
 
 def digits_cfg(*overrides: str) -> TrainConfig:
-    return build_config(TrainConfig, CONFIG, ["threads=1", "precision=fp32", *overrides])
+    return build_config(TrainConfig, CONFIG, ["threads=1", "epochs_per_cycle=1", "precision=fp32", *overrides])
 
 
 def make_run(path: Path, *overrides: str) -> tuple[TrainConfig, RunFolder]:

@@ -21,7 +21,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    res = invoke("train", "--config", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--out", out, "-q")
+    res = invoke("train", "--config", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--out", out, "-q")
     assert res.exit_code == 0, res.output
     assert "cycle   2/2" in res.output
     return out
@@ -140,7 +140,7 @@ def test_evaluate_user_errors(digits_run, tmp_path):
 
 def test_evaluate_compares_runs_into_one_table(digits_run, tmp_path):
     other = tmp_path / "other"
-    res = invoke("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--set", "data.limit=300",
+    res = invoke("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--set", "data.limit=300",
                  "--out", other, "-q")
     assert res.exit_code == 0, res.output
     out = tmp_path / "cmp"
@@ -189,7 +189,7 @@ def test_corrupt_idx_file_is_one_line_error(tmp_path):
 
 def test_diverging_training_stops_with_a_clear_error_and_keeps_finished_cycles(tmp_path):
     out = tmp_path / "run"
-    res = invoke("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--out", out, "-q")
+    res = invoke("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--out", out, "-q")
     assert res.exit_code == 0, res.output
     before = (out / "checkpoint.pt").read_bytes()
     # extend the run with an absurd learning rate by editing its saved config (as a user might)
@@ -203,7 +203,7 @@ def test_diverging_training_stops_with_a_clear_error_and_keeps_finished_cycles(t
 
 def test_ia_grid_writes_its_outputs_and_recommends(tmp_path):
     out = tmp_path / "ia"
-    res = invoke("ia", "--config", CONFIG, "--set", "k=5,20", "--set", "threads=1", "--seeds", 4, "-o", out, "-q")
+    res = invoke("ia", "--config", CONFIG, "--set", "k=5,20", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--seeds", 4, "-o", out, "-q")
     assert res.exit_code == 0, res.output
     assert "recommended:" in res.output and "best seeds:" in res.output
     rec = json.loads((out / "recommendation.json").read_text())

@@ -84,7 +84,7 @@ def tiny_run(tmp_path_factory):
     from deepcluster.train import train
 
     cfg = build_config(TrainConfig, CONFIGS / "digits_tiny.yaml",
-                       ["data.limit=120", "k=4", "pca_dim=8", "cycles=1", "precision=fp32", "threads=1"])
+                       ["data.limit=120", "k=4", "pca_dim=8", "cycles=1", "precision=fp32", "threads=1", "epochs_per_cycle=1"])
     out = tmp_path_factory.mktemp("fake_cuda") / "run"
     train(cfg, out, show_progress=False)
     return out

@@ -36,7 +36,7 @@ def finished_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(home)
     try:
-        res = invoke("train", "-c", "digits_tiny", "--set", "cycles=1", "--set", "threads=1",
+        res = invoke("train", "-c", "digits_tiny", "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1",
                      "--set", "precision=fp32", "-o", "runs/d", "-q")
     finally:
         os.chdir(cwd)
@@ -102,7 +102,7 @@ def test_run_folder_stores_data_root_so_it_travels(tmp_path, monkeypatch):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"c{c}" / f"{i}.png")
     monkeypatch.chdir(tmp_path)
     res = invoke("train", "-c", "digits_tiny", "--set", "data.name=folder", "--set", "data.root=pngs",
-                 "--set", "data.image_size=16", "--set", "k=3", "--set", "cycles=1", "--set", "threads=1",
+                 "--set", "data.image_size=16", "--set", "k=3", "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1",
                  "--set", "pca_dim=off", "--set", "data.test_split=off", "-o", "runs/f", "-q")
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((tmp_path / "runs/f/config.yaml").read_text())

@@ -38,7 +38,7 @@ def moved(tmp_path_factory):
     images = _write_folder(before / "images")
     res = invoke("train", "--set", "data.name=folder", "--set", f"data.root={images}", "--set", "data.image_size=16",
                  "--set", "model.arch=tiny_cnn", "--set", "k=3", "--set", "cycles=2", "--set", "pca_dim=off",
-                 "--set", "batch_size=8", "--set", "threads=1", "--set", "checkpoint_every=1",
+                 "--set", "batch_size=8", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--set", "checkpoint_every=1",
                  "--out", before / "run", "-q")
     assert res.exit_code == 0, res.output
     after = tmp_path_factory.mktemp("after")

@@ -52,7 +52,7 @@ def test_inference_restores_the_model_layout_and_returns_fp32():
 
 @pytest.mark.skipif(not prec.bf16_supported("cpu"), reason="this CPU has no native bf16")
 def test_a_bf16_run_keeps_fp32_weights_records_its_precision_and_resumes_exactly(tmp_path):
-    cfg = build_config(TrainConfig, CONFIG, ["cycles=3", "threads=1", "precision=bf16"])
+    cfg = build_config(TrainConfig, CONFIG, ["cycles=3", "threads=1", "epochs_per_cycle=1", "precision=bf16"])
     whole = train(cfg, tmp_path / "whole", show_progress=False)
     part = tmp_path / "part"
     train(cfg, part, show_progress=False, stop_after=1)
@@ -67,7 +67,7 @@ def test_a_bf16_run_keeps_fp32_weights_records_its_precision_and_resumes_exactly
 
 
 def test_fp32_differs_from_bf16_and_a_folder_without_the_key_is_fp32(tmp_path):
-    cfg = build_config(TrainConfig, CONFIG, ["cycles=1", "threads=1", "precision=fp32"])
+    cfg = build_config(TrainConfig, CONFIG, ["cycles=1", "threads=1", "epochs_per_cycle=1", "precision=fp32"])
     run = train(cfg, tmp_path / "fp32", show_progress=False)
     assert run.metrics()[0]["precision"] == "fp32"
     raw = yaml.safe_load(run.config_path.read_text())
@@ -76,7 +76,7 @@ def test_fp32_differs_from_bf16_and_a_folder_without_the_key_is_fp32(tmp_path):
     assert run.load_config().precision == "fp32"
     assert json.loads(run.metrics_path.read_text().splitlines()[0])["precision"] == "fp32"
     if prec.bf16_supported("cpu"):
-        other = train(build_config(TrainConfig, CONFIG, ["cycles=1", "threads=1", "precision=bf16"]), tmp_path / "bf16",
+        other = train(build_config(TrainConfig, CONFIG, ["cycles=1", "threads=1", "epochs_per_cycle=1", "precision=bf16"]), tmp_path / "bf16",
                       show_progress=False)
         a, b = run.load_checkpoint("last")["model"], other.load_checkpoint("last")["model"]
         assert any(not torch.equal(a[k], b[k]) for k in a)  # bf16 really ran

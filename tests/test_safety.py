@@ -53,7 +53,7 @@ class Planted:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("safety") / "run"
-    res = invoke("train", "-c", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--set", "checkpoint_every=1",
+    res = invoke("train", "-c", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--set", "checkpoint_every=1",
                  "-o", out, "-q")
     assert res.exit_code == 0, res.output
     return out
@@ -144,7 +144,7 @@ def _trainer(*args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_a_second_trainer_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
     out = tmp_path / "run"
-    first = _trainer("-c", CONFIG, "--set", "cycles=40", "--set", "threads=1", "-o", str(out))
+    first = _trainer("-c", CONFIG, "--set", "cycles=40", "--set", "threads=1", "--set", "epochs_per_cycle=1", "-o", str(out))
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoint.pt").exists():
         assert first.poll() is None, first.stdout.read()

@@ -38,7 +38,7 @@ def test_ia_grid_says_what_runs_and_the_time_left():
     from .study_helpers import BASE
 
     lines = []
-    base = build_config(TrainConfig, BASE, ["threads=1", "data.limit=300", "k=5"])
+    base = build_config(TrainConfig, BASE, ["threads=1", "epochs_per_cycle=1", "data.limit=300", "k=5"])
     results = ia_grid(base, {"pca_dim": [4, 8]}, [0, 1], show_progress=False, log=lines.append)
     assert len(results) == 2
     assert lines[0] == ("Initial Alignment: 2 setting(s) × 2 random tiny_cnn networks on 300 images (k=5), each "

@@ -22,7 +22,7 @@ def blobs(n, d, classes, spread, seed):
 
 @pytest.fixture(scope="session")
 def _tiny_run_master(tmp_path_factory):
-    cfg = build_config(TrainConfig, CONFIG, ["threads=1", "cycles=2", "data.limit=400", "k=10", "checkpoint_every=1"])
+    cfg = build_config(TrainConfig, CONFIG, ["threads=1", "epochs_per_cycle=1", "cycles=2", "data.limit=400", "k=10", "checkpoint_every=1"])
     return train(cfg, tmp_path_factory.mktemp("evaluate") / "tiny", show_progress=False).path
 
 

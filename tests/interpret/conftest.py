@@ -15,7 +15,7 @@ def digits_runs(tmp_path_factory):
     runs = []
     for name, seed in (("run_a", 0), ("run_b", 1), ("run_c", 2)):
         out = root / name
-        res = CliRunner().invoke(app, ["train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1",
+        res = CliRunner().invoke(app, ["train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1",
                                        "--set", f"seed={seed}", "--set", "data.limit=400", "--out", str(out), "-q"])
         assert res.exit_code == 0, res.output
         runs.append(out)

@@ -33,7 +33,7 @@ def moved_runs(tmp_path_factory):
     for seed in (0, 1):
         run = root / f"run{seed}"
         res = invoke("train", "-c", CONFIG, "--set", "data.name=ingested", "--set", f"data.root={root / 'pool'}",
-                     "--set", "k=3", "--set", "cycles=1", "--set", "threads=1", "--set", "pca_dim=off",
+                     "--set", "k=3", "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--set", "pca_dim=off",
                      "--set", f"seed={seed}", "--set", "precision=fp32", "-o", run, "-q")
         assert res.exit_code == 0, res.output
         runs.append(run)

@@ -474,7 +474,7 @@ def test_cli_dissects_a_trained_run(small_probe, tmp_path):
 
     config = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"
     run = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--config", str(config), "--set", "cycles=1", "--set", "threads=1",
+    res = runner.invoke(app, ["train", "--config", str(config), "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1",
                               "--out", str(run), "-q"])
     assert res.exit_code == 0, res.output
     res = invoke("dissect", run, "--layer", "conv2", "--concepts", small_probe, "-q")

@@ -29,7 +29,7 @@ def invoke(*args):
 
 
 def _train(out, *sets):
-    args = ["train", "--config", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--set", "checkpoint_every=1"]
+    args = ["train", "--config", CONFIG, "--set", "cycles=2", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--set", "checkpoint_every=1"]
     for s in sets:
         args += ["--set", s]
     res = invoke(*args, "--out", out, "-q")

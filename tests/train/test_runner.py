@@ -21,7 +21,7 @@ CONFIG = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"
 
 
 def digits_cfg(*overrides):
-    return build_config(TrainConfig, CONFIG, ["threads=1", *overrides])
+    return build_config(TrainConfig, CONFIG, ["threads=1", "epochs_per_cycle=1", *overrides])
 
 
 def weights(run_dir):
@@ -89,7 +89,7 @@ def _cli(*args, **kw):
 
 @pytest.mark.slow
 def test_kill_and_resume_ends_with_the_same_weights(tmp_path):
-    common = ["--config", CONFIG, "--set", "cycles=5", "--set", "threads=1", "--quiet"]
+    common = ["--config", CONFIG, "--set", "cycles=5", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--quiet"]
     ref = _cli("train", *common, "--out", tmp_path / "ref")
     assert ref.wait(300) == 0, ref.stderr.read()
 
@@ -116,7 +116,7 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path):
 
 def test_resume_extends_cycles(tmp_path):
     run_dir = tmp_path / "r"
-    p = _cli("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--out", run_dir, "-q")
+    p = _cli("train", "--config", CONFIG, "--set", "cycles=1", "--set", "threads=1", "--set", "epochs_per_cycle=1", "--out", run_dir, "-q")
     assert p.wait(300) == 0, p.stderr.read()
     p = _cli("train", "--resume", run_dir, "--set", "cycles=2", "-q")
     assert p.wait(300) == 0, p.stderr.read()

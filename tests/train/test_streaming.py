@@ -21,7 +21,7 @@ CONFIG = Path(__file__).parents[2] / "configs" / "digits_tiny.yaml"
 
 
 def _cfg(*overrides):
-    return build_config(TrainConfig, CONFIG, ["threads=1", "cycles=2", "k=5", "pca_dim=8", "batch_size=32",
+    return build_config(TrainConfig, CONFIG, ["threads=1", "epochs_per_cycle=1", "cycles=2", "k=5", "pca_dim=8", "batch_size=32",
                                               *overrides])
 
 
