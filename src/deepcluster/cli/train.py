@@ -9,12 +9,12 @@ import typer
 from rich.markup import escape
 
 from deepcluster import __version__
-from deepcluster.cli._common import DataRootOption, QuietOption, SetOption, fmt, out_console, user_errors
+from deepcluster.cli._common import QuietOption, SetOption, fmt, out_console, user_errors
 
 EPILOG = (
     "Examples: deepcluster train -c digits_tiny -o runs/digits;  "
     "deepcluster train -c fmnist_lenet --set k=30 --set pca_dim=off -o runs/fm;  "
-    "deepcluster train --resume runs/digits --set cycles=8.  "
+    "deepcluster train --resume runs/digits --set cycles=15.  "
     "Presets (deepcluster list): " + ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 )
 
@@ -57,7 +57,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder from its last finished cycle.")] = None,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine (torchrun --standalone --nproc_per_node N); the run is the same, batch_size stays the global batch.")] = None,
-    data_root: DataRootOption = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="With --resume: where the run's images are now, when they moved (saved into config.yaml).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train a CNN with DeepCluster; every cycle is checkpointed into the run folder."""
