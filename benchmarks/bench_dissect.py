@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
+from _results import record
 from typer.testing import CliRunner
 
 from deepcluster.cli.interpret import register
@@ -54,6 +55,7 @@ def run(name: str, spec: str, layer: str, *extra: str) -> dict:
     print(f"{name}: {s['n_units']} units, maps {s['feature_shape'][0]}x{s['feature_shape'][1]}, "
           f"{s['n_labelled']} labelled: `deepcluster dissect` {wall:.1f} s (thresholds {ti['thresholds']:.1f} s, "
           f"IoU {ti['iou']:.1f} s, page {ti['report']:.1f} s; {s['quantile_method']} quantiles)")
+    record(f"dissect.{name.replace(' ', '_')}.s", wall, "s")
     return s
 
 

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+from _results import record
 
 from deepcluster.analysis.alignment import initial_alignment
 from deepcluster.core.config import TrainConfig, build_config
@@ -42,11 +43,14 @@ for name, (res, secs) in results.items():
               f" -> {secs / n * N:.0f} s for {N} at that rate"
     print(f"IA {name:16s} [{res.precision}]: {n} samples in {secs:.1f} s ({secs / n:.2f} s/sample){verdict}")
     print("    phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res.phases.items()))
+    if name.startswith("stacked"):
+        record(f"ia.{name.replace(' ', '_')}.s_per_100", secs * 100 / n, "s", note="goal <= 40")
 per = {k: secs / len(res.values) for k, (res, secs) in results.items()}
 print(f"speed-up stacked vs loop (default precision): x{per['loop default'] / per['stacked default']:.1f}; "
       f"stacked default vs fp32: x{per['stacked fp32'] / per['stacked default']:.2f}")
 s = results["stacked default"][0].summary()
 print(f"IA distribution (k=5, default precision): min {s['min']:.3f} q1 {s['q1']:.3f} median {s['median']:.3f} "
       f"q3 {s['q3']:.3f} max {s['max']:.3f}")
+record("ia.stacked_default_over_loop", per['loop default'] / per['stacked default'], "x", better="higher")
 diff = np.abs(results["stacked default"][0].values[:N_LOOP] - results["loop default"][0].values).max()
 print(f"max |IA stacked - IA loop| over the first {N_LOOP} seeds: {diff:.2e}")

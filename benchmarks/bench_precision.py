@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import record
 
 from deepcluster.analysis.alignment import initial_alignment
 from deepcluster.core.config import TrainConfig, build_config
@@ -61,6 +62,10 @@ def show(title: str, rows: dict[str, dict]) -> None:
                  f"training {p['n'] / p['training']:,.0f} img/s (x{base['training'] / p['training']:.2f}), "
                  f"cycle x{base['total'] / p['total']:.2f}")
         print(f"  {name:5s} [{p['label']}]: {line} s{speed}")
+        if name != "fp32":
+            tag = title.split(" cycle")[0].replace(" ", "_").lower()
+            record(f"precision.{tag}.{name}.training_speedup", base['training'] / p['training'], "x", better="higher")
+            record(f"precision.{tag}.{name}.features_speedup", base['features'] / p['features'], "x", better="higher")
 
 
 show("LeNet-5 cycle, Fashion-MNIST 60,000 images (s):",
@@ -89,5 +94,6 @@ if os.environ.get("PRECISION_PROBE", "1") != "0":
             acc[p] = next(r["value"] for r in rows if r["metric"] == "last_acc")
             print(f"  {p}: 5 cycles + conv2 probe in {time.perf_counter() - t:.0f} s: {100 * acc[p]:.2f} %", flush=True)
     gap = 100 * (acc["bf16"] - acc["fp32"])
+    record("precision.conv2_probe_bf16_minus_fp32", gap, "pt", better="higher", note="goal within +-0.3")
     print(f"conv2 linear probe after 5 cycles: fp32 {100 * acc['fp32']:.2f} % vs bf16 {100 * acc['bf16']:.2f} % "
           f"({gap:+.2f} points; goal within +-0.3: {'MET' if abs(gap) <= 0.3 else 'MISSED'})")
