@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("DEEPCLUSTER_PROGRESS", "0")
+# precision: auto keeps what it measured per machine; the suite keeps its own (one per session)
+os.environ.setdefault("DEEPCLUSTER_CACHE_DIR", tempfile.mkdtemp(prefix="deepcluster-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

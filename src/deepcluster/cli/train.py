@@ -47,6 +47,9 @@ def print_cycle(record: dict[str, Any], total: int) -> None:
     parts.append("[dim]" + " ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "[/]")
     if record.get("images") and record["cycle"] == 1:  # how the run reads its images: once
         out_console.print(f"[dim]images: {escape(record['images'])}[/]", highlight=False)
+    if record["cycle"] == 1 and record.get("precision"):  # and the precision of each phase (precision.json)
+        training = record.get("training_precision", record["precision"])
+        out_console.print(f"[dim]precision: features {record['precision']}, training {training}[/]", highlight=False)
     out_console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
 
@@ -131,12 +134,15 @@ def train(
         target = out
     precision = run_precision(cfg, resolve_device(cfg.device))  # a bad device or precision fails here
     say = out_console.print if world.is_main else (lambda *a, **k: None)
+    # auto with native bf16: each phase runs in what is measured faster here (train/autoprecision.py)
+    precision_label = "precision auto: bf16 or fp32 per phase" if cfg.precision == "auto" and precision.bf16 \
+        else precision.label
     processes = ""
     if world.distributed:  # the backend and timeout the process group was created with
         timeout = "" if world.timeout_s is None else f", timeout {world.timeout_s:g} s"
         processes = f", {world.size} processes ({world.backend}{timeout})"
     say(f"[bold]deepcluster {__version__}[/] training {cfg.model.arch} on {cfg.data.name} "
-        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}, {precision.label}{processes}) → {target}",
+        f"(k={cfg.k}, {cfg.cycles} cycles, pca_dim={cfg.pca_dim}, {precision_label}{processes}) → {target}",
         highlight=False)
     init_ia = None
     if resume is None:

@@ -86,12 +86,14 @@ def run_cycle(
     generator: torch.Generator,
     kept: CycleTargets | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    trainer: FeatureOptions | None = None,
 ) -> CycleOutcome:
     """One cycle of DeepCluster: cluster, a new top layer and its optimiser, one sampled epoch.
 
     ``kept`` trains on fixed targets instead of clustering (halted clustering, the supervised
     baseline): their top layer is the model's own. ``wrap`` puts the network under
-    DistributedDataParallel once its new top layer exists.
+    DistributedDataParallel once its new top layer exists. ``trainer`` says how the epoch reads
+    the images when it differs from the feature pass (``precision: auto`` picks per phase).
     """
     seed = cycle_seed(cfg.seed, cycle)
     if kept is None:
@@ -106,7 +108,7 @@ def run_cycle(
     net = model if wrap is None else wrap(model)
     t = time.perf_counter()
     for epoch in range(cfg.epochs_per_cycle):  # uniform over clusters, augmented
-        stats = train_epoch(net, source, targets.assignments, optimizer, top_optimizer, cfg, reader,
+        stats = train_epoch(net, source, targets.assignments, optimizer, top_optimizer, cfg, trainer or reader,
                             generator=generator, sampler_seed=seed + epoch, positions=targets.positions)
     targets.seconds["training"] = time.perf_counter() - t
     return CycleOutcome(targets=targets, epoch=stats)

@@ -42,6 +42,7 @@ from deepcluster.features import FeatureOptions
 from deepcluster.models import DeepClusterNet
 from deepcluster.models.sync_batchnorm import convert_sync_batchnorm
 from deepcluster.runs import RunFolder, build_network, check_output_folder
+from deepcluster.train.autoprecision import PhasePrecision, choose_precisions, load_precisions, save_precisions
 from deepcluster.train.cycle import CycleTargets, cycle_seed, make_optimizer, run_cycle
 
 __all__ = ["CLUSTERS_FORMAT", "RunState", "check_resumable", "clusters_record", "kept_targets", "prepare_run",
@@ -60,6 +61,8 @@ class RunState:
     source: ImageSource  # the pool's images: in memory, or streamed through DataLoader workers
     env: RunEnv  # threads, this rank's device, precision
     reader: FeatureOptions  # how the network reads the images: normalisation, device, precision
+    trainer: FeatureOptions  # the same for the training epochs (precision: auto picks per phase)
+    precisions: PhasePrecision  # the precision of each phase, and how it was decided
     model: DeepClusterNet
     optimizer: torch.optim.Optimizer
     start_cycle: int
@@ -136,7 +139,8 @@ def _train_cycles(state: RunState, *, on_cycle: CycleCallback | None, stop_after
             generator = _seed_everything(cycle_seed(cfg.seed, cycle))
             previous, sent = state.assignments, distributed.bytes_sent() + state.ddp_bytes[0]
             outcome = run_cycle(model, state.source, state.optimizer, cfg, state.reader, cycle=cycle,
-                                generator=generator, kept=kept_targets(state, cycle, generator), wrap=wrap)
+                                generator=generator, kept=kept_targets(state, cycle, generator), wrap=wrap,
+                                trainer=state.trainer)
             if world.distributed and not cfg.distributed.sync_batchnorm:
                 _broadcast_buffers(model)  # rank 0's BatchNorm statistics: what it checkpoints
             state.assignments = outcome.targets.assignments
@@ -212,7 +216,16 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         model = convert_sync_batchnorm(model)
     # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
     optimizer = make_optimizer(model, cfg)
-    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env, reader=env.features(source.channels),
+    reader = env.features(source.channels)
+    kept = load_precisions(run.path, env.device) if resume and world.is_main else None
+    if resume and world.distributed:
+        kept = distributed.broadcast_object(kept)
+    if kept is None and resume:  # a run folder from before 0.4 kept none: it ran both phases in one precision
+        kept = PhasePrecision(env.precision, env.precision)
+    precisions = kept or choose_precisions(cfg, model, source, reader)
+    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env,
+                     reader=reader.replace(precision=precisions.features),
+                     trainer=reader.replace(precision=precisions.training), precisions=precisions,
                      model=model, optimizer=optimizer, start_cycle=1, assignments=None, top_state=None,
                      init_ia=init_ia, kept_metrics=kept_metrics, ddp_bytes=[0])
     if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
@@ -262,6 +275,7 @@ def _create(state: RunState) -> None:
     run = state.run
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(state.cfg)
+    save_precisions(state.precisions, run.path)
     if state.init_ia is not None:
         write_json(run.path / "init_ia.json", state.init_ia)
     torch_save(run.init_path, {"model": _model_state(state.model), "cycle": 0, "in_channels": state.in_channels,
@@ -329,7 +343,9 @@ def cycle_record(state: RunState, cycle: int, targets: CycleTargets, previous: n
     record["cluster_sizes"] = cluster_size_summary(np.bincount(assignments[mask], minlength=targets.k))
     record["n_resplit"] = int(targets.result.n_resplit) if targets.result is not None else 0
     record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    record["precision"] = state.env.precision.label
+    record["precision"] = state.reader.precision.label  # of the feature pass
+    if state.trainer.precision != state.reader.precision:
+        record["training_precision"] = state.trainer.precision.label
     record["images"] = state.source.label
     return record
 
