@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,16 @@ class ImageDataset(Dataset):
     def image_size(self) -> tuple[int, int]:
         """(H, W) of every image."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def index_nbytes(self) -> int:
+        """Bytes this dataset holds per image besides the pixels, summed: its labels and, when it
+        keeps them, its paths (a Python string and a list slot each). What a memory budget counts
+        with the pixels."""
+        total = 0 if self.labels is None else int(np.asarray(self.labels).nbytes)
+        paths = self.__dict__.get("paths")
+        if paths:
+            total += sum(sys.getsizeof(p) for p in paths) + 8 * len(paths)
+        return total
 
     def __repr__(self) -> str:
         h, w = self.image_size

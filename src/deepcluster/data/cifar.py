@@ -136,7 +136,8 @@ def load_cifar10(root: Path, split: str) -> TensorImageDataset:
     """Load the ``split`` of CIFAR-10 from ``root`` (the batches folder or its parent)."""
     folder = resolve_cifar_dir(root)
     parts = [_read_batch(folder / b) for b in (TRAIN_BATCHES if split == "train" else TEST_BATCHES)]
-    data = np.concatenate([p[0] for p in parts])
+    data = np.concatenate([p[0] for p in parts])  # a new array: its reshape is a view, not one more copy
     labels = np.concatenate([p[1] for p in parts])
-    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    del parts
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32))
     return TensorImageDataset("cifar10", images, labels, _read_classes(folder))

@@ -67,11 +67,8 @@ def read_idx(path: Path, expected_magic: int, name: str = "mnist") -> np.ndarray
     """
     where = f"{path.name} in {path.parent}"
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            return _read_idx_body(f, path, where, expected_magic, name)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(
             f"{where} is not a valid gzip file or is truncated ({exc}): {_refetch_hint(name)}"
@@ -79,30 +76,51 @@ def read_idx(path: Path, expected_magic: int, name: str = "mnist") -> np.ndarray
     except OSError as exc:
         raise DataError(f"cannot read {where} ({exc.strerror or exc}): check its permissions or {_refetch_hint(name)}") from None
 
-    if len(raw) < 4:
-        raise DataError(f"{where} is truncated ({len(raw)} bytes, no IDX header): {_refetch_hint(name)}")
-    magic = int.from_bytes(raw[:4], "big")
+
+#: Bytes decompressed (or read) at a time into the array (bounds the temporary buffer).
+_READ_CHUNK = 1 << 20
+#: No deflate stream inflates more than about 1,032 times: a header that asks for more than this
+#: many times the file's size is a damaged one (caught before allocating what it asks for).
+_MAX_INFLATION = 1100
+
+
+def _read_idx_body(f, path: Path, where: str, expected_magic: int, name: str) -> np.ndarray:
+    """The array of an open IDX file, read straight into it a chunk at a time (the file's bytes
+    are never held all at once next to the array)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{where} is truncated ({len(head)} bytes, no IDX header): {_refetch_hint(name)}")
+    magic = int.from_bytes(head, "big")
     if magic != expected_magic:
         kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
         raise DataError(
             f"{where} has magic number 0x{magic:08x}, expected 0x{expected_magic:08x} for IDX {kind} "
             f"(wrong or corrupt file): {_refetch_hint(name)}"
         )
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{where} is truncated (header cut after {len(raw)} bytes): {_refetch_hint(name)}")
-    shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    ndim = head[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{where} is truncated (header cut after {4 + len(dims)} bytes): {_refetch_hint(name)}")
+    shape = tuple(int.from_bytes(dims[4 * k : 4 + 4 * k], "big") for k in range(ndim))
     expected = int(np.prod(shape, dtype=np.int64))
-    found = len(raw) - header
+    limit = path.stat().st_size * (_MAX_INFLATION if path.suffix == ".gz" else 1)
+    out = np.empty(min(expected, limit), dtype=np.uint8)
+    view = memoryview(out)
+    found = 0
+    while found < len(out):
+        got = f.readinto(view[found : found + _READ_CHUNK])
+        if not got:
+            break
+        found += got
+    while chunk := f.read(_READ_CHUNK):  # anything past the pixels (or past what fitted): counted only
+        found += len(chunk)
     if found != expected:
         what = "pixels" if expected_magic == IMAGES_MAGIC else "labels"
         state = "truncated" if found < expected else "longer than its header says"
         raise DataError(
             f"{where} is {state} (expected {expected} bytes of {what}, found {found}): {_refetch_hint(name)}"
         )
-    # Copy: frombuffer over bytes is read-only, and torch.from_numpy wants writable memory.
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+    return out.reshape(shape)
 
 
 def load_idx(name: str, root: Path, split: str) -> TensorImageDataset:

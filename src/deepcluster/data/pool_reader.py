@@ -8,8 +8,11 @@
                       original height and width)
       skipped.csv     path,reason of every source image that could not be decoded
 
-Images are read with ``os.pread`` (no memory map), so a process only holds what it reads:
-DataLoader workers and the ranks of a distributed run read the same file at once.
+Images are read with ``os.preadv``/``os.pread`` (no memory map), straight into the uint8 tensor
+returned, so a process only holds what it reads, once: DataLoader workers and the ranks of a
+distributed run read the same file at once, and reading the whole pool into memory (the in-memory
+path) holds its pixels once, never a second copy of them. The paths of ``index.csv`` are read only
+when asked for (:attr:`IngestedDataset.paths`): training never reads them.
 ``deepcluster data ingest`` writes one (:mod:`deepcluster.data.pool_writer`), ``deepcluster data verify``
 checks its checksum.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,20 +75,51 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_index(root: Path, n: int) -> tuple[list[str], np.ndarray]:
-    paths, labels = [], []
+def _read_index(root: Path, n: int, column: str = "label") -> list[str]:
+    """One column of ``index.csv``, as strings, checked to list ``n`` images."""
+    values = []
     try:
         with open(root / INDEX, newline="") as f:
             for row in csv.DictReader(f):
-                paths.append(row["path"])
-                labels.append(int(row["label"]))
+                values.append(row[column])
     except (OSError, KeyError, ValueError, csv.Error) as e:
         raise DataError(f"{root / INDEX} is unreadable ({e.__class__.__name__}): run `deepcluster data verify "
                         f"{root}`") from None
-    if len(paths) != n:
-        raise DataError(f"{root / INDEX} lists {len(paths)} images where {MANIFEST} says {n}: run "
+    if len(values) != n:
+        raise DataError(f"{root / INDEX} lists {len(values)} images where {MANIFEST} says {n}: run "
                         f"`deepcluster data verify {root}`")
-    return paths, np.asarray(labels, dtype=np.int64)
+    return values
+
+
+def _read_labels(root: Path, n: int) -> np.ndarray:
+    try:
+        return np.array([int(v) for v in _read_index(root, n, "label")], dtype=np.int64)
+    except ValueError:
+        raise DataError(f"{root / INDEX} is unreadable (ValueError): run `deepcluster data verify {root}`") from None
+
+
+#: Images read with one call at most, when they cannot be read straight into place (bounds the
+#: temporary buffer of a scattered read).
+_PIECE_BYTES = 16 << 20
+#: Bytes asked of one ``preadv`` call (Linux transfers at most about 2 GiB per call).
+_MAX_CALL = 1 << 30
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    """Fill ``buf`` from the file at ``offset`` (several calls when needed); the bytes read."""
+    done = 0
+    while done < len(buf):
+        part = buf[done : done + _MAX_CALL]
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [part], offset + done)
+        else:  # pragma: no cover - no preadv (not Linux/BSD/macOS 11+)
+            data = os.pread(fd, len(part), offset + done)
+            part[: len(data)] = data
+            got = len(data)
+        if got == 0:
+            break
+        done += got
+    return done
 
 
 class IngestedDataset(ImageDataset):
@@ -104,16 +139,28 @@ class IngestedDataset(ImageDataset):
         self.name = "ingested"
         self.channels = int(manifest["channels"])
         self.size = int(manifest["size"])
-        n = int(manifest["n"])
-        paths, labels = _read_index(self.root, n)
-        self.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        self.paths = [paths[i] for i in self.rows]
+        self._n = int(manifest["n"])
+        self.rows = np.arange(self._n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self.classes = list(manifest["classes"]) if manifest.get("classes") else None
-        labels = labels[self.rows]
-        self.labels = labels if (labels >= 0).all() and len(labels) else None
+        self._set_labels(_read_labels(self.root, self._n)[self.rows])
+        self._paths: list[str] | None = None
         self._item = self.channels * self.size * self.size
         self._fd: int | None = None
         self._pid: int | None = None
+
+    def _set_labels(self, labels: np.ndarray) -> None:
+        """``labels`` of the rows (-1: unknown); :attr:`labels` when every one is known."""
+        self._row_labels = labels
+        self.labels = labels if len(labels) and (labels >= 0).all() else None
+
+    @property
+    def paths(self) -> list[str]:  # type: ignore[override]
+        """The source path of each image (``index.csv``), read on first use: one Python string per
+        image is more memory than a small image's pixels, and training never needs them."""
+        if self._paths is None:
+            every = _read_index(self.root, self._n, "path")
+            self._paths = [every[i] for i in self.rows]
+        return self._paths
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -134,22 +181,46 @@ class IngestedDataset(ImageDataset):
         return state
 
     def _read_rows(self, rows: np.ndarray) -> torch.Tensor:
-        out = np.empty((len(rows), self.channels, self.size, self.size), dtype=np.uint8)
-        flat = out.reshape(len(rows), self._item)
+        """The images at file rows ``rows`` (in that order) as one new uint8 tensor.
+
+        Runs of consecutive rows are read with one call, straight into the tensor where their
+        places in it are consecutive too (reading the whole pool holds its pixels once); other
+        runs are read a piece of at most :data:`_PIECE_BYTES` at a time and scattered.
+        """
+        n = len(rows)
+        out = np.empty((n, self.channels, self.size, self.size), dtype=np.uint8)
+        if not n:
+            return torch.from_numpy(out)
+        flat = out.reshape(n, self._item)
         fd = self._file()
+        if int(rows[-1]) - int(rows[0]) == n - 1 and bool((np.diff(rows) == 1).all()):  # a range: the whole pool
+            if _pread_into(fd, memoryview(flat).cast("B"), int(rows[0]) * self._item) != n * self._item:
+                self._ended_early()
+            return torch.from_numpy(out)
         order = np.argsort(rows, kind="stable")
-        k = 0
-        while k < len(order):  # runs of consecutive rows are read with one call
-            j = k
-            while j + 1 < len(order) and rows[order[j + 1]] == rows[order[j]] + 1:
-                j += 1
-            data = os.pread(fd, (j - k + 1) * self._item, int(rows[order[k]]) * self._item)
-            if len(data) != (j - k + 1) * self._item:
-                raise DataError(f"{self.root / PIXELS} ended early: run `deepcluster data verify {self.root}`")
-            block = np.frombuffer(data, dtype=np.uint8).reshape(j - k + 1, self._item)
-            flat[order[k : j + 1]] = block
-            k = j + 1
+        src = rows[order]
+        # where a run of consecutive file rows ends, and where its places in ``out`` stop being consecutive
+        run_ends = np.flatnonzero(np.diff(src) != 1) + 1
+        place_breaks = np.concatenate([[0], np.cumsum(np.diff(order) != 1)])
+        piece = max(1, _PIECE_BYTES // self._item)
+        for lo, hi in zip(np.concatenate([[0], run_ends]).tolist(), np.concatenate([run_ends, [n]]).tolist()):
+            first = int(src[lo]) * self._item
+            if place_breaks[hi - 1] == place_breaks[lo]:  # in place: no copy at all
+                a = int(order[lo])
+                got = _pread_into(fd, memoryview(flat[a : a + hi - lo]).cast("B"), first)
+                if got != (hi - lo) * self._item:
+                    self._ended_early()
+                continue
+            for p in range(lo, hi, piece):
+                q = min(p + piece, hi)
+                data = os.pread(fd, (q - p) * self._item, first + (p - lo) * self._item)
+                if len(data) != (q - p) * self._item:
+                    self._ended_early()
+                flat[order[p:q]] = np.frombuffer(data, dtype=np.uint8).reshape(q - p, self._item)
         return torch.from_numpy(out)
+
+    def _ended_early(self) -> None:
+        raise DataError(f"{self.root / PIXELS} ended early: run `deepcluster data verify {self.root}`")
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self._read_rows(self.rows[[int(i)]])[0]
@@ -163,7 +234,21 @@ class IngestedDataset(ImageDataset):
         return self._read_rows(self.rows)
 
     def subset(self, indices) -> IngestedDataset:
-        return IngestedDataset(self.root, self.rows[as_index_array(indices, len(self))])
+        """The images at ``indices``, read from the same file (``index.csv`` is not read again)."""
+        idx = as_index_array(indices, len(self))
+        sub = IngestedDataset.__new__(IngestedDataset)
+        sub.__dict__.update(self.__getstate__())
+        sub.rows = self.rows[idx]
+        sub._set_labels(self._row_labels[idx])
+        sub._paths = None if self._paths is None else [self._paths[i] for i in idx]
+        return sub
 
     def nbytes(self) -> int:
         return len(self) * self._item
+
+    def index_nbytes(self) -> int:
+        """Its rows and labels (int64 each), and its paths once they were asked for."""
+        total = int(self.rows.nbytes) + int(self._row_labels.nbytes)
+        if self._paths is not None:
+            total += sum(sys.getsizeof(p) for p in self._paths) + 8 * len(self._paths)
+        return total
