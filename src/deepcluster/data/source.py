@@ -1,10 +1,16 @@
 """Where a run reads its images from: in memory, or streamed through DataLoader workers.
 
-A dataset whose pixels fit the memory budget (``data.memory_budget_mb``, default a quarter of
-the machine's RAM) is read once into one uint8 tensor, the fast path. A larger one -- an image
+A dataset that fits the memory budget (``data.memory_budget_mb``, default a quarter of the
+machine's RAM) is read once into one uint8 tensor, the fast path. A larger one -- an image
 folder, an ingested pool -- is streamed: worker processes decode or read each batch of images
 (at the stored size; the batched augmentation crops them on the device), prefetched in order,
 from pinned memory when a GPU computes. No step then needs every image in memory.
+
+In memory, the pixels are held once: the tensor is read in place (no second copy while reading),
+and a subset or view of the source (a cycle's sample of the pool, a rank's share) reads from
+that same tensor through its positions, gathering one batch at a time. What decides the path is
+what it holds (:func:`in_memory_nbytes`): the pixels, the dataset's per-image arrays (labels,
+rows, paths) and, for a run, the arrays of a cycle that grow with the pool (:func:`cycle_nbytes`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deepcluster.core.config import TrainConfig
-from deepcluster.data.base import FolderImageDataset, ImageDataset, TensorImageDataset, decode_jpegs
+from deepcluster.data.base import FolderImageDataset, ImageDataset, TensorImageDataset, as_index_array, decode_jpegs
 
-__all__ = ["ImageSource", "as_source", "choose_source", "default_memory_budget", "default_workers", "memory_budget",
-           "source_for"]
+__all__ = ["ImageSource", "as_source", "choose_source", "cycle_nbytes", "default_memory_budget", "default_workers",
+           "in_memory_nbytes", "memory_budget", "source_for"]
 
 
 def default_memory_budget() -> int:
@@ -39,8 +45,26 @@ def memory_budget(memory_budget_mb: float | None) -> int:
 
 
 def _nbytes(dataset: ImageDataset) -> int:
+    """The dataset's pixels, in bytes (uint8)."""
     h, w = dataset.image_size
     return len(dataset) * dataset.channels * h * w
+
+
+def in_memory_nbytes(dataset: ImageDataset, extra: int = 0) -> int:
+    """What reading ``dataset`` into memory holds: its pixels once, its own per-image arrays
+    (labels, rows, paths: :meth:`~deepcluster.data.base.ImageDataset.index_nbytes`), and ``extra``
+    bytes (a run's: :func:`cycle_nbytes`)."""
+    return _nbytes(dataset) + dataset.index_nbytes() + int(extra)
+
+
+def cycle_nbytes(cfg: TrainConfig, n: int) -> int:
+    """The bytes a training cycle holds that grow with a pool of ``n`` images, besides the pixels:
+    the pseudo-label of every image, this cycle's and the previous one's (int64), and for the
+    images it clusters (``pool_subset`` of them, else all) the features reduced to ``pca_dim`` and
+    their k-means assignment: (pca_dim + 1) float32 each (without PCA the width is the network's,
+    not known here: only the assignment is counted)."""
+    clustered = n if cfg.pool_subset is None else min(n, cfg.pool_subset)
+    return 2 * 8 * n + clustered * ((cfg.pca_dim or 0) + 1) * 4
 
 
 class _Batches(Dataset):
@@ -91,32 +115,53 @@ class ImageSource:
                   decode_on=decode_on)
 
     def _set(self, dataset: ImageDataset, images: torch.Tensor | None, *, workers: int, pin: bool,
-             decode_on: torch.device | str | None = None) -> None:
-        """The one constructor behind ``__init__``, :meth:`view` and :meth:`subset`."""
+             decode_on: torch.device | str | None = None, index: np.ndarray | None = None) -> None:
+        """The one constructor behind ``__init__``, :meth:`view` and :meth:`subset`.
+
+        In memory, ``index`` (positions in ``images``) makes this source the images at those
+        positions, read from the shared tensor without a copy of them; None: all of ``images``.
+        """
         self.dataset, self.images = dataset, images
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
         self.streamed = images is None
         self.workers, self.pin = int(workers), bool(pin)
         can_decode = self.streamed and isinstance(dataset, FolderImageDataset) and dataset.all_jpeg
         self.decode_on = torch.device(decode_on) if decode_on is not None and can_decode else None
         self.height, self.width = (int(s) for s in dataset.image_size)
         self.channels = int(dataset.channels)
-        self.nbytes = _nbytes(dataset)
+        self.nbytes = len(self) * self.channels * self.height * self.width  # the pixels it reads
+
+    @property
+    def held_nbytes(self) -> int:
+        """The pixel bytes this source keeps in memory: the whole tensor it reads from (shared with
+        the sources it was derived from or derives), 0 when streamed."""
+        return 0 if self.images is None else int(self.images.untyped_storage().nbytes())
 
     @property
     def size(self) -> int:
         """The image height (the side of square images), as models are built with."""
         return self.height
 
-    def _derived(self, dataset: ImageDataset | None = None, images: torch.Tensor | None = None) -> ImageSource:
-        """A source over ``images`` (in memory) or ``dataset`` (streamed), read like this one."""
+    def _derived(self, dataset: ImageDataset | None = None, images: torch.Tensor | None = None,
+                 index: np.ndarray | None = None) -> ImageSource:
+        """A source over ``images`` (in memory; at positions ``index``) or ``dataset`` (streamed),
+        read like this one."""
         sub = ImageSource.__new__(ImageSource)
         if images is not None:
             dataset = TensorImageDataset(self.dataset.name, images)
-        sub._set(dataset, images, workers=self.workers, pin=self.pin, decode_on=self.decode_on)
+        sub._set(dataset, images, workers=self.workers, pin=self.pin, decode_on=self.decode_on, index=index)
         return sub
 
     def __len__(self) -> int:
+        if self.index is not None:
+            return len(self.index)
         return len(self.dataset)
+
+    def _positions(self, indices) -> torch.Tensor:
+        """In memory: the rows of the tensor that hold the images at ``indices`` of this source."""
+        if self.index is None:
+            return torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return torch.from_numpy(self.index[np.asarray(indices, dtype=np.int64)])
 
     @property
     def label(self) -> str:
@@ -129,16 +174,16 @@ class ImageSource:
 
     def take(self, indices) -> torch.Tensor:
         """The images at ``indices`` as one uint8 tensor N×C×H×W."""
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         if self.images is not None:
-            return self.images[idx]
+            return self.images[self._positions(indices)]
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return self._decoded(_Batches(self.dataset, [idx.numpy()], self.decode_on is not None)[0], idx.numpy())
 
     def batches(self, index_batches: Sequence) -> Iterator[torch.Tensor]:
         """The images of each index batch, in order (prefetched by workers when streamed; for a GPU,
         gathered and pinned by a background thread when in memory)."""
         if self.images is not None:
-            gathered = (self.images[torch.as_tensor(idx)] for idx in index_batches)
+            gathered = (self.images[self._positions(idx)] for idx in index_batches)
             if self.pin:  # the gather and the pinning copy release the GIL: they overlap the step
                 yield from _read_ahead((b.pin_memory() for b in gathered), depth=2)
             else:
@@ -171,21 +216,27 @@ class ImageSource:
             return
         if self.images is not None:
             for lo in range(start, stop, batch_size):
-                yield self.images[lo : min(lo + batch_size, stop)]
+                hi = min(lo + batch_size, stop)
+                yield self.images[lo:hi] if self.index is None else self.images[torch.from_numpy(self.index[lo:hi])]
             return
         yield from self.batches([np.arange(lo, min(lo + batch_size, stop)) for lo in range(start, stop, batch_size)])
 
     def view(self, start: int, stop: int) -> ImageSource:
-        """Images ``start..stop``: a view of the tensor in memory, a subset when streamed."""
+        """Images ``start..stop``: a view of the tensor in memory (no copy), a subset when streamed."""
         if self.images is None:
             return self.subset(np.arange(start, stop))
+        if self.index is not None:
+            return self._derived(images=self.images, index=self.index[start:stop])
         return self._derived(images=self.images[start:stop])
 
     def subset(self, indices) -> ImageSource:
-        """The images at ``indices`` (a cycle's sample of the pool), read the same way."""
+        """The images at ``indices`` (a cycle's sample of the pool), read the same way: in memory,
+        from the same tensor at those positions (the images are not copied; each batch is
+        gathered when read)."""
         if self.images is None:
             return self._derived(dataset=self.dataset.subset(indices))
-        return self._derived(images=self.images[torch.as_tensor(np.asarray(indices, np.int64))])
+        idx = as_index_array(indices, len(self))
+        return self._derived(images=self.images, index=idx if self.index is None else self.index[idx])
 
 
 def _read_ahead(items: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Tensor]:
@@ -237,22 +288,26 @@ def default_workers() -> int:
 
 
 def choose_source(dataset: ImageDataset, *, memory_budget_mb: int | None = None, workers: int = 2,
-                  pin: bool = False, decode_on: torch.device | str | None = None) -> ImageSource:
-    """In memory when the dataset is in memory already or its pixels fit the budget, else streamed."""
-    streamed = not isinstance(dataset, TensorImageDataset) and _nbytes(dataset) > memory_budget(memory_budget_mb)
+                  pin: bool = False, decode_on: torch.device | str | None = None, extra: int = 0) -> ImageSource:
+    """In memory when the dataset is in memory already or what reading it into memory holds
+    (:func:`in_memory_nbytes`: pixels, its per-image arrays, ``extra`` bytes) fits the budget,
+    else streamed."""
+    streamed = (not isinstance(dataset, TensorImageDataset)
+                and in_memory_nbytes(dataset, extra) > memory_budget(memory_budget_mb))
     return ImageSource(dataset, streamed=streamed, workers=workers, pin=pin, decode_on=decode_on)
 
 
 def source_for(cfg: TrainConfig, dataset: ImageDataset, *, device: torch.device | str = "cpu") -> ImageSource:
     """The source a run computing on ``device`` reads ``dataset`` from: :func:`choose_source` with the
-    run's ``data.memory_budget_mb`` and ``data.workers`` (None: :func:`default_workers`), pinned
+    run's ``data.memory_budget_mb`` (counting, besides the pixels, what a cycle of the run holds per
+    image: :func:`cycle_nbytes`) and ``data.workers`` (None: :func:`default_workers`), pinned
     batches for a GPU, and ``data.decode`` (``auto``: a streamed JPEG folder is decoded on a GPU)."""
     device = torch.device(device)
     workers = default_workers() if cfg.data.workers is None else cfg.data.workers
     decode = cfg.data.decode
     decode_on = device if decode == "device" or (decode == "auto" and device.type == "cuda") else None
     return choose_source(dataset, memory_budget_mb=cfg.data.memory_budget_mb, workers=workers,
-                         pin=device.type == "cuda", decode_on=decode_on)
+                         pin=device.type == "cuda", decode_on=decode_on, extra=cycle_nbytes(cfg, len(dataset)))
 
 
 def as_source(images: torch.Tensor | ImageSource) -> ImageSource:
