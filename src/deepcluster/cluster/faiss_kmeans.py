@@ -12,6 +12,7 @@ import numpy as np
 
 from deepcluster.cluster._checks import as_features, check_int
 from deepcluster.cluster.empty import resplit_empty
+from deepcluster.cluster.nearest import nearest
 from deepcluster.cluster.result import ClusterResult
 from deepcluster.core import distributed
 from deepcluster.core.errors import ClusteringError
@@ -65,8 +66,10 @@ class _Backend:
     """Where one k-means call computes, chosen once by :func:`_choose_backend`.
 
     ``torch_device`` set: :func:`~deepcluster.cluster.torch_kmeans.torch_kmeans` fits and torch
-    assigns on that GPU. Otherwise faiss fits, with its GPU index when ``fit_gpu``, and the rows
-    are assigned with faiss's GPU index when ``assign_gpu``, else by BLAS on the CPU.
+    assigns on that GPU. Otherwise faiss fits, with its GPU index when ``fit_gpu``; on the CPU from
+    :data:`LLOYD_MIN_ROWS` fit rows :func:`~deepcluster.cluster.lloyd.lloyd_kmeans` (faiss's
+    algorithm by GEMM blocks) fits instead. The rows are assigned with faiss's GPU index when
+    ``assign_gpu``, else by GEMM blocks on the CPU (:func:`~deepcluster.cluster.nearest.nearest`).
     """
 
     fit_gpu: bool
@@ -113,7 +116,12 @@ def kmeans(
     device: str | None = None,
     deterministic: bool = False,
 ) -> ClusterResult:
-    """Cluster ``x`` into ``k`` non-empty clusters with faiss k-means.
+    """Cluster ``x`` into ``k`` non-empty clusters with faiss's k-means algorithm.
+
+    On the CPU, faiss fits small problems (below :data:`LLOYD_MIN_ROWS` fit rows, as the official
+    DeepCluster) and :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`, the same algorithm with its
+    distances as GEMM blocks (bf16 with an exact fp32 re-check where the CPU has bf16), fits the
+    others, where faiss is slower (at small k and at ImageNet size alike).
 
     This function validates its inputs and chooses the backend; the private functions below it
     compute: draw the fit rows (:func:`_fit_rows`), fit the centroids on them
@@ -251,12 +259,29 @@ def _fit_centroids(x_fit: np.ndarray | None, k: int, *, niter: int, seed: int, b
         from deepcluster.cluster.torch_kmeans import torch_kmeans
 
         centroids, faiss_splits = torch_kmeans(x_fit, k, niter=niter, seed=seed, device=backend.torch_device)
+    elif x_fit is not None and not backend.fit_gpu and _fit_by_lloyd(len(x_fit), k, x_fit.shape[1]):
+        from deepcluster.cluster.lloyd import lloyd_kmeans
+
+        centroids, faiss_splits = lloyd_kmeans(x_fit, k, niter=niter, seed=seed)
     elif x_fit is not None:
         centroids, faiss_splits = _fit_faiss(x_fit, k, niter=niter, seed=seed, backend=backend)
     if sharded:
         centroids = distributed.broadcast_array(centroids)
         faiss_splits = int(distributed.broadcast_object(faiss_splits))
     return centroids, faiss_splits
+
+
+#: From this many fit rows the CPU fits with :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`
+#: (faiss's algorithm, assignment by GEMM blocks, bf16 with an exact re-check where the CPU has it)
+#: rather than faiss, which is slower there (docs/performance.md, "k-means at ImageNet size").
+#: Below it both take milliseconds and faiss, the official DeepCluster's k-means, is kept.
+LLOYD_MIN_ROWS = 10_000
+
+
+def _fit_by_lloyd(n_fit: int, k: int, d: int) -> bool:
+    """Whether the CPU fit of ``n_fit`` rows, ``k`` centroids of ``d`` dims is
+    :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`'s (else faiss's)."""
+    return n_fit >= LLOYD_MIN_ROWS
 
 
 def _fit_faiss(x_fit: np.ndarray, k: int, *, niter: int, seed: int, backend: _Backend) -> tuple[np.ndarray, int]:
@@ -301,21 +326,18 @@ def _resplit_and_gather(local: np.ndarray, x: np.ndarray, k: int, centroids: np.
     )
 
 
-# Rows per block of the nearest-centroid search. Blocks are aligned to the global row number and
-# always this many rows (zero-padded at a shard's edges), so a row's distances come from the same
-# matrix product, at the same place in it, whether a process assigns 1,000 or 1,000,000 rows.
-_SEARCH_ROWS = 2048
-
-
 def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None,
-                   device: str | None = None, offset: int = 0, gpu: int = 0) -> np.ndarray:
+                   device: str | None = None, offset: int = 0, gpu: int = 0, bf16: bool | None = None) -> np.ndarray:
     """The nearest centroid (L2) of every row of ``x``, int64; the same for a row whatever rows
     are searched with it. ``offset``: the global number of ``x``'s first row (a rank's shard).
     ``device``: compute it in torch there (GPUs without faiss-gpu); ``use_gpu``: faiss-gpu on
     GPU ``gpu``.
 
-    On the CPU this is ``argmin ||c||^2 - 2 x.c`` by BLAS matrix products: faiss 1.15's flat
-    search takes a path without BLAS below 128,000 query rows, about 4x slower here.
+    On the CPU this is :func:`~deepcluster.cluster.nearest.nearest`: ``argmin ||c||^2 - 2 x.c`` by
+    fp32 BLAS products in globally aligned blocks, or from bf16 products with an exact fp32
+    re-check of the near ties where the CPU computes bf16 natively (``bf16``: None = where it
+    pays); the two give the same assignments. faiss 1.15's flat search takes a path without BLAS
+    below 128,000 query rows, about 4x slower here.
     """
     if device is not None:
         import torch
@@ -328,22 +350,7 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None
         index, _gpu_res = _make_index(centroids.shape[1], use_gpu, gpu)
         index.add(np.ascontiguousarray(centroids, dtype=np.float32))
         return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0].astype(np.int64)
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    c_t = np.ascontiguousarray(c.T)
-    c_sq = np.einsum("ij,ij->i", c, c)
-    out = np.empty(len(x), dtype=np.int64)
-    block = np.empty((_SEARCH_ROWS, c.shape[1]), dtype=np.float32)
-    first = offset - offset % _SEARCH_ROWS
-    for start in range(first, offset + len(x), _SEARCH_ROWS):
-        lo, hi = max(start, offset), min(start + _SEARCH_ROWS, offset + len(x))
-        if lo - start or start + _SEARCH_ROWS - hi:
-            block.fill(0.0)
-        block[lo - start : hi - start] = x[lo - offset : hi - offset]
-        scores = block @ c_t
-        scores *= -2.0
-        scores += c_sq
-        out[lo - offset : hi - offset] = scores[lo - start : hi - start].argmin(axis=1)
-    return out
+    return nearest(np.ascontiguousarray(x, dtype=np.float32), centroids, offset=offset, bf16=bf16)
 
 
 @contextlib.contextmanager
