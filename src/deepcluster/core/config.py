@@ -50,9 +50,10 @@ class DataConfig(StrictModel):
     image_size: int | None = Field(None, ge=8)
     limit: int | None = Field(None, ge=2)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    # Pixels up to this many MB are read once into memory (the fast path); a larger image folder
-    # or ingested pool is streamed through `workers` DataLoader processes, and the cycle's features
-    # are kept at full width only within it. None: a quarter of RAM; 0: always stream.
+    # What the in-memory path holds (the pixels, once, plus the per-image arrays of a cycle) up to
+    # this many MB: read once into memory (the fast path); beyond, a folder or ingested pool is
+    # streamed through `workers` DataLoader processes. The cycle's full-width features are kept
+    # only within what the pixels leave of it. None: a quarter of RAM; 0: always stream.
     memory_budget_mb: int | None = Field(None, ge=0)
     workers: int | None = Field(None, ge=0)  # None: the cores per process (data.source.default_workers)
     # Streamed JPEG folders: "auto" decodes them on the GPU (torchvision.io.decode_jpeg, nvJPEG) when

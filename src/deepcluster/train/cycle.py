@@ -177,8 +177,9 @@ def cluster_step(
                 return
             yield next(iter(part.values()))
 
+    hold = max(0, memory_budget(cfg.data.memory_budget_mb) - source.held_nbytes)  # what the pixels leave of it
     step = preprocess_and_cluster(chunks, cfg, seed=seed, sharded=world.distributed,
-                                  hold_bytes=memory_budget(cfg.data.memory_budget_mb), device=reader.device)
+                                  hold_bytes=hold, device=reader.device)
     step.seconds["pca"] -= spent[0]
     step.seconds = {"features": spent[0], **step.seconds}
     return step

@@ -406,7 +406,7 @@ def _save_cycle(state: RunState, cycle: int, record: dict[str, Any]) -> None:
     # Order matters for kill-safety: assignments and metrics first, the checkpoint (which marks
     # the cycle as finished) last; on resume, anything logged past the checkpoint is dropped.
     run, model, assignments = state.run, state.model, state.assignments
-    save_npy(run.assignments_path(cycle), assignments.astype(np.int64))
+    save_npy(run.assignments_path(cycle), np.asarray(assignments, dtype=np.int64))
     append_jsonl(run.metrics_path, record)
     ckpt = {
         "model": _model_state(model),
