@@ -124,17 +124,21 @@ def test_lloyd_kmeans_follows_faiss_when_no_cluster_empties():
     np.testing.assert_array_equal(nm.nearest_fp32(x, ours), nm.nearest_fp32(x, theirs))
 
 
-def test_kmeans_fits_with_lloyd_from_its_row_threshold(monkeypatch):
+def test_kmeans_fits_with_lloyd_for_large_problems_only(monkeypatch):
     from deepcluster.cluster import faiss_kmeans, lloyd
 
+    assert faiss_kmeans._fit_by_lloyd(128_117, 10_000, 256)  # ImageNet size, fit_fraction 0.1
+    assert not faiss_kmeans._fit_by_lloyd(60_000, 100, 56)  # a Fashion-MNIST cycle: faiss
+    assert not faiss_kmeans._fit_by_lloyd(1_500, 20, 16)  # the golden run: faiss
     calls = []
     real = lloyd.lloyd_kmeans
     monkeypatch.setattr(lloyd, "lloyd_kmeans", lambda *a, **kw: calls.append(len(a[0])) or real(*a, **kw))
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((faiss_kmeans.LLOYD_MIN_ROWS, 8)).astype(np.float32)
-    kmeans(x[:2000], 5, niter=3)  # small: faiss, as the official DeepCluster
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    kmeans(x, 5, niter=3)
     assert calls == []
-    r = kmeans(x, 5, niter=3, fit_fraction=1.0)
-    assert calls == [len(x)] and (r.sizes > 0).all()
-    again = kmeans(x, 5, niter=3)
-    np.testing.assert_array_equal(r.assignments, again.assignments)
+    monkeypatch.setattr(faiss_kmeans, "LLOYD_MIN_K", 5)
+    monkeypatch.setattr(faiss_kmeans, "LLOYD_MIN_WORK", 1000)
+    r = kmeans(x, 5, niter=3, fit_fraction=0.5)
+    assert calls == [1500] and (r.sizes > 0).all()
+    np.testing.assert_array_equal(r.assignments, kmeans(x, 5, niter=3, fit_fraction=0.5).assignments)

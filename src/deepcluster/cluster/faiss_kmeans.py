@@ -67,7 +67,7 @@ class _Backend:
 
     ``torch_device`` set: :func:`~deepcluster.cluster.torch_kmeans.torch_kmeans` fits and torch
     assigns on that GPU. Otherwise faiss fits, with its GPU index when ``fit_gpu``; on the CPU from
-    :data:`LLOYD_MIN_ROWS` fit rows :func:`~deepcluster.cluster.lloyd.lloyd_kmeans` (faiss's
+    :func:`_fit_by_lloyd` problems :func:`~deepcluster.cluster.lloyd.lloyd_kmeans` (faiss's
     algorithm by GEMM blocks) fits instead. The rows are assigned with faiss's GPU index when
     ``assign_gpu``, else by GEMM blocks on the CPU (:func:`~deepcluster.cluster.nearest.nearest`).
     """
@@ -118,10 +118,10 @@ def kmeans(
 ) -> ClusterResult:
     """Cluster ``x`` into ``k`` non-empty clusters with faiss's k-means algorithm.
 
-    On the CPU, faiss fits small problems (below :data:`LLOYD_MIN_ROWS` fit rows, as the official
-    DeepCluster) and :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`, the same algorithm with its
+    On the CPU, :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`, the same algorithm with its
     distances as GEMM blocks (bf16 with an exact fp32 re-check where the CPU has bf16), fits the
-    others, where faiss is slower (at small k and at ImageNet size alike).
+    large problems, where faiss is slower (k >= 256 and N k d >= 2^32, see :func:`_fit_by_lloyd`:
+    ImageNet-size clusterings); faiss fits the others, as the official DeepCluster.
 
     This function validates its inputs and chooses the backend; the private functions below it
     compute: draw the fit rows (:func:`_fit_rows`), fit the centroids on them
@@ -271,17 +271,22 @@ def _fit_centroids(x_fit: np.ndarray | None, k: int, *, niter: int, seed: int, b
     return centroids, faiss_splits
 
 
-#: From this many fit rows the CPU fits with :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`
-#: (faiss's algorithm, assignment by GEMM blocks, bf16 with an exact re-check where the CPU has it)
-#: rather than faiss, which is slower there (docs/performance.md, "k-means at ImageNet size").
-#: Below it both take milliseconds and faiss, the official DeepCluster's k-means, is kept.
-LLOYD_MIN_ROWS = 10_000
+#: The CPU fits with :func:`~deepcluster.cluster.lloyd.lloyd_kmeans` (faiss's algorithm, its
+#: assignment by GEMM blocks, bf16 with an exact re-check where the CPU has it) from
+#: ``k >= LLOYD_MIN_K`` and ``n_fit * k * d >= LLOYD_MIN_WORK``: there the products are the work
+#: and faiss's own search runs below the BLAS roof (1.28M x 256, k = 10,000: 1.75-1.9x faster).
+#: Below it faiss, the official DeepCluster's k-means, fits as before: at small k its fit is as
+#: fast as plain BLAS Lloyd or faster (60,000 x 56, k = 10 and 100, measured on a quiet box;
+#: docs/performance.md, "k-means at ImageNet size").
+LLOYD_MIN_K = 256
+LLOYD_MIN_WORK = 1 << 32
 
 
 def _fit_by_lloyd(n_fit: int, k: int, d: int) -> bool:
     """Whether the CPU fit of ``n_fit`` rows, ``k`` centroids of ``d`` dims is
-    :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`'s (else faiss's)."""
-    return n_fit >= LLOYD_MIN_ROWS
+    :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`'s (else faiss's). By size only, so that a
+    problem gets the same backend, and the same result, on every CPU."""
+    return k >= LLOYD_MIN_K and n_fit * k * d >= LLOYD_MIN_WORK
 
 
 def _fit_faiss(x_fit: np.ndarray, k: int, *, niter: int, seed: int, backend: _Backend) -> tuple[np.ndarray, int]:

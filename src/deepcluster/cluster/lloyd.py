@@ -8,11 +8,10 @@ emptied as faiss splits them (a donor drawn with probability proportional to its
 the centroid copied with a ±1/1024 perturbation; numpy's random numbers, not faiss's private
 generator), as :mod:`.torch_kmeans` does on GPUs.
 
-Why not faiss itself: on 2 cores faiss 1.15's search runs below the BLAS roof (its top-1
-reduction and its products of 1,024 centroids at a time), and it has no bf16 path; at small k
-its per-iteration overheads dominate (k = 10 on 60,000 × 56: 2-3× scikit-learn). Same algorithm,
-so the same assignments up to ties (points at float-rounding distance from two centroids) and to
-empty-cluster splits. Deterministic: fixed blocks, sums in a fixed order.
+Why not faiss itself for large problems: on 2 cores faiss 1.15's search runs below the BLAS
+roof (its top-1 reduction and its products of 1,024 centroids at a time), and it has no bf16
+path. Same algorithm, so the same assignments up to ties (points at float-rounding distance from
+two centroids) and to empty-cluster splits. Deterministic: fixed blocks, sums in a fixed order.
 """
 
 from __future__ import annotations
