@@ -2,16 +2,21 @@
 
 1. Clustering at ImageNet size: 1,281,167 × 256 float32 features (a seeded synthetic mixture of
    10,000 Gaussians, L2-normalised as the cycle's features are), k = 10,000, 20 iterations, with
-   ``fit_fraction`` 0.1 and 0.05 (faiss) and scikit-learn's MiniBatchKMeans (one epoch) as the
-   reference: seconds, peak RSS, NMI to the mixture's components and between the assignments.
-   The full fit takes about ten minutes here: ``BENCH_SCALE_FULL=1`` adds it.
+   ``fit_fraction`` 0.1 and 0.05 (the project's ``kmeans``: its backend by problem size, here
+   Lloyd's iterations with bf16 distances and an exact fp32 re-check where the CPU has bf16) and
+   scikit-learn's MiniBatchKMeans (one epoch) as the reference: seconds, peak RSS, NMI to the
+   mixture's components and between the assignments. ``BENCH_SCALE_BEFORE=1`` adds the code
+   before it (faiss's fit, then an fp32 BLAS assignment) at both fractions;
+   ``BENCH_SCALE_FULL=1`` adds the fit on all rows.
 2. Streaming vs in memory: one LeNet cycle on the 60,000 Fashion-MNIST training images (a) in
    memory, (b) ingested at 28 px and streamed from the file, (c) streamed from a folder of PNG
    files written here (RGB, as the folder loader reads them): images/s of the feature pass and of
    the training epoch.
-3. Memory flat in N: pools of 50,000 and 200,000 generated 64 px images (Fashion-MNIST upsampled
-   ×2 at random offsets), ingested, then one small-AlexNet cycle with ``pool_subset`` 10,000,
-   streamed: the peak RSS of both runs, and the N × (pca_dim + 1) × 4 bytes the design allows.
+3. Memory in N: pools of 50,000 and 200,000 generated images (Fashion-MNIST upsampled ×2 at
+   random offsets), ingested at 32 px grey, then one fmnist_lenet cycle with ``pool_subset``
+   20,000, in memory (default budget) and streamed (``memory_budget_mb=0``): the peak RSS of the
+   four runs side by side, the growth of each path, and what the design allows (the extra pixels,
+   in memory, plus N × (pca_dim + 1) × 4 bytes).
 4. WebDataset shards: ``tarfile`` (what ``deepcluster data ingest`` uses) vs the ``webdataset``
    package when it is installed (it is not a dependency).
 
@@ -28,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import record
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")
 HERE = Path(__file__).resolve()
@@ -53,12 +59,19 @@ def _peak_mb() -> float:
 
 
 def child_cluster(method: str, fraction: float, out: str) -> None:
-    """One clustering of the mixture, in this process: prints a JSON line, saves the assignments."""
+    """One clustering of the mixture, in this process: prints a JSON line, saves the assignments.
+
+    ``kmeans``: the project's ``kmeans`` as it is; ``before``: the same with the fit left to faiss
+    and the assignment in fp32 BLAS blocks (the code before Lloyd's iterations and bf16 came);
+    ``sklearn``: MiniBatchKMeans, one epoch."""
     x, _ = _mixture()
     t = time.perf_counter()
-    if method == "faiss":
-        from deepcluster.cluster import cluster_features
+    if method in ("kmeans", "before"):
+        from deepcluster.cluster import cluster_features, faiss_kmeans, nearest
 
+        if method == "before":
+            faiss_kmeans.LLOYD_MIN_WORK = 1 << 62
+            nearest.use_bf16 = lambda n, k, d: False
         a = cluster_features(x, "kmeans", K, niter=20, seed=0, fit_fraction=fraction).assignments
     else:
         from sklearn.cluster import MiniBatchKMeans
@@ -109,13 +122,17 @@ def _check(res: subprocess.CompletedProcess) -> None:
 def clustering(tmp: Path) -> None:
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
-    settings = [("faiss", 0.1), ("faiss", 0.05), ("sklearn", 1.0)]
+    settings = [("kmeans", 0.1), ("kmeans", 0.05), ("sklearn", 1.0)]
+    if os.environ.get("BENCH_SCALE_BEFORE"):
+        settings += [("before", 0.1), ("before", 0.05)]
     if os.environ.get("BENCH_SCALE_FULL"):
-        settings.insert(0, ("faiss", 1.0))
+        settings.insert(0, ("kmeans", 1.0))
+    labels = {"kmeans": "k-means", "before": "before: faiss fit + fp32 assign"}
     _, truth = _mixture()
     rows = {}
     for method, fraction in settings:
-        name = ("faiss k-means, fit_fraction " + f"{fraction:g}") if method == "faiss" else "sklearn MiniBatchKMeans (1 epoch)"
+        name = (f"{labels[method]}, fit_fraction {fraction:g}" if method in labels
+                else "sklearn MiniBatchKMeans (1 epoch)")
         out = tmp / f"{method}_{fraction}.npy"
         res, _, _ = _popen_rss([sys.executable, str(HERE), "cluster", method, str(fraction), str(out)])
         _check(res)
@@ -123,13 +140,20 @@ def clustering(tmp: Path) -> None:
     ref_name = next(iter(rows))
     print(f"clustering {N:,} x {D} float32, k = {K:,}, 20 iterations (2 threads):")
     for name, (m, a) in rows.items():
-        line = (f"  {name:<34} {m['seconds']:7.1f} s  peak RSS {m['peak_mb'] / 1024:5.2f} GB  "
+        line = (f"  {name:<46} {m['seconds']:7.1f} s  peak RSS {m['peak_mb'] / 1024:5.2f} GB  "
                 f"NMI to the mixture {nmi(truth, a):.3f}")
         if name != ref_name:
             line += f"  NMI to {ref_name.split(', ')[-1]} {nmi(rows[ref_name][1], a):.3f}"
         print(line, flush=True)
-    f10, f05 = (rows[f"faiss k-means, fit_fraction {f}"][0]["seconds"] for f in ("0.1", "0.05"))
+    sec = {name: m["seconds"] for name, (m, _) in rows.items()}
+    f10, f05 = (sec[f"k-means, fit_fraction {f}"] for f in ("0.1", "0.05"))
     print(f"  time fit_fraction 0.05 vs 0.1: x{f10 / f05:.2f}")
+    record("scale.kmeans_1.28M_k10000.fit0.1_s", f10, "s", note="goal <= 90")
+    record("scale.kmeans_1.28M_k10000.fit0.05_s", f05, "s", note="goal <= 60")
+    for f in ("0.1", "0.05"):
+        before = sec.get(f"{labels['before']}, fit_fraction {f}")
+        if before is not None:
+            print(f"  fit_fraction {f}: x{before / sec[f'k-means, fit_fraction {f}']:.2f} faster than before")
 
 
 def _write_png_folder(root: Path) -> float:
@@ -183,6 +207,8 @@ def streaming(tmp: Path) -> None:
     a, b = rows["(a) in memory"]["seconds"], rows["(b) ingested, streamed"]["seconds"]
     print(f"  ingested vs in memory: features x{a['features'] / b['features']:.2f}, training "
           f"x{a['training'] / b['training']:.2f}, cycle x{sum(a.values()) / sum(b.values()):.2f} (goal >= 0.8)")
+    record("scale.ingested_over_in_memory_cycle", sum(a.values()) / sum(b.values()), "x", better="higher",
+           note="goal >= 0.8")
 
 
 def _write_idx_pool(root: Path, n: int) -> None:
@@ -205,29 +231,65 @@ def _write_idx_pool(root: Path, n: int) -> None:
         f.write((0x801).to_bytes(4, "big") + n.to_bytes(4, "big") + np.asarray(src.labels)[which].astype(np.uint8).tobytes())
 
 
+# ``deepcluster`` that prints its own peak RSS (VmHWM) when it exits, from an atexit handler: before
+# the interpreter's teardown, which raises VmHWM by ~130 MB for torch alone, by a different amount
+# from one run to the next (measured: `import torch` peaks at 519 MB, then 647 MB once torn down).
+_PEAK_AT_EXIT = (
+    "import atexit, sys\n"
+    "def _peak():\n"
+    "    hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
+    "    print('PEAK_KB', *hwm, file=sys.stderr, flush=True)\n"
+    "atexit.register(_peak)\n"
+    "from deepcluster.cli import main\n"
+    "main()\n"
+)
+
+
+def _run_peak_mb(res: subprocess.CompletedProcess) -> float:
+    """The peak :data:`_PEAK_AT_EXIT` printed, in MB."""
+    return next(int(line.split()[1]) / 1024 for line in res.stderr.splitlines() if line.startswith("PEAK_KB "))
+
+
 def memory(tmp: Path) -> None:
+    """Peak RSS of one fmnist_lenet cycle (``pool_subset`` 20,000) on ingested 32-px grey pools of
+    50,000 and 200,000 images, in memory (the default budget) and streamed (``memory_budget_mb=0``),
+    side by side: the growth of each path with the pool and the bound the design allows. The peak
+    is the run's own, before the interpreter's teardown (:data:`_PEAK_AT_EXIT`); the process's
+    VmHWM until it is gone is printed with each run."""
     from deepcluster.data.pool_writer import ingest
 
-    peaks = {}
-    pca_dim = 256
-    for n in (50_000, 200_000):
+    pca_dim, sizes, item = 64, (50_000, 200_000), 32 * 32
+    paths = {"in memory": [], "streamed": ["--set", "data.memory_budget_mb=0"]}
+    peaks: dict[tuple[str, int], float] = {}
+    for n in sizes:
         _write_idx_pool(tmp / f"idx{n}", n)
-        ingest(tmp / f"idx{n}", tmp / f"pool{n}", show_progress=False)
+        ingest(tmp / f"idx{n}", tmp / f"pool{n}", size=32, show_progress=False)
         for p in (tmp / f"idx{n}").iterdir():
             p.unlink()
-        out = tmp / f"alexnet{n}"
-        res, wall, rss = _popen_rss([
-            sys.executable, "-m", "deepcluster", "train", "-c", "configs/cifar10_small_alexnet.yaml",
-            "--set", "data.name=ingested", "--set", f"data.root={tmp / f'pool{n}'}", "--set", "data.test_split=null",
-            "--set", "data.memory_budget_mb=64", "--set", "pool_subset=10000", "--set", "k=100",
-            "--set", f"pca_dim={pca_dim}", "--set", "cycles=1", "-o", str(out), "-q"])
-        _check(res)
-        rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-        peaks[n] = rss
-        print(f"  pool {n:>7,} images at 64 px ({n * 4096 / 2**20:,.0f} MB of pixels): peak RSS {rss:6.0f} MB, "
-              f"cycle {sum(rec['seconds'].values()):.1f} s, {wall:.1f} s in all  [{rec['images']}]", flush=True)
-    allowed = (200_000 - 50_000) * (pca_dim + 1) * 4 / 2**20
-    print(f"  peak RSS 200k - 50k: {peaks[200_000] - peaks[50_000]:+.0f} MB (the design allows {allowed:.0f} MB)")
+        for name, sets in paths.items():
+            out = tmp / f"lenet{n}_{name.replace(' ', '_')}"
+            res, wall, hwm = _popen_rss([
+                sys.executable, "-c", _PEAK_AT_EXIT, "train", "-c", "configs/fmnist_lenet.yaml",
+                "--set", "data.name=ingested", "--set", f"data.root={tmp / f'pool{n}'}", "--set", "data.test_split=null",
+                "--set", "pool_subset=20000", "--set", f"pca_dim={pca_dim}", "--set", "cycles=1", *sets,
+                "-o", str(out), "-q"])
+            _check(res)
+            rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+            peaks[name, n] = rss = _run_peak_mb(res)
+            print(f"  pool {n:>7,} images at 32 px ({n * item / 2**20:,.0f} MB of pixels), {name:9}: peak RSS "
+                  f"{rss:6.0f} MB ({hwm:.0f} MB torn down), cycle {sum(rec['seconds'].values()):5.1f} s, "
+                  f"{wall:5.1f} s in all  [{rec['images']}]", flush=True)
+    lo, hi = sizes
+    extra_pixels = (hi - lo) * item / 2**20
+    per_image = (hi - lo) * (pca_dim + 1) * 4 / 2**20
+    print(f"  {'':10} {f'{lo:,} images':>15} {f'{hi:,} images':>15} {'growth':>8}  bound the design allows")
+    for name in paths:
+        bound, why = ((extra_pixels + per_image, f"{extra_pixels:.0f} MB of extra pixels + N x (pca_dim + 1) x 4 = "
+                       f"{per_image:.0f} MB") if name == "in memory" else (per_image, "N x (pca_dim + 1) x 4"))
+        growth = peaks[name, hi] - peaks[name, lo]
+        record(f"scale.memory.{name.strip().replace(' ', '_')}.growth_mb", growth, "MB", note=f"bound {bound:.0f}")
+        print(f"  {name:10} {peaks[name, lo]:12,.0f} MB {peaks[name, hi]:12,.0f} MB {growth:+6.0f} MB  "
+              f"{bound:.0f} MB ({why}){'' if growth <= bound else '  EXCEEDED'}")
 
 
 def _shards(root: Path, n_shards: int = 8, per_shard: int = 1000) -> None:
