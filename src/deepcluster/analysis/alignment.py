@@ -31,6 +31,7 @@ from deepcluster.analysis.stacked import NotStackable, StackedNet, stacked_embed
 from deepcluster.cluster import nmi
 from deepcluster.cluster.pipeline import preprocess_and_cluster_many
 from deepcluster.core import distributed
+from deepcluster.core.blas import numpy_blas_threads
 from deepcluster.core.config import TrainConfig, apply_overrides
 from deepcluster.core.errors import ClusteringError, ConfigError, DataError
 from deepcluster.core.progress import progress_bar
@@ -276,7 +277,8 @@ def initial_alignment(
     show_progress = show_progress and world.is_main
     total = sum(map(len, mine))
     ticker = ProgressLog(log if world.is_main else None, f"IA {setting_name(setting or {})}", total, unit="networks")
-    with progress_bar(f"IA {setting_name(setting or {})}", total=total, enabled=show_progress) as advance:
+    with (progress_bar(f"IA {setting_name(setting or {})}", total=total, enabled=show_progress) as advance,
+          numpy_blas_threads(1)):  # no spinning BLAS threads beside torch's (core/blas.py)
         for group in mine:
             models = [build_network(cfg, in_ch, size, seed=s).to(device) for s in group]
             t = time.perf_counter()

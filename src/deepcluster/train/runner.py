@@ -31,6 +31,7 @@ import torch
 from deepcluster import __version__
 from deepcluster.cluster import ari, cluster_size_summary, clustering_accuracy, nmi
 from deepcluster.core import distributed
+from deepcluster.core.blas import numpy_blas_threads
 from deepcluster.core.config import TrainConfig
 from deepcluster.core.errors import ClusteringError, ConfigError, DataError, TrainingError
 from deepcluster.core.files import append_jsonl, save_npy, torch_save, write_json, write_text
@@ -134,7 +135,8 @@ def train(
 def _train_cycles(state: RunState, *, on_cycle: CycleCallback | None, stop_after: int | None) -> None:
     cfg, model, world = state.cfg, state.model, distributed.world()
     wrap = functools.partial(_wrap, state=state) if world.distributed else None  # the new top layer is wrapped afresh
-    with contextlib.closing(_TensorBoard(state.run, purge_step=state.start_cycle)) as board:
+    # numpy's BLAS spinning between its small products would slow torch's passes (core/blas.py)
+    with contextlib.closing(_TensorBoard(state.run, purge_step=state.start_cycle)) as board, numpy_blas_threads(1):
         for done, cycle in enumerate(range(state.start_cycle, cfg.cycles + 1), start=1):
             generator = _seed_everything(cycle_seed(cfg.seed, cycle))
             previous, sent = state.assignments, distributed.bytes_sent() + state.ddp_bytes[0]
