@@ -47,7 +47,7 @@ def test_cpu_smoke_passes_with_every_section(tmp_path):
     assert all(r["exit_code"] == 0 for r in commands), [r for r in commands if r["exit_code"]]
 
     values = {(r["section"], r["check"]): r["value"] for r in rows}
-    assert "NMI" in values[("k-means", "torch (cpu) vs faiss-cpu, 3,000x32, k=20, 10 iters")]
+    assert "NMI" in values[("k-means", "torch (cpu) vs CPU kmeans, 3,000x32, k=20, 10 iters")]
     assert "assignments identical" in values[("distributed", "vs 1 process (the digits train step)")]
     assert "images: streamed" in values[("alexnet cycle", "streamed: phases")]
     assert "images: in memory" in values[("alexnet cycle", "in memory: phases")]
