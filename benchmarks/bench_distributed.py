@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import record
+from _results import record as record_figure
 
 ROOT = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist")
 env = {**os.environ, "DEEPCLUSTER_PROGRESS": "0"}
@@ -39,4 +39,4 @@ for nproc, (record, wall) in rows.items():
           + (f"; rank 0 sent {sent / 2**20:.1f} MiB this cycle" if sent else ""))
 one, two = (sum(rows[n][0]["seconds"].values()) for n in (1, 2))
 print(f"cycle time 2 vs 1 processes: x{one / two:.2f}")
-record("distributed.cycle_1proc_over_2proc", one / two, "x", better="higher")
+record_figure("distributed.cycle_1proc_over_2proc", one / two, "x", better="higher")
