@@ -7,7 +7,8 @@ each figure's change is printed, worse ones by more than 20 % flagged. Ratios ag
 timed in the same run (unit ``x``) are the figures to trust on a noisy machine; seconds move 2×
 from run to run here. Commit the results of quiet runs.
 
-``python benchmarks/run_all.py [bench_cycle bench_ia ...]`` runs only those.
+``python benchmarks/run_all.py [bench_cycle bench_ia ...]`` runs only those; their figures are merged
+into the results file of the same day and commit.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def main(names: list[str]) -> int:
     before = last_committed()
     results_dir.mkdir(exist_ok=True)
     out = results_dir / f"{datetime.date.today().isoformat()}-{commit}.json"
+    if names and out.exists():  # some scripts again: their figures replace theirs, the others stay
+        kept = json.loads(out.read_text())
+        now["scripts"] = sorted(set(kept.get("scripts", [])) | set(now["scripts"]))
+        now["failed"] = sorted((set(kept.get("failed", [])) - {s.name for s in scripts}) | set(failed))
+        now["figures"] = {**kept.get("figures", {}), **now["figures"]}
     out.write_text(json.dumps(now, indent=1) + "\n")
     print(f"\n{len(now['figures'])} figures -> {out.relative_to(repo)}")
     compare(now, before)
