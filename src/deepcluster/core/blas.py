@@ -4,7 +4,7 @@ A process here has four thread pools: torch's OpenMP, faiss's OpenMP, faiss's Op
 OpenBLAS. numpy's pool is made of pthreads that keep spinning for a while after each matrix product,
 so on a machine with few cores the small products of a cycle (the PCA's moments, a block of
 distances) leave two threads busy-waiting on the cores torch's next forward pass needs: measured on
-2 cores, one LeNet feature pass over Fashion-MNIST took 2.0-2.6 s instead of 1.6-1.8 s, and the PCA
+2 cores, one LeNet feature pass over Fashion-MNIST took 2.0-3.1 s instead of 1.6-2.1 s, and the PCA
 twice its time (``benchmarks/bench_cycle.py`` against a plain script; docs/performance.md).
 Those products are small enough for one thread, and the code that parallelises numpy products
 itself (``cluster/nearest.py``) already runs one BLAS thread per worker.
