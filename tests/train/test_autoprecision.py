@@ -85,3 +85,13 @@ def test_labels():
     assert p.label == "fp32"
     mixed = PhasePrecision.from_json({"features": "fp32", "training": "fp32"}, torch.device("cpu"), "run folder")
     assert mixed.label == "fp32" and mixed.how == "run folder"
+
+
+def test_a_corrupt_precision_json_is_one_clear_error(tmp_path):
+    from deepcluster.core.errors import TrainingError
+    from deepcluster.train.autoprecision import load_precisions
+
+    (tmp_path / "precision.json").write_text('{"features": "fp32"')
+    with pytest.raises(TrainingError, match="precision.json is unreadable .*delete it to resume"):
+        load_precisions(tmp_path, torch.device("cpu"))
+    assert load_precisions(tmp_path / "none", torch.device("cpu")) is None

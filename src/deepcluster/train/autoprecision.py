@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig
+from deepcluster.core.errors import ConfigError, TrainingError
 from deepcluster.core.files import write_json
 from deepcluster.core.precision import Precision, resolve_precision, run_precision
 from deepcluster.data.source import ImageSource
@@ -218,4 +219,8 @@ def load_precisions(folder: Path, device: torch.device) -> PhasePrecision | None
     path = folder / "precision.json"
     if not path.exists():
         return None
-    return PhasePrecision.from_json(json.loads(path.read_text()), device, "run folder")
+    try:
+        return PhasePrecision.from_json(json.loads(path.read_text()), device, "run folder")
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+        raise TrainingError(f"{path} is unreadable ({type(e).__name__}): it says which precision each phase of "
+                            "the run used; restore it, or delete it to resume in the config's precision") from None
