@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from deepcluster.core.precision import cpu_name
+
 here = Path(__file__).resolve().parent
 repo = here.parent
 results_dir = here / "results"
@@ -32,16 +34,6 @@ results_dir = here / "results"
 def git(*args: str) -> str:
     res = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     return res.stdout.strip() if res.returncode == 0 else ""
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def last_committed() -> Path | None:
@@ -93,7 +85,7 @@ def main(names: list[str]) -> int:
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "scripts": [s.name for s in scripts],
         "failed": failed,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
         "figures": {line.pop("name"): line for line in lines},
     }

@@ -15,9 +15,10 @@ computes deterministically on a GPU under ``torch.use_deterministic_algorithms(T
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
+
+from deepcluster.cluster.lloyd import faiss_init
 
 __all__ = ["nearest_centroids", "torch_kmeans"]
 
@@ -41,13 +42,7 @@ def torch_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int,
     """Centroids (k × d, float32) of ``niter`` faiss-style k-means iterations on ``device``, and the
     number of empty-cluster splits made on the way."""
     n, d = x.shape
-    init = faiss.Clustering(d, k)
-    init.niter = 0  # only faiss's initial random sample
-    init.seed = seed & 0x7FFFFFFF
-    init.max_points_per_centroid = 10**7
-    init.min_points_per_centroid = 1
-    init.train(np.ascontiguousarray(x, dtype=np.float32), faiss.IndexFlatL2(d))
-    centroids = torch.from_numpy(faiss.vector_to_array(init.centroids).reshape(k, d).copy()).to(device)
+    centroids = torch.from_numpy(faiss_init(x, k, seed)).to(device)  # faiss's initial sample
     points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     rng = np.random.default_rng(seed)
     splits = 0

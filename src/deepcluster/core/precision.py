@@ -106,6 +106,20 @@ def _cpu_flags() -> frozenset[str]:
 
 
 @functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
 def _cpu_bf16() -> bool:
     """AMX or AVX-512 BF16: bf16 matrix products faster than fp32 (not emulated)."""
     cpu = getattr(torch, "cpu", None)

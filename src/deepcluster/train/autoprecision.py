@@ -22,7 +22,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from deepcluster.core import distributed
 from deepcluster.core.config import TrainConfig
 from deepcluster.core.errors import ConfigError, TrainingError
 from deepcluster.core.files import write_json
-from deepcluster.core.precision import Precision, resolve_precision, run_precision
+from deepcluster.core.precision import Precision, cpu_name, resolve_precision, run_precision
 from deepcluster.data.source import ImageSource
 from deepcluster.features import FeatureOptions
 from deepcluster.models import DeepClusterNet
@@ -92,15 +91,7 @@ def cache_dir() -> Path:
 
 
 def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def _cache_key(cfg: TrainConfig, model: DeepClusterNet, source: ImageSource, device: torch.device) -> str:
