@@ -129,7 +129,7 @@ def choose_precisions(cfg: TrainConfig, model: DeepClusterNet, source: ImageSour
                 except OSError:  # a read-only home: the run still has its choice
                     pass
     if world.distributed:
-        data = distributed.broadcast_object(choice.to_json() | {"how": choice.how} if choice is not None else None)
+        data = distributed.broadcast_object(choice.to_json() if choice is not None else None)  # keeps "how"
         choice = PhasePrecision.from_json(data, device, data["how"])
     return choice
 
