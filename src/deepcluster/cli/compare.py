@@ -19,6 +19,17 @@ from rich.table import Table
 
 from deepcluster.cli._common import DataRootOption, QuietOption, csv_option, err_console, out_console, user_errors
 
+#: ``--weights`` and ``--weights-prefix`` of ``ensemble`` and ``similarity`` (the rules of ``dissect``'s).
+WeightsOption = Annotated[list[str] | None, typer.Option(
+    "--weights", metavar="FILE",
+    help="A state dict or published checkpoint (MoCo, SwAV, DINO, DataParallel ... as dissect reads) whose backbone "
+         "replaces the run's checkpoint in the run's architecture. Once per RUN, in order (- for none); "
+         "the run is then named FOLDER+STEM.")]
+WeightsPrefixOption = Annotated[list[str] | None, typer.Option(
+    "--weights-prefix", metavar="PREFIX",
+    help="The backbone's key prefix in --weights when its layout is not recognised (module.encoder.). Once for all, "
+         "or once per RUN (- for none).")]
+
 
 def _say(msg: str) -> None:
     """One plain line on stdout (no markup, no highlighting)."""
@@ -114,11 +125,13 @@ def ensemble(
     runs: Annotated[list[Path], typer.Argument(help="Run folders trained on the same labelled dataset (at least 2).")],
     layer: Annotated[str | None, typer.Option(help="Probe layer of every run (default: each run's last conv layer).")] = None,
     lce: Annotated[Path | None, typer.Option("--lce", help="lce.csv from `deepcluster lce` (its model names = the run names): gains are averaged per group pair.")] = None,
-    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names).")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names; with --weights FILE: FOLDER+STEM).")] = None,
     checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
     train_limit: Annotated[int | None, typer.Option("--train-limit", min=2, help="Training images of each probe (default: the run's eval.train_limit).")] = None,
     test_limit: Annotated[int | None, typer.Option("--test-limit", min=2, help="Test images (default: the run's eval.test_limit).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
+    weights: WeightsOption = None,
+    weights_prefix: WeightsPrefixOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ensemble"),
     data_root: DataRootOption = None,
     quiet: QuietOption = False,
@@ -136,7 +149,7 @@ def ensemble(
     with runs_data_root(data_root):
         res = ensembles_for_runs(runs, names=name, layer=layer, checkpoint=checkpoint, lce=lce,
                                  train_limit=train_limit, test_limit=test_limit, device=device,
-                                 show_progress=not quiet, log=_say)
+                                 show_progress=not quiet, log=_say, weights=weights, weights_prefix=weights_prefix)
     paths = write_ensemble_outputs(res, out)
     table = Table(title=f"pairwise ensembles on {res.info['dataset']}, scored on the {res.info['scored']}",
                   caption="gain = ensemble − better single model (accuracy points)", caption_justify="left")
@@ -163,11 +176,13 @@ def similarity(
     runs: Annotated[list[Path], typer.Argument(help="Run folders trained on the same dataset (at least 2).")],
     layers: Annotated[str | None, typer.Option("--layers", help="Comma-separated probe layers of every run (default: all).")] = None,
     sample: Annotated[int, typer.Option("--sample", min=4, help="Images of the test split the features are computed on.")] = 2000,
-    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names).")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Model names, one per run (default: the folder names; with --weights FILE: FOLDER+STEM).")] = None,
     checkpoint: Annotated[str, typer.Option(help="last, init or a cycle number with a kept checkpoint.")] = "last",
     biased: Annotated[bool, typer.Option("--biased", help="The original CKA estimator instead of the debiased one.")] = False,
     pool_budget: Annotated[int | None, typer.Option("--pool-budget", min=1, help="Conv maps are average-pooled to at most this many dims (default: eval.pool_budget).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the first run's setting).")] = None,
+    weights: WeightsOption = None,
+    weights_prefix: WeightsPrefixOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("similarity"),
     data_root: DataRootOption = None,
     quiet: QuietOption = False,
@@ -186,7 +201,7 @@ def similarity(
     with runs_data_root(data_root):
         res = similarity_for_runs(runs, names=name, layers=csv_option(layers), sample=sample, checkpoint=checkpoint,
                                   debiased=not biased, pool_budget=pool_budget, device=device,
-                                  show_progress=not quiet, log=_say)
+                                  show_progress=not quiet, log=_say, weights=weights, weights_prefix=weights_prefix)
     paths = write_similarity_outputs(res, out)
     models = res.models
     for i, a in enumerate(models):
@@ -205,6 +220,10 @@ def similarity(
 #: Every example runs as written from an empty folder, in order (tests/interpret/test_help_examples.py):
 #: two digits runs to compare.
 _RUNS = "Examples (after deepcluster train -c digits_tiny -o runs/digits and the same with -o runs/digits_s1 --set seed=1):"
+#: Not run (it needs a weights file): how --weights reads.
+_WEIGHTS = ("A run's architecture with a published checkpoint's backbone instead of its own: --weights FILE once per RUN "
+            "(- for none), e.g. `{command} runs/mine runs/mine --weights - --weights fair.pth` compares a run with "
+            "the published weights (models mine and mine+fair). Layouts and --weights-prefix: docs/interpretation.md")
 LCE_EPILOG = "\n\n".join([
     _RUNS[:-2] + ", deepcluster dissect runs/digits --layer conv2 and the same for runs/digits_s1):",
     "deepcluster lce runs/digits/dissect runs/digits_s1/dissect --layer conv2 -o lce   (models named digits, digits_s1)",
@@ -216,11 +235,13 @@ ENSEMBLE_EPILOG = "\n\n".join([
     "deepcluster ensemble runs/digits runs/digits_s1",
     "deepcluster ensemble runs/digits runs/digits_s1 --layer fc1 --lce lce/lce.csv -o ensemble_fc1   (lce.csv: see lce's "
     "examples)",
+    _WEIGHTS.format(command="ensemble"),
 ])
 SIMILARITY_EPILOG = "\n\n".join([
     _RUNS,
     "deepcluster similarity runs/digits runs/digits_s1",
     "deepcluster similarity runs/digits runs/digits_s1 --layers conv1,conv2 --checkpoint init --sample 200 -o sim_init",
+    _WEIGHTS.format(command="similarity"),
 ])
 
 

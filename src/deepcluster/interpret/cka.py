@@ -347,6 +347,8 @@ def similarity_for_runs(
     device: str | None = None,
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
+    weights: Sequence[str | Path | None] | None = None,
+    weights_prefix: Sequence[str | None] | None = None,
 ) -> SimilarityResult:
     """CKA between the layers of run folders, on a sample of their (shared) dataset.
 
@@ -362,19 +364,27 @@ def similarity_for_runs(
     checkpoint : ``last``, ``init`` or a cycle number with a kept checkpoint
     pool_budget : conv-map dimension budget (default: the first run's ``eval.pool_budget``)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
+    weights : one entry per run: a weights file (a state dict or a published checkpoint) whose
+        backbone is loaded strictly into the run's architecture instead of its checkpoint's tensors,
+        or ``None`` (``-``) for the checkpoint; the same folder may then appear twice (default
+        names ``FOLDER`` and ``FOLDER+STEM``). See :func:`~deepcluster.interpret.ensemble.load_runs`.
+    weights_prefix : the backbone's key prefix in the weights files: one for all or one per run
+    log : progress lines, and each weights file's one-line load report
     """
     from deepcluster.core.device import resolve_device
     from deepcluster.data.splits import load_split, normalization
-    from deepcluster.interpret.ensemble import load_runs
+    from deepcluster.interpret.ensemble import describe_sources, load_runs
 
-    loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False)
+    log = log or (lambda m: None)
+    loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False, weights=weights,
+                       weights_prefix=weights_prefix, log=log)
     cfg = loaded[0].cfg
     split = cfg.data.test_split or cfg.data.split
     if sample is not None and sample < 4:
         raise ConfigError(f"--sample must be at least 4 images, got {sample}")
     data = load_split(cfg, split, sample)
     images = data.images_tensor()
-    (log or (lambda m: None))(f"CKA on {len(images)} images of {cfg.data.name}/{split}, checkpoint {checkpoint}")
+    log(f"CKA on {len(images)} images of {cfg.data.name}/{split}, {describe_sources(loaded, checkpoint)}")
     stats = normalization(cfg, int(images.shape[1]))
     dev = resolve_device(device or cfg.device)
     budget = pool_budget if pool_budget is not None else cfg.eval.pool_budget

@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,11 +30,15 @@ import torch.nn.functional as F
 
 from deepcluster.core.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from deepcluster.models.published import LoadReport
+
 __all__ = [
     "EnsembleResult",
     "LoadedRun",
     "ProbeProbabilities",
     "aggregate_by_group",
+    "describe_sources",
     "ensemble_weights",
     "ensembles_for_runs",
     "load_runs",
@@ -226,12 +230,16 @@ def probe_probabilities(
 
 @dataclass
 class LoadedRun:
-    """A run folder's name, config and network (one checkpoint)."""
+    """A run folder's name, config and network (one checkpoint, or the backbone of a weights file)."""
 
     name: str
     path: Path
     cfg: Any
     model: Any
+    #: The weights file loaded instead of the run's checkpoint (``None``: the checkpoint's own tensors).
+    weights: Path | None = None
+    #: What loading ``weights`` did; its ``summary()`` is one line.
+    weights_report: LoadReport | None = None
 
 
 def _data_identity(cfg: Any) -> dict[str, Any]:
@@ -239,28 +247,115 @@ def _data_identity(cfg: Any) -> dict[str, Any]:
     return {"name": d.name, "root": d.root, "image_size": d.image_size, "split": d.split, "test_split": d.test_split}
 
 
+def _none_if_dash(value: str | Path | None) -> str | Path | None:
+    """``-`` or an empty string stands for "none" (the command line's way of skipping a run)."""
+    return None if value is None or str(value) in ("-", "") else value
+
+
+def _per_run_weights(n: int, weights: Sequence[str | Path | None] | None,
+                     weights_prefix: Sequence[str | None] | None) -> tuple[list[Path | None], list[str | None]]:
+    """``weights`` (one per run, ``None`` or ``-`` for none) and ``weights_prefix`` (one for all, or
+    one per run) spread over ``n`` runs, checked as ``deepcluster dissect`` checks its options."""
+    if isinstance(weights, (str, Path)) or isinstance(weights_prefix, (str, Path)):
+        raise ConfigError("weights and weights_prefix are sequences: one entry per run (None or - for a run without)")
+    files = [None] * n if weights is None else [_none_if_dash(w) for w in weights]
+    if len(files) != n:
+        raise ConfigError(f"{len(files)} --weights for {n} runs: give one --weights per run, in order (- for a run without)")
+    # "-" is "none"; "" is a prefix (the backbone's keys have none), as load_backbone_state reads it
+    prefixes = [None if p is None or str(p) == "-" else str(p) for p in (weights_prefix or [])]
+    if all(f is None for f in files) and any(p is not None for p in prefixes):
+        raise ConfigError("--weights-prefix names the backbone's prefix in a --weights file: pass --weights FILE too")
+    if len(prefixes) == 1:  # one for all: the runs given a weights file
+        prefixes = [prefixes[0] if f is not None else None for f in files]
+    elif not prefixes:
+        prefixes = [None] * n
+    elif len(prefixes) != n:
+        raise ConfigError(f"{len(prefixes)} --weights-prefix for {n} runs: give one --weights-prefix per run, "
+                          "in order (or one for all)")
+    for i, (f, p) in enumerate(zip(files, prefixes)):
+        if f is None and p is not None:
+            raise ConfigError(f"--weights-prefix {p!r} for run {i + 1}, which has no --weights file: "
+                              "give - as its --weights-prefix")
+    return [None if f is None else Path(f) for f in files], prefixes
+
+
+def _weights_stem(path: Path) -> str:
+    """The weights file's name without its suffixes (``fair.pth.tar`` → ``fair``), as dissect names models."""
+    return path.name.split(".")[0] or path.name
+
+
+def _default_run_names(runs: Sequence[str | Path], weights: Sequence[Path | None]) -> list[str]:
+    """The folder names (shortest unique path suffixes); a run given a weights file: ``FOLDER+STEM``."""
+    from deepcluster.interpret.lce import default_model_names
+
+    folders = list(dict.fromkeys(Path(r).resolve() for r in runs))  # the same folder twice has one name
+    base = dict(zip(folders, default_model_names(folders)))
+    return [base[Path(r).resolve()] + (f"+{_weights_stem(w)}" if w is not None else "") for r, w in zip(runs, weights)]
+
+
+def _model_with_weights(folder: Any, cfg: Any, checkpoint: str, path: Path,
+                        prefix: str | None) -> tuple[Any, LoadReport]:
+    """The run's network (its config's architecture, its checkpoint's input channels and size) with the
+    backbone of the weights file ``path`` loaded strictly instead of the checkpoint's tensors."""
+    from deepcluster.core.errors import TrainingError
+    from deepcluster.models.published import load_backbone_state
+    from deepcluster.runs import build_network
+
+    try:
+        ckpt = folder.load_checkpoint(checkpoint)
+    except TrainingError:
+        if checkpoint == "last":
+            raise
+        ckpt = folder.load_checkpoint("last")  # every checkpoint of a run has the same input shape
+    model = build_network(cfg, int(ckpt["in_channels"]), int(ckpt["input_size"]))
+    del ckpt
+    report = load_backbone_state(path, model, prefix=prefix)
+    model.eval()
+    return model, report
+
+
 def load_runs(runs: Sequence[str | Path], *, names: Sequence[str] | None = None, checkpoint: str = "last",
-              need_test_split: bool = True) -> list[LoadedRun]:
+              need_test_split: bool = True, weights: Sequence[str | Path | None] | None = None,
+              weights_prefix: Sequence[str | None] | None = None,
+              log: Callable[[str], None] | None = None) -> list[LoadedRun]:
     """Load run folders that share one dataset.
+
+    Parameters
+    ----------
+    runs : run folders (the same folder may appear twice, e.g. once with a weights file)
+    names : model names (default: the folder names; a run given a weights file ``FOLDER+STEM``)
+    checkpoint : ``last``, ``init`` or a cycle number with a kept checkpoint
+    need_test_split : refuse a dataset without a test split
+    weights : one entry per run: a weights file (a state dict or a published checkpoint, any
+        layout of :func:`~deepcluster.models.published.load_backbone_state`) whose backbone is
+        loaded strictly into the run's architecture instead of the checkpoint's tensors, or
+        ``None`` (``-``) for the run's own checkpoint
+    weights_prefix : the backbone's key prefix in the weights files, for a layout not recognised:
+        one for all (the runs given a file) or one per run (``None`` or ``-`` for none)
+    log : receives each weights file's one-line :meth:`~deepcluster.models.published.LoadReport.summary`
 
     Raises
     ------
     DataError
-        Fewer than 2 runs, duplicate names, runs on different datasets, no test split.
+        Fewer than 2 runs, duplicate names, runs on different datasets, no test split, an
+        unreadable weights file.
     ConfigError
-        ``names`` of the wrong length.
+        ``names``, ``weights`` or ``weights_prefix`` of the wrong length, a prefix without a
+        weights file, a weights file that does not fit the run's architecture.
     """
-    from deepcluster.interpret.lce import default_model_names
     from deepcluster.runs import RunFolder
 
     if len(runs) < 2:
         raise DataError(f"compare at least 2 runs, got {len(runs)}")
     if names is not None and len(names) != len(runs):
         raise ConfigError(f"{len(names)} names for {len(runs)} runs: give one --name per run")
-    names = list(names) if names is not None else default_model_names(runs)
+    files, prefixes = _per_run_weights(len(runs), weights, weights_prefix)
+    given = names is not None
+    names = list(names) if names is not None else _default_run_names(runs, files)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise DataError(f"run names must be unique: {', '.join(dup)} appears twice")
+        raise DataError(f"run names must be unique: {', '.join(dup)} appears twice"
+                        + ("" if given else " (give each run a --name)"))
     folders = [RunFolder(Path(r)).require() for r in runs]
     cfgs = [f.load_config() for f in folders]
     ref = _data_identity(cfgs[0])
@@ -273,7 +368,24 @@ def load_runs(runs: Sequence[str | Path], *, names: Sequence[str] | None = None,
     if need_test_split and cfgs[0].data.test_split is None:
         raise DataError(f"dataset {cfgs[0].data.name} has no test split configured (data.test_split): "
                         "the probes are scored on the test split")
-    return [LoadedRun(n, f.path, c, f.build_model(checkpoint, c)) for n, f, c in zip(names, folders, cfgs)]
+    loaded = []
+    for name, folder, cfg, path, prefix in zip(names, folders, cfgs, files, prefixes):
+        if path is None:
+            loaded.append(LoadedRun(name, folder.path, cfg, folder.build_model(checkpoint, cfg)))
+            continue
+        model, report = _model_with_weights(folder, cfg, checkpoint, path, prefix)
+        if log is not None:
+            log(report.summary())
+        loaded.append(LoadedRun(name, folder.path, cfg, model, weights=path, weights_report=report))
+    return loaded
+
+
+def describe_sources(loaded: Sequence[LoadedRun], checkpoint: str) -> str:
+    """``checkpoint last``, or with weights files ``checkpoint last; a+fair: fair.pth``, for progress lines."""
+    files = [f"{r.name}: {r.weights.name}" for r in loaded if r.weights is not None]
+    if len(files) == len(loaded):
+        return "weights " + ", ".join(files)
+    return f"checkpoint {checkpoint}" + ("; weights " + ", ".join(files) if files else "")
 
 
 def default_layer(model: Any) -> str:
@@ -326,6 +438,8 @@ def ensembles_for_runs(
     device: str | None = None,
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
+    weights: Sequence[str | Path | None] | None = None,
+    weights_prefix: Sequence[str | None] | None = None,
 ) -> EnsembleResult:
     """Probe every run on one layer, then ensemble every pair (and aggregate by LCE group).
 
@@ -338,6 +452,9 @@ def ensembles_for_runs(
     lce : an ``lce.csv`` (or its folder) with a ``group`` column, or a model → group mapping
     train_limit, test_limit : images of each split (default: the first run's eval settings)
     device : ``auto``/``cpu``/``cuda`` (default: the first run's device setting)
+    weights, weights_prefix : a weights file per run (``None``/``-``: its checkpoint) whose backbone
+        replaces the checkpoint's tensors, and the backbone's key prefix (see :func:`load_runs`);
+        each file's one-line load report goes to ``log``
     """
     from deepcluster.core.precision import run_precision
     from deepcluster.data.splits import eval_splits
@@ -346,7 +463,8 @@ def ensembles_for_runs(
     from deepcluster.interpret.lce import read_lce_groups
 
     log = log or (lambda m: None)
-    loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False)
+    loaded = load_runs(runs, names=names, checkpoint=checkpoint, need_test_split=False, weights=weights,
+                       weights_prefix=weights_prefix, log=log)
     groups: dict[str, str] = {}
     if lce is not None:
         groups = dict(lce) if isinstance(lce, Mapping) else read_lce_groups(lce)
@@ -367,7 +485,8 @@ def ensembles_for_runs(
     env = RunEnv.from_config(cfg.model_copy(update={"device": device}) if device else cfg, show_progress=show_progress)
     reader = env.features(int(xtr_img.shape[1]))
     dev = env.device
-    log(f"probes on {cfg.data.name}: {len(ytr)} train / {len(yte)} test images, {n_classes} classes, checkpoint {checkpoint}")
+    log(f"probes on {cfg.data.name}: {len(ytr)} train / {len(yte)} test images, {n_classes} classes, "
+        f"{describe_sources(loaded, checkpoint)}")
 
     probes: dict[str, ProbeProbabilities] = {}
     layers: dict[str, str] = {}
@@ -391,6 +510,8 @@ def ensembles_for_runs(
     info = {"dataset": cfg.data.name, "fitted": splits.fitted, "scored": splits.scored, "held_out": splits.held_out,
             "n_train": len(ytr), "n_test": len(yte), "n_classes": n_classes, "checkpoint": checkpoint,
             "runs": {r.name: str(r.path) for r in loaded}}
+    if any(r.weights is not None for r in loaded):
+        info["weights"] = {r.name: str(r.weights) for r in loaded if r.weights is not None}
     return EnsembleResult(models=[r.name for r in loaded], layers=layers, probes=probes, labels=yte, rows=rows,
                           groups={m: groups[m] for m in probes} if groups else {}, group_rows=group_rows, info=info)
 
