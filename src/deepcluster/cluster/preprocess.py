@@ -138,7 +138,7 @@ class Preprocessor:
             )
         mean = _sum(moments.total, sharded) / n
         cov = _sum(moments.outer, sharded) / n - np.outer(mean, mean)
-        eig, vec = _eigh((cov + cov.T) / 2, self.device)  # ascending
+        eig, vec = _eigh((cov + cov.T) / 2, self.device, top=pca_dim)  # ascending
         eig, vec = eig[::-1][:pca_dim], vec[:, ::-1][:, :pca_dim]
         keep = eig > _DEGENERATE_REL_VAR * max(float(eig[0]), 0.0) if eig[0] > 0 else np.zeros(pca_dim, bool)
         rank = int(keep.sum())
@@ -245,12 +245,23 @@ class Preprocessor:
         return pre
 
 
-def _eigh(sym: np.ndarray, device: torch.device | str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix: LAPACK on the CPU,
-    cuSOLVER on a GPU (a 4,096² matrix takes about a minute on two CPU cores, well under a second
-    on a GPU)."""
+#: From this dimension on, a CPU computes only the ``top`` eigenpairs the PCA keeps (LAPACK's
+#: ``syevr``): 4,096-d features to 256 dims take 3.9 s instead of 8.6 s on two cores. Below it
+#: the full decomposition is as fast, and fp32 runs of small networks keep their numbers.
+_SUBSET_EIGH_DIM = 512
+
+
+def _eigh(sym: np.ndarray, device: torch.device | str | None, top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix -- with ``top``, at
+    least the ``top`` largest: LAPACK on the CPU, cuSOLVER on a GPU (a full 4,096² decomposition
+    takes about 9 s on two CPU cores, well under a second on a GPU)."""
     dev = torch.device(device) if device is not None else None
     if dev is None or dev.type == "cpu":
+        d = sym.shape[0]
+        if top is not None and d >= _SUBSET_EIGH_DIM and top < d // 2:
+            import scipy.linalg
+
+            return scipy.linalg.eigh(sym, subset_by_index=[d - top, d - 1], driver="evr")
         return np.linalg.eigh(sym)
     eig, vec = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(sym)).to(dev))
     return eig.cpu().numpy(), vec.cpu().numpy()
