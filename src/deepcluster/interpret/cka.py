@@ -385,10 +385,12 @@ def similarity_for_runs(
     data = load_split(cfg, split, sample)
     images = data.images_tensor()
     log(f"CKA on {len(images)} images of {cfg.data.name}/{split}, {describe_sources(loaded, checkpoint)}")
-    stats = normalization(cfg, int(images.shape[1]))
+    channels = int(images.shape[1])
     dev = resolve_device(device or cfg.device)
     budget = pool_budget if pool_budget is not None else cfg.eval.pool_budget
-    return layer_similarity({r.name: (r.model, stats) for r in loaded}, images, layers, debiased=debiased,
+    # each network reads the images as it was trained to (data.mean/std: e.g. ImageNet's for an imported FAIR net)
+    return layer_similarity({r.name: (r.model, normalization(r.cfg, channels)) for r in loaded}, images, layers,
+                            debiased=debiased,
                             pool_budget=budget, batch_size=cfg.feature_batch_size, device=dev,
                             show_progress=show_progress, precision={r.name: run_precision(r.cfg, dev) for r in loaded})
 

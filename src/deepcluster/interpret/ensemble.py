@@ -457,7 +457,7 @@ def ensembles_for_runs(
         each file's one-line load report goes to ``log``
     """
     from deepcluster.core.precision import run_precision
-    from deepcluster.data.splits import eval_splits
+    from deepcluster.data.splits import eval_splits, normalization
     from deepcluster.environment import RunEnv
     from deepcluster.evaluate.pooling import extract_pooled_features
     from deepcluster.interpret.lce import read_lce_groups
@@ -493,7 +493,9 @@ def ensembles_for_runs(
     for r in loaded:
         lay = layer or default_layer(r.model)
         r.model.to(dev)
-        reader = reader.replace(precision=run_precision(r.cfg, dev), batch_size=r.cfg.feature_batch_size)
+        mean, std = normalization(r.cfg, int(xtr_img.shape[1]))  # as each network was trained to read images
+        reader = reader.replace(precision=run_precision(r.cfg, dev), batch_size=r.cfg.feature_batch_size,
+                                mean=mean, std=std)
         kw = {"layers": [lay], "budget": r.cfg.eval.pool_budget}
         ftr = extract_pooled_features(r.model, xtr_img, reader, description=f"{r.name}: train features", **kw)[lay]
         fte = extract_pooled_features(r.model, xte_img, reader, description=f"{r.name}: test features", **kw)[lay]
