@@ -170,6 +170,7 @@ class RunFolder:
 
     def checkpoint_file(self, which: str = "last") -> Path:
         """The file of checkpoint ``which``: ``last``, ``init`` or a cycle number with a kept checkpoint.
+        ``last`` of a run with no finished cycle (``cycles: 0``, an imported network) is ``init``.
 
         Raises
         ------
@@ -181,6 +182,8 @@ class RunFolder:
         which = str(which).strip()
         if which == "last":
             path = self.checkpoint_path
+            if not path.is_file() and self.init_path.is_file():  # no cycle finished (cycles: 0): the initial network
+                path = self.init_path
         elif which == "init":
             path = self.init_path
         elif which.isdigit():

@@ -14,7 +14,9 @@ from deepcluster.cli._common import QuietOption, SetOption, fmt, out_console, us
 EPILOG = (
     "Examples: deepcluster train -c digits_tiny -o runs/digits;  "
     "deepcluster train -c fmnist_lenet --set k=30 --set pca_dim=off -o runs/fm;  "
-    "deepcluster train --resume runs/digits --set cycles=15.  "
+    "deepcluster train --resume runs/digits --set cycles=15;  "
+    "deepcluster train -c imagenet_alexnet --set init=fair_alexnet.pth.tar --set cycles=0 -o runs/fair "
+    "(a published checkpoint as a run: docs/fair_deepcluster.md).  "
     "Presets (deepcluster list): " + ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 )
 
@@ -109,6 +111,9 @@ def train(
                 out_console.print(f"data.root → {saved.data.root} (saved in {run.config_path})", highlight=False)
             if "cycles" in extra and done > 0:
                 out_console.print(f"extending {resume}: {done} cycles done, {saved.cycles} in all", highlight=False)
+            elif "cycles" in extra and done == 0 and saved.cycles > 0 and run.init_path.is_file():
+                out_console.print(f"training {resume} from its initial network (checkpoints/init.pt): {saved.cycles} "
+                                  "cycles", highlight=False)
             if done >= saved.cycles:  # every rank gets None and stops
                 if data_root is not None:
                     run.save_config(saved)
@@ -126,6 +131,8 @@ def train(
         cfg = build_config(TrainConfig, config, set_)
         if cfg.data.root is not None:  # stored absolute in the run folder: it works from anywhere
             cfg = apply_overrides(TrainConfig, cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+        if cfg.init_file is not None:  # recorded as given, absolute (the run keeps the network in checkpoints/init.pt)
+            cfg = apply_overrides(TrainConfig, cfg, {"init": str(cfg.init_file.resolve())})
         world = distributed.init(cfg.distributed.backend, cfg.device, cfg.distributed.timeout)
         if world.is_main:
             check_output_folder(out)
@@ -148,7 +155,13 @@ def train(
     if resume is None:
         cfg, init_ia = resolve_init(cfg, show_progress=not quiet and world.is_main)
     run_training(cfg, target, resume=resume is not None, init_ia=init_ia, show_progress=not quiet,
-                 on_cycle=lambda r: print_cycle(r, cfg.cycles))
+                 on_cycle=lambda r: print_cycle(r, cfg.cycles), log=lambda line: say(escape(line), highlight=False))
+    if cfg.cycles == 0:
+        say(f"done: {target} holds the initial network only (cycles: 0): evaluate, report, dissect or compare it "
+            f"as any run; train it on your images with `deepcluster train --resume {target} --set cycles=N`",
+            highlight=False)
+        distributed.shutdown()
+        return
     say(f"done: {target} (evaluate with `deepcluster evaluate {target}`)", highlight=False)
     distributed.shutdown()
 

@@ -59,10 +59,27 @@ class DataConfig(StrictModel):
     # Streamed JPEG folders: "auto" decodes them on the GPU (torchvision.io.decode_jpeg, nvJPEG) when
     # the run computes on one, else in the workers with PIL; "device" always on the run's device; "pil" never.
     decode: Literal["auto", "pil", "device"] = "auto"
+    # Per-channel normalisation of the pixels in [0, 1]; None: the dataset's own statistics (0.5
+    # for folders). A published network wants what it was trained with: ImageNet's for FAIR's
+    # DeepCluster (mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]).
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
-    _off = field_validator("test_split", "limit", "image_size", mode="before")(
+    _off = field_validator("test_split", "limit", "image_size", "mean", "std", mode="before")(
         classmethod(lambda cls, v: _off_to_none(v))
     )
+
+    @model_validator(mode="after")
+    def _check_norm(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give data.mean and data.std together (or neither: the dataset's own)")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ValueError(f"data.mean and data.std need one value per channel (1 or 3), got "
+                                 f"{len(self.mean)} and {len(self.std)}")
+            if any(v <= 0 for v in self.std):
+                raise ValueError(f"data.std values must be > 0, got {self.std}")
+        return self
 
 
 class ModelConfig(StrictModel):
@@ -138,11 +155,15 @@ class TrainConfig(StrictModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     seed: int = 0
-    # How the network is initialised: "random" (from init_seed) or "best_ia:N" (the highest
-    # Initial Alignment among init seeds seed..seed+N-1; needs labels). init_seed None = seed.
+    # How the network is initialised: "random" (from init_seed), "best_ia:N" (the highest
+    # Initial Alignment among init seeds seed..seed+N-1; needs labels) or a weights FILE: a
+    # published checkpoint (FAIR's DeepCluster v1, MoCo, SwAV, DINO, ... or a state dict) whose
+    # backbone is loaded strictly, its top layer dropped. init_seed None = seed.
     init: str = "random"
     init_seed: int | None = None
-    cycles: int = Field(15, ge=1)
+    # 0: the run folder holds the initial network only (e.g. an imported checkpoint); every
+    # command reads it as a run, and `train --resume RUN --set cycles=N` trains it further.
+    cycles: int = Field(15, ge=0)
     epochs_per_cycle: int = Field(1, ge=1)
 
     # clustering
@@ -205,13 +226,24 @@ class TrainConfig(StrictModel):
         return self
 
     def best_ia_candidates(self) -> int | None:
-        """N of ``init=best_ia:N``; ``None`` for ``init=random``."""
-        if self.init == "random":
+        """N of ``init=best_ia:N``; ``None`` for ``init=random`` or a weights file."""
+        if self.init == "random" or self.init_file is not None:
             return None
         head, _, n = self.init.partition(":")
         if head != "best_ia" or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"init must be 'random' or 'best_ia:N' with N >= 1, got {self.init!r}")
+            raise ValueError(f"init must be 'random', 'best_ia:N' with N >= 1 or a weights file, got {self.init!r}")
         return int(n)
+
+    @property
+    def init_file(self) -> Path | None:
+        """The weights file of ``init=FILE``; ``None`` for ``random`` and ``best_ia:N``. Anything that
+        is neither of those and names a file (a path separator or a suffix) is a file."""
+        text = self.init.strip()
+        if text == "random" or text.startswith("best_ia"):
+            return None
+        if "/" in text or "\\" in text or Path(text).suffix:
+            return Path(text).expanduser()
+        return None
 
     @property
     def network_seed(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from deepcluster.core.config import EvalConfig, TrainConfig
-from deepcluster.core.errors import DataError
+from deepcluster.core.errors import ConfigError, DataError
 from deepcluster.data.base import ImageDataset, random_limit_indices
 from deepcluster.data.registry import available_datasets, canonical_name, dataset_stats, load_dataset
 
@@ -190,8 +190,14 @@ def load_eval_splits(cfg: TrainConfig, train_limit: int | None = None,
 
 
 def normalization(cfg: TrainConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the run's dataset (0.5/0.5 when the known stats do not fit); an
-    ingested pool takes those of the dataset it was ingested from."""
+    """Per-channel mean/std of the run's images: ``data.mean``/``data.std`` when set, else the
+    dataset's (0.5/0.5 when the known stats do not fit); an ingested pool takes those of the
+    dataset it was ingested from."""
+    if cfg.data.mean is not None and cfg.data.std is not None:
+        if len(cfg.data.mean) != channels:
+            raise ConfigError(f"data.mean/data.std have {len(cfg.data.mean)} values but the images have {channels} "
+                              f"channel{'s' if channels > 1 else ''}: give {channels} of each, or drop them")
+        return tuple(cfg.data.mean), tuple(cfg.data.std)
     name = cfg.data.name
     if canonical_name(name) == "ingested" and cfg.data.root is not None:
         from deepcluster.data.pool_reader import read_manifest

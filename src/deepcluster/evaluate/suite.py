@@ -140,10 +140,11 @@ def _probe_layers(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> list[str
     return list(build_network(cfg, ckpt["in_channels"], ckpt["input_size"]).probe_layers())
 
 
-def checkpoint_label(checkpoint: str) -> str:
-    """How a checkpoint is named in tables: ``random (init)``, ``trained (last)``, ``cycle 5``, ``raw pixels``."""
-    return {"init": "random (init)", "last": "trained (last)", PIXELS: "raw pixels"}.get(
-        checkpoint, f"cycle {checkpoint}")
+def checkpoint_label(checkpoint: str, *, imported: bool = False) -> str:
+    """How a checkpoint is named in tables: ``random (init)`` (``imported (init)`` for a run started
+    from a weights file, ``init: FILE``), ``trained (last)``, ``cycle 5``, ``raw pixels``."""
+    return {"init": "imported (init)" if imported else "random (init)", "last": "trained (last)",
+            PIXELS: "raw pixels"}.get(checkpoint, f"cycle {checkpoint}")
 
 
 def _layer_groups(model: DeepClusterNet, layers: list[str], data: _RunData, budget: int) -> list[list[str]]:
@@ -424,6 +425,10 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
     env = RunEnv.from_config(cfg, show_progress=show_progress and world.is_main)
     cache = EvalCache.for_run(run.path)
     files = {c: run.checkpoint_file(c) for c in checkpoints}
+    if "init" in files and files.get("last") == files["init"]:  # no cycle finished (cycles: 0): one network
+        checkpoints = [c for c in checkpoints if c != "last"]
+        log(f"{name}: no cycle finished, so its last network is its initial one: evaluated once, as init")
+    imported = (run.path / "init_weights.json").is_file()
     available = _probe_layers(run, cfg, checkpoints[0])
     wanted = list(layers) if layers is not None else (ecfg.layers or available)
     unknown = [lyr for lyr in wanted if lyr not in available]
@@ -450,7 +455,7 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
                 if entry is not None:
                     entries[key] = (entry, "cache")
         missing = distributed.broadcast_object([key for key in params if key not in entries])
-        todo.append((checkpoint, checkpoint_label(checkpoint), ck_layers, params, entries, missing))
+        todo.append((checkpoint, checkpoint_label(checkpoint, imported=imported), ck_layers, params, entries, missing))
 
     data: _RunData | None = None
     if any(t[-1] for t in todo):

@@ -10,6 +10,11 @@ is an error naming the first few, never a silently random layer. It returns a
 Layouts, tried in this order (the one whose backbone prefix holds most of the model's tensor
 names wins, ties going to the earlier); "→" descends into a dict:
 
+* **DeepCluster v1** (facebookresearch/deepcluster, top level ``arch``, ``epoch``, ``state_dict``,
+  ``optimizer``): ``state_dict`` with every ``.module`` removed from the keys (``features.module.N.*``
+  reads ``features.N.*``, FAIR's own rule); drops ``top_layer`` (the k-way layer of its last
+  clustering), and the RGB-to-grey ``sobel.0`` when the model reads grey images;
+  :func:`fair_checkpoint` reads its ``arch`` and Sobel setting;
 * **MoCo v1/v2**: ``state_dict`` → ``module.encoder_q.*``; drops the ``fc`` / ``fc.0``, ``fc.2``
   MLP head, ``module.encoder_k.*`` (the momentum encoder) and the queue;
 * **MoCo v3**: ``state_dict`` → ``module.base_encoder.*``; drops ``module.momentum_encoder.*``,
@@ -66,7 +71,8 @@ from torch import nn
 from deepcluster.core.errors import ConfigError, DataError, first_line
 from deepcluster.core.files import load_torch_file
 
-__all__ = ["HEAD_NAMES", "LAYOUTS", "Layout", "LoadReport", "classifier_name", "load_backbone_state", "read_weights"]
+__all__ = ["HEAD_NAMES", "LAYOUTS", "FairCheckpoint", "Layout", "LoadReport", "classifier_name", "fair_checkpoint",
+           "load_backbone_state", "read_weights", "strip_module"]
 
 #: First key components (after the backbone's prefix) of the heads that are dropped.
 HEAD_NAMES = frozenset({"fc", "head", "heads", "classifier", "projection_head", "projection", "projector",
@@ -107,10 +113,15 @@ class Layout:
     prefixes: tuple[str, ...]
     marks: tuple[str, ...] = ()
     top_marks: tuple[str, ...] = ()
+    #: Remove ``.module`` from every key (FAIR's ``util.load_model``: only ``features`` was wrapped
+    #: in DataParallel, so its keys read ``features.module.N.*``).
+    strip_module: bool = False
 
 
 #: The recognised layouts, most specific first (see the module docstring).
 LAYOUTS: tuple[Layout, ...] = (
+    Layout("DeepCluster v1 (FAIR)", (("state_dict",),), ("",), marks=("features.module.", "features.", "top_layer."),
+           top_marks=("arch",), strip_module=True),
     Layout("MoCo v1/v2", (("state_dict",), ()), ("module.encoder_q.", "encoder_q.")),
     Layout("MoCo v3", (("state_dict",), ()), ("module.base_encoder.", "base_encoder.")),
     Layout("DINO", (("teacher",), ("student",)), ("module.backbone.", "backbone.")),
@@ -262,10 +273,18 @@ def _candidates(content: object, required: set[str]) -> Iterator[_Candidate]:
             state = _tensors(_at(content, wrapper))
             if state is None or (layout.marks and not any(k.startswith(layout.marks) for k in state)):
                 continue
+            if layout.strip_module:
+                state = {strip_module(k): v for k, v in state.items()}
             for prefix in layout.prefixes:
                 score = len(required & _strip(state, prefix).keys())
                 if score:
                     yield _Candidate(layout.name, wrapper, prefix, state, score)
+
+
+def strip_module(key: str) -> str:
+    """FAIR's key rule (``util.load_model`` of facebookresearch/deepcluster): every ``.module``
+    removed, so ``features.module.0.weight`` reads ``features.0.weight``."""
+    return "".join(key.split(".module")) if "module" in key else key
 
 
 def _prefix_candidates(content: object, prefix: str, required: set[str]) -> Iterator[_Candidate]:
@@ -343,7 +362,8 @@ def _listed(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
-def load_backbone_state(path: str | Path, model: nn.Module, *, prefix: str | None = None) -> LoadReport:
+def load_backbone_state(path: str | Path, model: nn.Module, *, prefix: str | None = None,
+                        content: Any = None) -> LoadReport:
     """Load the backbone of a (published) checkpoint into ``model``, strictly.
 
     Parameters
@@ -356,6 +376,8 @@ def load_backbone_state(path: str | Path, model: nn.Module, *, prefix: str | Non
     prefix : str, optional
         The backbone's key prefix (``""`` for none), for a layout not recognised: the nested dict
         of tensors with most of the model's names under that prefix is used.
+    content : object, optional
+        The file's content when it was already read with :func:`read_weights` (not read again).
 
     Returns
     -------
@@ -371,7 +393,7 @@ def load_backbone_state(path: str | Path, model: nn.Module, *, prefix: str | Non
         backbone does not fit: tensors missing, of another shape, or unknown to the model.
     """
     path = Path(path)
-    content = read_weights(path)
+    content = read_weights(path) if content is None else content
     if not any(True for _ in _nested_dicts(content)):
         raise DataError(f"weights file {path} holds no tensors ({_describe_top(content)}): pass a state dict "
                         "or a checkpoint holding one")
@@ -402,9 +424,15 @@ def _load(path: Path, model: nn.Module, found: _Candidate, target: dict[str, tor
     sub = _strip(found.state, found.prefix)
     keep_clf = bool(clf_keys) and all(k in sub and sub[k].shape == target[k].shape for k in clf_keys)
     wanted = set(target) if keep_clf else set(target) - clf_keys
-    heads, unexpected = [], []
+    heads, unexpected, grey = [], [], []
+    # a Sobel front reading grey images has no RGB-to-grey conv (its child 0 is an identity): the
+    # file's, fixed at 1/3 per channel, is not needed
+    no_grey_conv = "sobel.1.weight" in target and not any(k.startswith("sobel.0.") for k in target)
     for key in sub:
         if key in wanted:
+            continue
+        if no_grey_conv and key.startswith("sobel.0."):
+            grey.append(key)
             continue
         if key.split(".")[0] in HEAD_NAMES or (clf is not None and key.startswith(clf + ".")):
             heads.append(key)
@@ -435,7 +463,8 @@ def _load(path: Path, model: nn.Module, found: _Candidate, target: dict[str, tor
     return LoadReport(
         path=path, layout=found.layout, wrapper=found.wrapper, prefix=found.prefix, loaded=len(state),
         heads=tuple(dict.fromkeys(_module_of(k) for k in heads)),
-        dropped=tuple(_dropped(found)), kept_as_built=() if keep_clf or not clf_keys else (clf,),
+        dropped=tuple(_dropped(found)) + ((("sobel.0.* (RGB to grey: the images are grey)", len(grey)),) if grey else ()),
+        kept_as_built=() if keep_clf or not clf_keys else (clf,),
     )
 
 
@@ -451,3 +480,43 @@ def _siblings(content: object, wrapper: tuple[str, ...]) -> list[tuple[str, int]
 def _dropped(found: _Candidate) -> list[tuple[str, int]]:
     outside = Counter(_group(k, found.prefix) for k in found.state if not k.startswith(found.prefix))
     return list(outside.items())
+
+
+# --------------------------------------------------------------------------------------------
+# FAIR's DeepCluster v1 checkpoints
+
+
+@dataclass(frozen=True)
+class FairCheckpoint:
+    """What a checkpoint of facebookresearch/deepcluster says about its network, read the way its
+    ``util.load_model`` reads it."""
+
+    #: ``arch`` of the file: ``"alexnet"`` or ``"vgg16"`` (the same names as ours).
+    arch: str
+    #: Whether the network has the Sobel front (``sobel.0.weight`` present).
+    sobel: bool
+    #: Clusters of the top layer (``top_layer.bias``), ``None`` when the file has none.
+    k: int | None
+    #: Training epochs done (``epoch``), when the file says.
+    epoch: int | None
+
+    def config_keys(self) -> str:
+        """The config settings of a network this file loads into, e.g. ``model.arch=vgg16 model.sobel=true``."""
+        return f"model.arch={self.arch} model.sobel={'true' if self.sobel else 'false'}"
+
+
+def fair_checkpoint(content: Any) -> FairCheckpoint | None:
+    """The network a FAIR DeepCluster v1 checkpoint holds, or ``None`` when ``content`` (read with
+    :func:`read_weights`) is not one: a dict with ``arch`` and a ``state_dict`` whose keys include
+    ``features.*`` (``features.module.*`` under DataParallel)."""
+    if not isinstance(content, Mapping) or not isinstance(content.get("arch"), str):
+        return None
+    state = _tensors(content.get("state_dict"))
+    if state is None or not any(strip_module(k).startswith("features.") for k in state):
+        return None
+    keys = {strip_module(k): v for k, v in state.items()}
+    bias = keys.get("top_layer.bias")
+    epoch = content.get("epoch")
+    return FairCheckpoint(arch=content["arch"].lower(), sobel="sobel.0.weight" in keys or "sobel.1.weight" in keys,
+                          k=None if bias is None else int(bias.shape[0]),
+                          epoch=int(epoch) if isinstance(epoch, int) else None)

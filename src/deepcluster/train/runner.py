@@ -16,6 +16,7 @@ own (:func:`clusters_record`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -45,6 +46,7 @@ from deepcluster.models.sync_batchnorm import convert_sync_batchnorm
 from deepcluster.runs import RunFolder, build_network, check_output_folder
 from deepcluster.train.autoprecision import PhasePrecision, choose_precisions, load_precisions, save_precisions
 from deepcluster.train.cycle import CycleTargets, cycle_seed, make_optimizer, run_cycle
+from deepcluster.train.imported import import_network
 
 __all__ = ["CLUSTERS_FORMAT", "RunState", "check_resumable", "clusters_record", "kept_targets", "prepare_run",
            "train"]
@@ -70,9 +72,11 @@ class RunState:
     assignments: np.ndarray | None  # of the last finished cycle
     top_state: dict[str, torch.Tensor] | None  # its classifier (restored once clustering is halted)
     init_ia: dict[str, Any] | None  # how init=best_ia:N chose the initialisation
+    imported: dict[str, Any] | None  # what init=FILE loaded (init_weights.json)
     kept_metrics: list[dict[str, Any]]  # resumed: the metrics.jsonl records of the finished cycles
     ddp_bytes: list[int]  # bytes this rank gave to DDP's gradient all-reduces (a one-element counter)
     clusters: dict[str, Any] | None = None  # the last clustering, as checkpoints keep it (clusters_record)
+    save_precisions: bool = True  # write precision.json (not for cycles: 0, whose precisions are not chosen yet)
 
     @property
     def in_channels(self) -> int:
@@ -92,6 +96,7 @@ def train(
     show_progress: bool = True,
     on_cycle: CycleCallback | None = None,
     stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> RunFolder:
     """Train DeepCluster into ``out``; with ``resume`` continue from its last finished cycle.
 
@@ -110,6 +115,8 @@ def train(
         Receives each cycle's metrics record (the CLI prints it).
     stop_after : int, optional
         End after that many cycles of *this call* (tests use it to simulate a kill).
+    log : callable, optional
+        Receives one line saying what ``init=FILE`` loaded (the CLI prints it).
 
     Returns
     -------
@@ -123,6 +130,8 @@ def train(
     # never touch the folder. Everything below is validated before the first write.
     with run.lock() if world.is_main else contextlib.nullcontext():
         state = prepare_run(cfg, out, resume=resume, init_ia=init_ia, show_progress=show_progress and world.is_main)
+        if world.is_main and state.imported is not None and log is not None:
+            log(state.imported["summary"] + (f"; {state.imported['normalisation']}" if "normalisation" in state.imported else ""))
         if world.is_main:
             if resume:
                 _restore(state)
@@ -209,7 +218,16 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     env = RunEnv.from_config(cfg, show_progress=show_progress)
     data = load_train_data(cfg)
     source = env.source(data)
-    model = build_network(cfg, source.channels, source.size).to(env.device)
+    model = build_network(cfg, source.channels, source.size)
+    imported = None
+    if cfg.init_file is not None and not resume:  # a published network (init: FILE), read by rank 0 only
+        if world.is_main:
+            cfg, imported = import_network(cfg, model, source.channels)
+        if world.distributed:
+            cfg, imported, weights = distributed.broadcast_object((cfg, imported, model.state_dict()))
+            model.load_state_dict(weights)
+        env = dataclasses.replace(env, cfg=cfg)  # the normalisation a FAIR network was trained with
+    model = model.to(env.device)
     if world.distributed:
         _check_world(cfg, world, len(data))
     if world.is_main:  # the same verdict for every rank: rank 0 says it once, torchrun stops the others
@@ -222,14 +240,25 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     kept = load_precisions(run.path, env.device) if resume and world.is_main else None
     if resume and world.distributed:
         kept = distributed.broadcast_object(kept)
-    if kept is None and resume:  # a run folder from before 0.4 kept none: it ran both phases in one precision
+    if kept is None and resume and checkpoint is not None:  # a run folder from before 0.4 kept none: it ran
+        kept = PhasePrecision(env.precision, env.precision)  # both phases in one precision
+    if kept is None and cfg.cycles == 0:  # nothing is trained now: measured when cycles are added (--resume)
         kept = PhasePrecision(env.precision, env.precision)
+        kept_now = False
+    else:
+        kept_now = True
     precisions = kept or choose_precisions(cfg, model, source, reader)
-    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env,
+    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env, save_precisions=kept_now,
                      reader=reader.replace(precision=precisions.features),
                      trainer=reader.replace(precision=precisions.training), precisions=precisions,
                      model=model, optimizer=optimizer, start_cycle=1, assignments=None, top_state=None,
-                     init_ia=init_ia, kept_metrics=kept_metrics, ddp_bytes=[0])
+                     init_ia=init_ia, imported=imported, kept_metrics=kept_metrics, ddp_bytes=[0])
+    if checkpoint is None and resume:  # no cycle finished: the run's initial network, as it was saved
+        initial = run.load_checkpoint("init") if world.is_main and run.init_path.is_file() else None
+        if world.distributed:
+            initial = distributed.broadcast_object(initial)
+        if initial is not None:
+            model.load_state_dict(initial["model"])
     if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
         if len(checkpoint["assignments"]) != len(data):
             raise TrainingError(f"{run.checkpoint_path} holds {len(checkpoint['assignments'])} assignments but the "
@@ -277,9 +306,12 @@ def _create(state: RunState) -> None:
     run = state.run
     run.path.mkdir(parents=True, exist_ok=True)
     run.save_config(state.cfg)
-    save_precisions(state.precisions, run.path)
+    if state.save_precisions:
+        save_precisions(state.precisions, run.path)
     if state.init_ia is not None:
         write_json(run.path / "init_ia.json", state.init_ia)
+    if state.imported is not None:
+        write_json(run.path / "init_weights.json", state.imported)
     torch_save(run.init_path, {"model": _model_state(state.model), "cycle": 0, "in_channels": state.in_channels,
                                "input_size": state.input_size, "version": __version__})
     write_text(run.metrics_path, "")
@@ -288,6 +320,8 @@ def _create(state: RunState) -> None:
 def _restore(state: RunState) -> None:
     if state.cfg != state.run.load_config():  # extended: --resume --set cycles=N
         state.run.save_config(state.cfg)
+    if not (state.run.path / "precision.json").exists() and state.save_precisions:  # chosen now (from cycles: 0)
+        save_precisions(state.precisions, state.run.path)
     # Anything logged past the last checkpoint (a cycle that did not finish) is dropped: it is redone.
     write_text(state.run.metrics_path, "".join(json.dumps(r) + "\n" for r in state.kept_metrics))
 
