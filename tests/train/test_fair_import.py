@@ -238,3 +238,19 @@ def test_continued_from_the_import_resumes_exactly_after_kill_9(imported, tmp_pa
     # the continued run is DeepCluster on the user's images: its own k, its own top layer
     assert b["top_layer"]["weight"].shape == (3, 4096)
     assert [r["cycle"] for r in RunFolder(killed).metrics()] == [1]
+
+
+def test_the_docs_page_commands_are_the_scripts():
+    """docs/fair_deepcluster.md's commands are those experiments/fair_deepcluster.sh runs (and times)."""
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    page = (repo / "docs" / "fair_deepcluster.md").read_text()
+    script = (repo / "experiments" / "fair_deepcluster.sh").read_text().replace('"$CKPT"', "checkpoint.pth.tar")
+    script = " ".join(script.replace("\\\n", " ").split())
+    blocks = re.findall(r"```bash\n(.*?)```", page, re.S)
+    commands = [" ".join(c.split("#")[0].split()) for b in blocks for c in b.replace("\\\n", " ").splitlines()]
+    commands = [c for c in commands if c.startswith("deepcluster ")]
+    assert len(commands) >= 8
+    for c in commands:
+        assert c in script, c

@@ -79,11 +79,12 @@ def import_network(cfg: TrainConfig, model: nn.Module, channels: int) -> tuple[T
     try:
         report = load_backbone_state(path, model, content=content)
     except ConfigError as e:
-        hint = ""
         if fair is not None and "classifier" in str(e) and "another shape" in str(e):
-            hint = ("; FAIR's networks read 224-px images (their classifier takes the conv maps of that size): "
-                    "set data.image_size=224")
-        raise ConfigError(f"init={path.name}: {e}{hint}") from None
+            raise ConfigError(f"init={path.name}: FAIR's {fair.arch} reads 224-px images (its classifier takes the conv "
+                              f"maps of that size), the config's data.image_size={cfg.data.image_size}: set "
+                              "data.image_size=224") from None
+        text = str(e).replace(", or pass --weights-prefix PREFIX if the backbone lies under another prefix", "")
+        raise ConfigError(f"init={path.name}: {text}") from None
     record: dict[str, Any] = {"file": str(path.resolve()), "layout": report.layout, "loaded": report.loaded,
                               "summary": report.summary()}
     if fair is not None:
