@@ -112,7 +112,7 @@ def test_imported_network_computes_what_fairs_code_computes(imported, fair_alexn
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_every_command_reads_the_imported_run(imported, tmp_path):
+def test_every_command_reads_the_imported_run(imported, fair_alexnet, tmp_path):
     res = invoke("evaluate", imported, "--protocols", "knn", "--layers", "conv5,fc2", "-q")
     assert res.exit_code == 0, res.output
     assert "imported (init)" in res.output and "trained (last)" not in res.output
@@ -130,6 +130,17 @@ def test_every_command_reads_the_imported_run(imported, tmp_path):
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "sim" / "cka.csv").read_text().splitlines()
     assert any(line.startswith("a,conv2,b,conv2,1.0") for line in lines), lines
+    # --weights: the file in a run of the same architecture (its own normalisation unset) reads the
+    # images as the import does, ImageNet's, so it is the same network on the same inputs
+    res = invoke("train", *COMMON, "--set", f"data.root={RunFolder(imported).load_config().data.root}",
+                 "--set", "cycles=0", "-o", tmp_path / "plain")
+    assert res.exit_code == 0, res.output
+    res = invoke("similarity", imported, tmp_path / "plain", "--weights", "-", "--weights", fair_alexnet[0],
+                 "--layers", "conv2,fc1", "--sample", "12", "-o", tmp_path / "sim2", "-q")
+    assert res.exit_code == 0, res.output
+    assert "ImageNet's normalisation" in res.output
+    lines = (tmp_path / "sim2" / "cka.csv").read_text().splitlines()
+    assert any(line.startswith("fair,fc1,plain+checkpoint,fc1,1.0") for line in lines), lines
 
 
 @pytest.mark.slow

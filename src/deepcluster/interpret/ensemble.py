@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from deepcluster.core.errors import ConfigError, DataError
+from deepcluster.models.published import FAIR_LAYOUT, fair_normalisation
 
 if TYPE_CHECKING:
     from deepcluster.models.published import LoadReport
@@ -294,9 +295,10 @@ def _default_run_names(runs: Sequence[str | Path], weights: Sequence[Path | None
 
 
 def _model_with_weights(folder: Any, cfg: Any, checkpoint: str, path: Path,
-                        prefix: str | None) -> tuple[Any, LoadReport]:
+                        prefix: str | None) -> tuple[Any, LoadReport, int]:
     """The run's network (its config's architecture, its checkpoint's input channels and size) with the
-    backbone of the weights file ``path`` loaded strictly instead of the checkpoint's tensors."""
+    backbone of the weights file ``path`` loaded strictly instead of the checkpoint's tensors, and
+    its input channels."""
     from deepcluster.core.errors import TrainingError
     from deepcluster.models.published import load_backbone_state
     from deepcluster.runs import build_network
@@ -307,11 +309,12 @@ def _model_with_weights(folder: Any, cfg: Any, checkpoint: str, path: Path,
         if checkpoint == "last":
             raise
         ckpt = folder.load_checkpoint("last")  # every checkpoint of a run has the same input shape
-    model = build_network(cfg, int(ckpt["in_channels"]), int(ckpt["input_size"]))
+    channels = int(ckpt["in_channels"])
+    model = build_network(cfg, channels, int(ckpt["input_size"]))
     del ckpt
     report = load_backbone_state(path, model, prefix=prefix)
     model.eval()
-    return model, report
+    return model, report, channels
 
 
 def load_runs(runs: Sequence[str | Path], *, names: Sequence[str] | None = None, checkpoint: str = "last",
@@ -373,9 +376,14 @@ def load_runs(runs: Sequence[str | Path], *, names: Sequence[str] | None = None,
         if path is None:
             loaded.append(LoadedRun(name, folder.path, cfg, folder.build_model(checkpoint, cfg)))
             continue
-        model, report = _model_with_weights(folder, cfg, checkpoint, path, prefix)
+        model, report, channels = _model_with_weights(folder, cfg, checkpoint, path, prefix)
+        summary = report.summary()
+        if report.layout == FAIR_LAYOUT and cfg.data.mean is None:  # it reads images as it was trained to
+            mean, std = fair_normalisation(channels)
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"mean": mean, "std": std})})
+            summary += "; read with ImageNet's normalisation, as FAIR's networks were trained"
         if log is not None:
-            log(report.summary())
+            log(summary)
         loaded.append(LoadedRun(name, folder.path, cfg, model, weights=path, weights_report=report))
     return loaded
 

@@ -71,7 +71,8 @@ from torch import nn
 from deepcluster.core.errors import ConfigError, DataError, first_line
 from deepcluster.core.files import load_torch_file
 
-__all__ = ["HEAD_NAMES", "LAYOUTS", "FairCheckpoint", "Layout", "LoadReport", "classifier_name", "fair_checkpoint",
+__all__ = ["FAIR_LAYOUT", "HEAD_NAMES", "LAYOUTS", "FairCheckpoint", "IMAGENET_MEAN", "IMAGENET_STD", "Layout", "LoadReport", "classifier_name",
+           "fair_checkpoint", "fair_normalisation",
            "load_backbone_state", "read_weights", "strip_module"]
 
 #: First key components (after the backbone's prefix) of the heads that are dropped.
@@ -119,8 +120,11 @@ class Layout:
 
 
 #: The recognised layouts, most specific first (see the module docstring).
+#: The name of FAIR's DeepCluster v1 layout in :data:`LAYOUTS` and load reports.
+FAIR_LAYOUT = "DeepCluster v1 (FAIR)"
+
 LAYOUTS: tuple[Layout, ...] = (
-    Layout("DeepCluster v1 (FAIR)", (("state_dict",),), ("",), marks=("features.module.", "features.", "top_layer."),
+    Layout(FAIR_LAYOUT, (("state_dict",),), ("",), marks=("features.module.", "features.", "top_layer."),
            top_marks=("arch",), strip_module=True),
     Layout("MoCo v1/v2", (("state_dict",), ()), ("module.encoder_q.", "encoder_q.")),
     Layout("MoCo v3", (("state_dict",), ()), ("module.base_encoder.", "base_encoder.")),
@@ -520,3 +524,19 @@ def fair_checkpoint(content: Any) -> FairCheckpoint | None:
     return FairCheckpoint(arch=content["arch"].lower(), sobel="sobel.0.weight" in keys or "sobel.1.weight" in keys,
                           k=None if bias is None else int(bias.shape[0]),
                           epoch=int(epoch) if isinstance(epoch, int) else None)
+
+
+#: The normalisation FAIR's DeepCluster networks were trained with (ImageNet's).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def fair_normalisation(channels: int) -> tuple[list[float], list[float]]:
+    """ImageNet's normalisation for ``channels`` channels. For grey images, the one mean and std
+    that give what FAIR's network computes from the same image in RGB (r = g = b): its first step
+    averages the normalised channels, (1/3)·Σ (x − m_c)/s_c = (x − m)/s."""
+    if channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    inv = sum(1.0 / s for s in IMAGENET_STD) / 3
+    shift = sum(m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)) / 3
+    return [round(shift / inv, 6)], [round(1.0 / inv, 6)]

@@ -13,28 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from deepcluster.core.config import TrainConfig, apply_overrides
 from deepcluster.core.errors import ConfigError, DataError
-from deepcluster.models.published import fair_checkpoint, load_backbone_state, read_weights
+from deepcluster.models.published import fair_checkpoint, fair_normalisation, load_backbone_state, read_weights
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "import_network"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _imagenet_norm(channels: int) -> tuple[list[float], list[float]]:
-    """ImageNet's normalisation for ``channels`` channels. For grey images, the one mean and std
-    that give what FAIR's network computes from the same image in RGB (r = g = b): its first step
-    averages the normalised channels, (1/3)·Σ (x − m_c)/s_c = (x − m)/s."""
-    if channels == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    inv = float(np.mean([1.0 / s for s in IMAGENET_STD]))
-    shift = float(np.mean([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]))
-    return [round(shift / inv, 6)], [round(1.0 / inv, 6)]
+__all__ = ["import_network"]
 
 
 def import_network(cfg: TrainConfig, model: nn.Module, channels: int) -> tuple[TrainConfig, dict[str, Any]]:
@@ -90,7 +75,7 @@ def import_network(cfg: TrainConfig, model: nn.Module, channels: int) -> tuple[T
     if fair is not None:
         record["fair"] = {"arch": fair.arch, "sobel": fair.sobel, "k": fair.k, "epoch": fair.epoch}
         if cfg.data.mean is None:
-            mean, std = _imagenet_norm(channels)
+            mean, std = fair_normalisation(channels)
             cfg = apply_overrides(TrainConfig, cfg, {"data.mean": mean, "data.std": std}, source="init")
             record["normalisation"] = ("data.mean/data.std set to ImageNet's, as FAIR's networks were trained"
                                        + (" (its grey equivalent)" if channels != 3 else ""))
