@@ -14,7 +14,7 @@ METHODS = ("kmeans", "pic")
 # Options of one method that the other does not take. The trainer passes one set of
 # options whatever the method; those meant for the other method are dropped, anything
 # else unknown still fails loudly (TypeError) so typos are not ignored.
-_KMEANS_ONLY = frozenset({"niter", "fit_fraction", "use_gpu", "verbose", "device", "deterministic"})
+_KMEANS_ONLY = frozenset({"niter", "fit_fraction", "use_gpu", "verbose", "device", "deterministic", "algorithm"})
 _PIC_ONLY = frozenset({"n_neighbors", "sigma", "alpha", "n_iter"})
 
 

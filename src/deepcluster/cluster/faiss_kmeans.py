@@ -119,6 +119,7 @@ def kmeans(
     sharded: bool = False,
     device: str | None = None,
     deterministic: bool = False,
+    algorithm: str = "faiss",
 ) -> ClusterResult:
     """Cluster ``x`` into ``k`` non-empty clusters with faiss's k-means algorithm.
 
@@ -170,6 +171,11 @@ def kmeans(
     deterministic : bool
         On a GPU, fit and assign with the torch k-means (fixed blocks, PyTorch's deterministic
         algorithms) rather than faiss's GPU index, whose results vary from run to run.
+    algorithm : {"faiss", "sklearn"}
+        ``"sklearn"`` fits the centroids with scikit-learn's ``KMeans(n_clusters=k, n_init=1,
+        max_iter=niter, random_state=seed)`` on the CPU (k-means++ seeding, its own convergence
+        test), as the Deep Dive authors computed Initial Alignment; the assignment, re-splits and
+        loss are then this function's, as for faiss.
 
     Returns
     -------
@@ -196,11 +202,14 @@ def kmeans(
             f"k={k} is larger than the number of samples ({n}): lower k or use more data"
         )
     n_fit = _fit_count(fit_fraction, n, k)
+    if algorithm not in ("faiss", "sklearn"):
+        raise ValueError(f"algorithm must be 'faiss' or 'sklearn', not {algorithm!r}")
     backend = _choose_backend(use_gpu, device, verbose, deterministic)
 
     rng = np.random.default_rng(seed)  # draws the fit rows, then the empty-cluster re-splits
     x_fit = _fit_rows(x, n, offset, n_fit, rng, sharded=sharded)
-    centroids, faiss_splits = _fit_centroids(x_fit, k, niter=niter, seed=seed, backend=backend, sharded=sharded)
+    centroids, faiss_splits = _fit_centroids(x_fit, k, niter=niter, seed=seed, backend=backend, sharded=sharded,
+                                             algorithm=algorithm)
     # Every sample goes to its nearest centroid, fit subset or not; each rank assigns its own.
     local = assign_nearest(x, centroids, use_gpu=backend.assign_gpu, device=backend.torch_device, offset=offset,
                            gpu=backend.gpu)
@@ -255,11 +264,16 @@ def _fit_rows(x: np.ndarray, n: int, offset: int, n_fit: int | None, rng: np.ran
 
 
 def _fit_centroids(x_fit: np.ndarray | None, k: int, *, niter: int, seed: int, backend: _Backend,
-                   sharded: bool) -> tuple[np.ndarray, int]:
+                   sharded: bool, algorithm: str = "faiss") -> tuple[np.ndarray, int]:
     """Centroids (k × d float32) fitted on ``x_fit`` and the empty-cluster splits made on the way;
     sharded: fitted on rank 0 (the one holding ``x_fit``) and broadcast."""
     centroids, faiss_splits = None, 0
-    if x_fit is not None and backend.torch_device is not None:
+    if x_fit is not None and algorithm == "sklearn":
+        from sklearn.cluster import KMeans
+
+        fitted = KMeans(n_clusters=k, n_init=1, max_iter=niter, random_state=seed & 0x7FFFFFFF).fit(x_fit)
+        centroids = np.ascontiguousarray(fitted.cluster_centers_, dtype=np.float32)
+    elif x_fit is not None and backend.torch_device is not None:
         from deepcluster.cluster.torch_kmeans import torch_kmeans
 
         centroids, faiss_splits = torch_kmeans(x_fit, k, niter=niter, seed=seed, device=backend.torch_device)

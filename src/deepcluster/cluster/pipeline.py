@@ -104,7 +104,8 @@ def _lowest_loss(x: np.ndarray, cfg: TrainConfig, k: int, *, seeds: range, shard
     """The clustering of ``x`` of lowest loss among one run per seed (on a tie, the first)."""
     gpu = str(device) if device.type == "cuda" else None
     runs = (cluster_features(x, cfg.clustering, k, niter=cfg.kmeans_iters, seed=seed, fit_fraction=cfg.fit_fraction,
-                             sharded=sharded, device=gpu, deterministic=cfg.deterministic)
+                             sharded=sharded, device=gpu, deterministic=cfg.deterministic,
+                             algorithm=cfg.kmeans_algorithm)
             for seed in seeds)
     return min(runs, key=lambda r: r.loss)  # holds only the best run so far
 

@@ -48,6 +48,10 @@ class DataConfig(StrictModel):
     split: str = "train"
     test_split: str | None = "test"
     image_size: int | None = Field(None, ge=8)
+    # Resize the shorter side to this first, then centre-crop to image_size (deterministic;
+    # torchvision's Resize + CenterCrop, e.g. 44 then 32 px as the Deep Dive authors load
+    # Fashion-MNIST). In-memory datasets (mnist, fashion-mnist, cifar10, svhn). None: resize only.
+    resize: int | None = Field(None, ge=8)
     limit: int | None = Field(None, ge=2)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     # What the in-memory path holds (the pixels, once, plus the per-image arrays of a cycle) up to
@@ -65,7 +69,7 @@ class DataConfig(StrictModel):
     mean: list[float] | None = None
     std: list[float] | None = None
 
-    _off = field_validator("test_split", "limit", "image_size", "mean", "std", mode="before")(
+    _off = field_validator("test_split", "limit", "image_size", "resize", "mean", "std", mode="before")(
         classmethod(lambda cls, v: _off_to_none(v))
     )
 
@@ -175,6 +179,10 @@ class TrainConfig(StrictModel):
     pca_dim: int | None = Field(None, ge=1)
     whiten: bool = True
     kmeans_iters: int = Field(20, ge=1)
+    # "faiss": faiss's k-means (the official DeepCluster's; our GEMM Lloyd at ImageNet size);
+    # "sklearn": scikit-learn's KMeans (k-means++, n_init=1, max_iter=kmeans_iters, random_state
+    # = the cycle's seed), as the Deep Dive authors computed Initial Alignment
+    kmeans_algorithm: Literal["faiss", "sklearn"] = "faiss"
     fit_fraction: float = Field(1.0, gt=0.0, le=1.0)
     halt_clustering_after: int | None = Field(None, ge=1)
     # Caron's Algorithm 2: each cycle clusters and trains on this many images sampled from the

@@ -340,13 +340,33 @@ def random_limit_indices(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def finalize(dataset: ImageDataset, image_size: int | None, limit: int | None, seed: int) -> ImageDataset:
-    """Apply ``limit`` (before resizing, which is the expensive part) then ``image_size``."""
+def resize_center_crop(images: torch.Tensor, resize: int, size: int) -> torch.Tensor:
+    """Resize a uint8 N×C×H×W tensor so that its shorter side is ``resize`` (bilinear,
+    antialiased), then keep its central ``size``×``size`` (torchvision's ``Resize(resize)`` then
+    ``CenterCrop(size)``, deterministic)."""
+    if size > resize:
+        raise DataError(f"data.image_size={size} is larger than data.resize={resize}: the centre crop is taken "
+                        f"from the resized image, so set data.resize to at least {size}")
+    parts = [TF.center_crop(TF.resize(images[k : k + _RESIZE_CHUNK], resize, antialias=True), [size, size])
+             for k in range(0, len(images), _RESIZE_CHUNK)]
+    if not parts:
+        return images.new_empty((0, images.shape[1], size, size))
+    return torch.cat(parts)
+
+
+def finalize(dataset: ImageDataset, image_size: int | None, limit: int | None, seed: int,
+             resize: int | None = None) -> ImageDataset:
+    """Apply ``limit`` (before resizing, which is the expensive part) then ``image_size`` (with
+    ``resize``: resize to that, then centre-crop to ``image_size``, its default the native size)."""
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
             raise DataError(f"limit must be a positive integer, got {limit!r}: set data.limit to e.g. 1000 or remove it")
         if limit < len(dataset):
             dataset = dataset.subset(random_limit_indices(len(dataset), int(limit), seed))
+    if resize is not None and isinstance(dataset, TensorImageDataset):
+        size = image_size if image_size is not None else min(dataset.images.shape[2:])
+        return TensorImageDataset(dataset.name, resize_center_crop(dataset.images, resize, int(size)), dataset.labels,
+                                  dataset.classes)
     if image_size is not None and isinstance(dataset, TensorImageDataset):
         dataset = TensorImageDataset(
             dataset.name, resize_images(dataset.images, image_size), dataset.labels, dataset.classes

@@ -123,6 +123,7 @@ def load_dataset(
     image_size: int | None = None,
     limit: int | None = None,
     seed: int = 0,
+    resize: int | None = None,
 ) -> ImageDataset:
     """Load a dataset as uint8 images N×C×H×W with labels when known.
 
@@ -142,6 +143,10 @@ def load_dataset(
         Keep a random subset of ``limit`` samples (reproducible through ``seed``, original order kept).
     seed : int
         Seed of the ``limit`` subset.
+    resize : int, optional
+        Resize the shorter side to ``resize`` first, then centre-crop to ``image_size`` (default:
+        the native size): torchvision's ``Resize`` + ``CenterCrop``, as the Deep Dive authors load
+        Fashion-MNIST (44 then 32 px). In-memory datasets only (MNIST, Fashion-MNIST, CIFAR-10, SVHN).
 
     Returns
     -------
@@ -157,6 +162,10 @@ def load_dataset(
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for dataset {name!r}: use 'train' or 'test'")
     check_image_size(image_size)
+    if resize is not None and name in ("digits", "ingested", "folder"):
+        raise DataError(f"data.resize (resize, then centre-crop) applies to the in-memory datasets (mnist, fashion-mnist, "
+                        f"cifar10, svhn), not {name}: drop it, or prepare the images at the size you want")
+    check_image_size(resize)
 
     if name == "digits":
         from deepcluster.data.digits import load_digits_dataset
@@ -189,4 +198,4 @@ def load_dataset(
         from deepcluster.data.svhn import load_svhn
 
         dataset = load_svhn(path, split)
-    return finalize(dataset, image_size, limit, seed)
+    return finalize(dataset, image_size, limit, seed, resize=resize)

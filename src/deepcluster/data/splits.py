@@ -33,7 +33,7 @@ def load_split(cfg: TrainConfig, split: str | None = None, limit: int | None = N
     if split is None:
         split, limit = cfg.data.split, cfg.data.limit
     return load_dataset(cfg.data.name, cfg.data.root, split=split, image_size=cfg.data.image_size,
-                        limit=limit, seed=cfg.seed)
+                        limit=limit, seed=cfg.seed, resize=cfg.data.resize)
 
 
 def load_train_data(cfg: TrainConfig) -> ImageDataset:

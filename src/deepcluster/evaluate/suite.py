@@ -110,7 +110,8 @@ def data_identity(cfg: TrainConfig, ecfg: EvalConfig) -> dict[str, Any]:
     held-out part's size and seed (:func:`~deepcluster.data.splits.holdout_identity`)."""
     return {"dataset": cfg.data.name, "split": cfg.data.split, "train_limit": ecfg.train_limit or cfg.data.limit,
             "test_split": cfg.data.test_split, "test_limit": ecfg.test_limit, "image_size": cfg.data.image_size,
-            "seed": cfg.seed, **holdout_identity(cfg, ecfg)}
+            "seed": cfg.seed, **holdout_identity(cfg, ecfg),
+            **({"resize": cfg.data.resize} if cfg.data.resize is not None else {})}
 
 
 def _load_data(env: RunEnv, ecfg: EvalConfig) -> _RunData:

@@ -245,7 +245,8 @@ class LoadedRun:
 
 def _data_identity(cfg: Any) -> dict[str, Any]:
     d = cfg.data
-    return {"name": d.name, "root": d.root, "image_size": d.image_size, "split": d.split, "test_split": d.test_split}
+    return {"name": d.name, "root": d.root, "image_size": d.image_size, "resize": d.resize, "split": d.split,
+            "test_split": d.test_split}
 
 
 def _none_if_dash(value: str | Path | None) -> str | Path | None:
