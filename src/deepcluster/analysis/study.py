@@ -263,8 +263,9 @@ class _Worker:
 
         # One image is enough to know the input shape, hence the probe layers.
         sample = load_split(cfg, cfg.data.split, limit=2).images_tensor()
-        layers = list(build_network(cfg, int(sample.shape[1]), int(sample.shape[-1])).probe_layers())
-        layer = self.spec.metric.layer or layers[-1]
+        net = build_network(cfg, int(sample.shape[1]), int(sample.shape[-1]))
+        layers = list(net.probe_layers(extra=True))
+        layer = self.spec.metric.layer or list(net.probe_layers())[-1]
         if layer not in layers:
             raise ConfigError(f"study {self.spec.name}: metric.layer {layer!r} is not a probe layer of "
                               f"{cfg.model.arch} (its layers: {', '.join(layers)}); fix metric.layer")
@@ -407,8 +408,10 @@ class _Worker:
             self.log(f"prescreen: dropped {len(dropped)}/{len(self.settings)} settings with the lowest median IA "
                      f"({', '.join(dropped) or 'none'}): {len(dropped) * len(seeds)}/{total} trials saved")
 
+        # seed-major: the first seed's trials of every setting come first, so that a study stopped
+        # early (--max-trials, a session's end) holds complete replicates, one seed after another
         trials = [{"slug": trial_slug(s, seed), "setting": s.slug, "params": {**s.as_dict(), "seed": seed}}
-                  for s in self.settings if s.slug not in dropped for seed in seeds]
+                  for seed in seeds for s in self.settings if s.slug not in dropped]
         plan = {"seeds": seeds, "seed_choice": seed_choice, "dropped": dropped,
                 "settings": [{"slug": s.slug, "params": s.as_dict()} for s in self.settings], "trials": trials}
         write_json(self.dir / "plan.json", plan)

@@ -136,9 +136,11 @@ def _load_model(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[Deep
     return run.build_model(checkpoint, cfg), int(run.load_checkpoint(checkpoint).get("cycle", 0))
 
 
-def _probe_layers(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> list[str]:
+def _probe_layers(run: RunFolder, cfg: TrainConfig, checkpoint: str) -> tuple[list[str], list[str]]:
+    """The network's default probe layers, and every layer a probe may name (extras too)."""
     ckpt = run.load_checkpoint(checkpoint)
-    return list(build_network(cfg, ckpt["in_channels"], ckpt["input_size"]).probe_layers())
+    net = build_network(cfg, ckpt["in_channels"], ckpt["input_size"])
+    return list(net.probe_layers()), list(net.probe_layers(extra=True))
 
 
 def checkpoint_label(checkpoint: str, *, imported: bool = False) -> str:
@@ -430,8 +432,8 @@ def _evaluate_run(run: RunFolder, name: str, checkpoints: list[str], layers: Seq
         checkpoints = [c for c in checkpoints if c != "last"]
         log(f"{name}: no cycle finished, so its last network is its initial one: evaluated once, as init")
     imported = (run.path / "init_weights.json").is_file()
-    available = _probe_layers(run, cfg, checkpoints[0])
-    wanted = list(layers) if layers is not None else (ecfg.layers or available)
+    default, available = _probe_layers(run, cfg, checkpoints[0])
+    wanted = list(layers) if layers is not None else (ecfg.layers or default)
     unknown = [lyr for lyr in wanted if lyr not in available]
     if unknown:
         raise ConfigError(f"unknown probe layer(s) {unknown} for arch {cfg.model.arch!r}; choose among {available}")

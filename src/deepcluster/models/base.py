@@ -157,6 +157,7 @@ class DeepClusterNet(nn.Module):
         arch: str = "",
         sobel: nn.Module | None = None,
         top_layer: nn.Linear | None = None,
+        extra_probe_layers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         # Registered in the official order so that state-dict keys read like Caron's checkpoints.
@@ -168,7 +169,9 @@ class DeepClusterNet(nn.Module):
         self.arch = arch
         # Paths, not module references: they survive deepcopy, pickling and module replacement.
         self._probe_paths = dict(probe_layers)
-        for name, path in self._probe_paths.items():
+        # Probes chosen by name only (e.g. conv2_prepool: conv2 before its pooling), not by default
+        self._extra_probe_paths = dict(extra_probe_layers or {})
+        for name, path in {**self._probe_paths, **self._extra_probe_paths}.items():
             try:
                 self.get_submodule(path)
             except AttributeError:
@@ -239,18 +242,24 @@ class DeepClusterNet(nn.Module):
         self.top_layer = layer
         return layer
 
-    def probe_layers(self) -> dict[str, nn.Module]:
+    def probe_layers(self, *, extra: bool = False) -> dict[str, nn.Module]:
         """Ordered probe name → module whose output is that probe's feature.
 
         Conv blocks (``conv1``...) end after their ReLU, or after their max-pool when one follows.
         Fully connected probes: every one but the last is post-ReLU; the last (e.g. ``fc2``) is the
-        pre-ReLU output that :meth:`embed` returns.
+        pre-ReLU output that :meth:`embed` returns. With ``extra``, also the probes chosen by name
+        only (``conv2_prepool`` of LeNet-5: conv2 after its ReLU, before its pooling).
 
         Returns
         -------
         dict[str, nn.Module]
         """
-        return {name: self.get_submodule(path) for name, path in self._probe_paths.items()}
+        paths = {**self._probe_paths, **self._extra_probe_paths} if extra else self._probe_paths
+        return {name: self.get_submodule(path) for name, path in paths.items()}
+
+    def probe_path(self, name: str) -> str:
+        """The module path of probe ``name`` (default or extra), e.g. ``features.7``."""
+        return {**self._probe_paths, **self._extra_probe_paths}[name]
 
     def layer_outputs(self, x: torch.Tensor, names: list[str], *, flatten: bool = True) -> dict[str, torch.Tensor]:
         """Outputs of the named probe layers for ``x``, each flattened to (B, D) by default.
@@ -277,7 +286,7 @@ class DeepClusterNet(nn.Module):
         ConfigError
             If a name is not a probe layer of this model.
         """
-        layers = self.probe_layers()
+        layers = self.probe_layers(extra=True)
         unknown = [n for n in names if n not in layers]
         if unknown:
             raise ConfigError(

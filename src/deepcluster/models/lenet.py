@@ -17,7 +17,8 @@ def lenet5(in_channels: int, input_size: int) -> DeepClusterNet:
 
     The first conv pads by 2 below 32 px, so 28 px (MNIST) and 32 px images both end in 16×5×5.
     Probe layers: ``conv1``, ``conv2`` (after their pools), ``fc1`` (120-d, post-ReLU),
-    ``fc2`` (84-d, pre-ReLU). ``feature_dim`` 84.
+    ``fc2`` (84-d, pre-ReLU); by name only, ``conv2_prepool`` (conv2 after its ReLU, before its
+    pool: 16×10×10, the Deep Dive authors' probe). ``feature_dim`` 84.
     """
     pad = 2 if input_size < 32 else 0
     features, probes = conv_body(
@@ -30,7 +31,9 @@ def lenet5(in_channels: int, input_size: int) -> DeepClusterNet:
         nn.Linear(120, 84),
     )
     probes.update(fc1="classifier.2", fc2="classifier.3")
-    return DeepClusterNet(features, classifier, 84, probe_layers=probes, default_probe_layer="conv2")
+    # conv2 before its pooling (16×10×10): the Deep Dive authors' probe, chosen by name only
+    return DeepClusterNet(features, classifier, 84, probe_layers=probes, default_probe_layer="conv2",
+                          extra_probe_layers={"conv2_prepool": "features.6"})
 
 
 @register_model("tiny_cnn")

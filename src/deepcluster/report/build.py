@@ -361,7 +361,7 @@ def _top_images(ctx: _Context, runs: list[_Run]) -> None:
 def _layer_width(model: torch.nn.Module, layer: str) -> int:
     """Channels (conv) or units (linear) of a probe layer, read from the layer before it."""
     names = list(model.probe_layers())
-    path = model._probe_paths[layer]  # type: ignore[attr-defined]
+    path = model.probe_path(layer)
     width = None
     for name, mod in model.named_modules():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and name != "top_layer":
