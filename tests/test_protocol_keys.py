@@ -70,3 +70,13 @@ def test_the_papers_config_is_the_protocol():
     assert net.features[0].padding == (0, 0)  # LeNet at 32 px: no padding, as theirs
     x = torch.zeros(2, 1, 32, 32)
     assert net.layer_outputs(x, ["conv2"], flatten=False)["conv2"].shape == (2, 16, 5, 5)
+
+
+def test_conv2_before_its_pooling_is_a_probe_by_name_only():
+    from deepcluster.models.registry import build_model
+
+    net = build_model("lenet5", in_channels=1, input_size=32).eval()
+    assert "conv2_prepool" not in net.probe_layers() and "conv2_prepool" in net.probe_layers(extra=True)
+    out = net.layer_outputs(torch.zeros(2, 1, 32, 32), ["conv2_prepool", "conv2"], flatten=False)
+    assert out["conv2_prepool"].shape == (2, 16, 10, 10) and out["conv2"].shape == (2, 16, 5, 5)
+    assert torch.equal(torch.nn.functional.max_pool2d(out["conv2_prepool"], 2), out["conv2"])
