@@ -88,8 +88,10 @@ def sample_statement(runs: list[_Run]) -> str:
     return "; ".join(f"{name}: {text}" for name, text in phrases.items())
 
 
-def _label(model_name: str, rcfg: ReportConfig) -> str:
-    return "random init" if model_name == "random" else f"trained ({rcfg.checkpoint})"
+def _label(model_name: str, rcfg: ReportConfig, run: _Run) -> str:
+    if model_name == "random":  # the run's initial network: a published one for init: FILE
+        return "imported init" if (run.path / "init_weights.json").is_file() else "random init"
+    return f"trained ({rcfg.checkpoint})"
 
 
 def _default_layer(model: torch.nn.Module) -> str:
@@ -299,11 +301,11 @@ def _maps(ctx: _Context, runs: list[_Run]) -> None:
             for m, f in features[r.name].items():
                 ts = time.perf_counter()
                 xy, idx = embed_2d(f, method=rc.map_method, seed=rc.seed, max_points=rc.map_points)
-                panels[_label(m, rc)] = xy
+                panels[_label(m, rc, r)] = xy
                 done += 1
                 advance(1)
                 left = maps - done
-                ctx.log(f"    {method} map {done}/{maps} ({r.name}, {_label(m, rc)}, {len(xy):,} points): "
+                ctx.log(f"    {method} map {done}/{maps} ({r.name}, {_label(m, rc, r)}, {len(xy):,} points): "
                         f"{time.perf_counter() - ts:.1f} s"
                         + (f"; the other {left} about {(time.perf_counter() - t0) / done * left:.0f} s" if left else ""))
             labels = None if r.labels is None else r.labels[idx]
@@ -322,7 +324,7 @@ def _neighbours(ctx: _Context, runs: list[_Run]) -> None:
         feats = _features(ctx, r)
         queries = np.random.default_rng(rc.seed + 1).choice(len(r.images), size=min(rc.queries, len(r.images)),
                                                             replace=False)
-        nbrs = {_label(m, rc): nearest_neighbors(f, queries, k=rc.neighbors) for m, f in feats.items()}
+        nbrs = {_label(m, rc, r): nearest_neighbors(f, queries, k=rc.neighbors) for m, f in feats.items()}
         path = plot_neighbor_queries(r.images, queries, nbrs, ctx.png(f"neighbours_{r.name}"), labels=r.labels)
         ctx.figure(sec, path, f"{r.name}.")
 
@@ -336,7 +338,7 @@ def _filters(ctx: _Context, runs: list[_Run]) -> None:
                            "(Caron Figure 5.2).")
     for r in runs:
         for m, model in r.models.items():
-            title = f"{r.name}: {_label(m, ctx.rcfg)}"
+            title = f"{r.name}: {_label(m, ctx.rcfg, r)}"
             path = plot_filters(first_layer_filters(model), ctx.png(f"filters_{r.name}_{m}"), title=title)
             ctx.figure(sec, path, title + ".")
 
@@ -353,7 +355,7 @@ def _top_images(ctx: _Context, runs: list[_Run]) -> None:
             layer = rc.activation_layer or _default_layer(model)
             idx, vals = top_activating(model, r.images, *r.reader.stats, layer, units=list(range(min(rc.units, _layer_width(model, layer)))),
                                        n=9, show_progress=ctx.show_progress, precision=r.reader.precision)
-            title = f"{r.name}: {_label(m, rc)}, layer {layer}"
+            title = f"{r.name}: {_label(m, rc, r)}, layer {layer}"
             path = plot_top_activations(r.images, idx, ctx.png(f"top9_{r.name}_{m}"), values=vals, title=title)
             ctx.figure(sec, path, title + ".")
 
@@ -391,7 +393,7 @@ def _ascent(ctx: _Context, runs: list[_Run]) -> None:
             imgs = visualize_channels(model, layer, channels, input_shape=tuple(r.images.shape[1:]), mean=r.reader.mean,
                                       std=r.reader.std, steps=rc.ascent_steps, seed=rc.seed,
                                       show_progress=ctx.show_progress)
-            title = f"{r.name}: {_label(m, rc)}, layer {layer}"
+            title = f"{r.name}: {_label(m, rc, r)}, layer {layer}"
             path = plot_channel_visualizations(imgs, ctx.png(f"ascent_{r.name}_{m}"), channels=channels, title=title)
             ctx.figure(sec, path, title + ".")
 
