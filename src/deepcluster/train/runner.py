@@ -242,13 +242,10 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         kept = distributed.broadcast_object(kept)
     if kept is None and resume and checkpoint is not None:  # a run folder from before 0.4 kept none: it ran
         kept = PhasePrecision(env.precision, env.precision)  # both phases in one precision
-    if kept is None and cfg.cycles == 0:  # nothing is trained now: measured when cycles are added (--resume)
-        kept = PhasePrecision(env.precision, env.precision)
-        kept_now = False
-    else:
-        kept_now = True
-    precisions = kept or choose_precisions(cfg, model, source, reader)
-    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env, save_precisions=kept_now,
+    deferred = kept is None and cfg.cycles == 0  # nothing is trained now: chosen when cycles are added (--resume)
+    precisions = PhasePrecision(env.precision, env.precision) if deferred else \
+        kept or choose_precisions(cfg, model, source, reader)
+    state = RunState(run=run, cfg=cfg, data=data, source=source, env=env, save_precisions=not deferred,
                      reader=reader.replace(precision=precisions.features),
                      trainer=reader.replace(precision=precisions.training), precisions=precisions,
                      model=model, optimizer=optimizer, start_cycle=1, assignments=None, top_state=None,
@@ -259,7 +256,7 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
             initial = distributed.broadcast_object(initial)
         if initial is not None:
             model.load_state_dict(initial["model"])
-    if checkpoint is not None:  # killed during cycle 1 otherwise: start again from the (seeded, identical) init
+    if checkpoint is not None:
         if len(checkpoint["assignments"]) != len(data):
             raise TrainingError(f"{run.checkpoint_path} holds {len(checkpoint['assignments'])} assignments but the "
                                 f"run's data has {len(data)} images: resume with the data the run was trained on")
