@@ -219,7 +219,11 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     data = load_train_data(cfg)
     source = env.source(data)
     model = build_network(cfg, source.channels, source.size)
-    imported = None
+    if world.distributed:
+        _check_world(cfg, world, len(data))
+    if world.is_main:  # the same verdict for every rank: rank 0 says it once, torchrun stops the others
+        _check_run(cfg, data, model)
+    imported = None  # checked first: a published file is read only for a run that can start
     if cfg.init_file is not None and not resume:  # a published network (init: FILE), read by rank 0 only
         if world.is_main:
             cfg, imported = import_network(cfg, model, source.channels)
@@ -228,10 +232,6 @@ def prepare_run(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
             model.load_state_dict(weights)
         env = dataclasses.replace(env, cfg=cfg)  # the normalisation a FAIR network was trained with
     model = model.to(env.device)
-    if world.distributed:
-        _check_world(cfg, world, len(data))
-    if world.is_main:  # the same verdict for every rank: rank 0 says it once, torchrun stops the others
-        _check_run(cfg, data, model)
     if cfg.distributed.sync_batchnorm:
         model = convert_sync_batchnorm(model)
     # The network's optimiser (and its momentum) lives across cycles; the top layer gets its own.
