@@ -259,9 +259,10 @@ def _first_conv_relu_pool(weight: torch.Tensor, bias: torch.Tensor, padding: tup
     out_ch, in_ch, kh, kw = weight.shape
     ph, pw = padding
     k = in_ch * kh * kw
-    k_pad = -(-k // 32) * 32  # the bf16 matrix units multiply blocks of 32 along K
+    k_pad = -(-(k + 1) // 32) * 32  # the bf16 matrix units multiply blocks of 32 along K
     wm = weight.new_zeros(k_pad, out_ch)
     wm[:k] = weight.reshape(out_ch, k).t()  # rows in (c, i, j) order
+    wm[k] = bias  # against a column of ones: the bias is added in the GEMM's fp32 accumulation
     conv = _conv(weight, bias, (1, 1), padding, (1, 1), 1)
 
     def op(x: torch.Tensor) -> torch.Tensor:
@@ -272,14 +273,15 @@ def _first_conv_relu_pool(weight: torch.Tensor, bias: torch.Tensor, padding: tup
         rows = n * (ho // 2) * (wo // 2)
         patches = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, 1).unfold(3, kw, 1)  # n, C, ho, wo, kh, kw
         cols = x.new_empty(4, rows, k_pad)
-        cols[..., k:].zero_()
+        cols[..., k].fill_(1)
+        cols[..., k + 1 :].zero_()
         cols[..., :k].view(2, 2, n, ho // 2, wo // 2, in_ch, kh, kw).copy_(
             patches.reshape(n, in_ch, ho // 2, 2, wo // 2, 2, kh, kw).permute(3, 5, 0, 2, 4, 1, 6, 7))
         y = torch.mm(cols.view(4 * rows, k_pad), wm).view(4, rows, out_ch)  # one row block per pool offset
         pooled = torch.maximum(y[0], y[1])
         torch.maximum(pooled, y[2], out=pooled)
         torch.maximum(pooled, y[3], out=pooled)
-        pooled.add_(bias).relu_()  # the bias after the max: the same for all four offsets
+        pooled.relu_()
         return pooled.view(n, ho // 2, wo // 2, out_ch).permute(0, 3, 1, 2)  # channels-last
 
     return op
