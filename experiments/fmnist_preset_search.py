@@ -64,7 +64,7 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             cfg = build_config(TrainConfig, args.config, [*overrides, f"seed={seed}"])
-            ecfg = cfg.eval.model_copy(update={"layers": LAYERS})
+            ecfg = cfg.eval.model_copy(update={"layers": LAYERS, "probe": "lbfgs", "probe_hflip": False})
             run_dir = out / f"{name}_s{seed}"
             t0 = time.perf_counter()
             if RunFolder(run_dir).exists():
