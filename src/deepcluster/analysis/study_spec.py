@@ -272,9 +272,11 @@ def setting_config(spec: StudySpec, base: Path, setting: Setting, seed: int) -> 
 def eval_config(spec: StudySpec, cfg: TrainConfig, layer: str) -> EvalConfig:
     """The trial's evaluation: the run's ``eval`` section, the spec's ``eval`` overrides on top.
 
-    The raw-pixel baseline is the same for every trial, so it is off unless the spec asks.
+    The raw-pixel baseline is the same for every trial, so it is off unless the spec asks. The
+    linear probe is the converged L-BFGS one unless the spec's ``eval`` sets ``probe: sgd``.
     """
-    update = deep_merge({"pixel_baseline": False, "layers": [layer]}, parse_overrides(spec.eval))
+    update = deep_merge({"pixel_baseline": False, "layers": [layer], "probe": "lbfgs", "probe_hflip": False},
+                        parse_overrides(spec.eval))
     try:
         ecfg = apply_overrides(EvalConfig, cfg.eval, update, source=f"study {spec.name}, eval")
     except ConfigError as e:

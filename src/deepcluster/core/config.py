@@ -119,6 +119,9 @@ class EvalConfig(StrictModel):
     probe_lr: float = Field(0.01, gt=0)  # SGD probe: initial learning rate (cosine-decayed to 0)
     probe_batch_size: int = Field(256, ge=1)  # SGD probe
     probe_momentum: float = Field(0.9, ge=0, lt=1)  # SGD probe
+    # SGD probe: train on the features of horizontally flipped training images for a random half
+    # of each batch (RandomHorizontalFlip); costs one more feature pass over the training images
+    probe_hflip: bool = False
     probe_max_iter: int = Field(100, ge=1)  # L-BFGS iterations of the linear probe
     probe_weight_decay: float = Field(1e-4, ge=0)  # both probes
     pool_budget: int = Field(9600, ge=1)  # conv maps are average-pooled to at most this many dims
@@ -134,6 +137,12 @@ class EvalConfig(StrictModel):
     # rest of the training images and score this seeded held-out part: a fraction in (0, 1) or a count.
     holdout: float = Field(0.2, gt=0)
     pixel_baseline: bool = True
+
+    @model_validator(mode="after")
+    def _hflip_needs_sgd(self) -> EvalConfig:
+        if self.probe_hflip and self.probe != "sgd":
+            raise ValueError("probe_hflip augments the SGD probe's epochs: set probe=sgd, or probe_hflip=false")
+        return self
 
     @field_validator("holdout")
     @classmethod

@@ -130,6 +130,7 @@ class ImageSource:
         self.height, self.width = (int(s) for s in dataset.image_size)
         self.channels = int(dataset.channels)
         self.nbytes = len(self) * self.channels * self.height * self.width  # the pixels it reads
+        self.hflip = False  # see flipped()
 
     @property
     def held_nbytes(self) -> int:
@@ -150,7 +151,20 @@ class ImageSource:
         if images is not None:
             dataset = TensorImageDataset(self.dataset.name, images)
         sub._set(dataset, images, workers=self.workers, pin=self.pin, decode_on=self.decode_on, index=index)
+        sub.hflip = self.hflip
         return sub
+
+    def flipped(self) -> ImageSource:
+        """The same images mirrored left to right (each batch is flipped as it is read; nothing is
+        copied ahead): the test-free half of ``RandomHorizontalFlip``, for a probe's augmentation."""
+        sub = self._derived(dataset=self.dataset, images=self.images, index=self.index)
+        if self.images is not None:
+            sub.dataset = self.dataset
+        sub.hflip = not self.hflip
+        return sub
+
+    def _out(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.flip(-1) if self.hflip else batch
 
     def __len__(self) -> int:
         if self.index is not None:
@@ -175,15 +189,16 @@ class ImageSource:
     def take(self, indices) -> torch.Tensor:
         """The images at ``indices`` as one uint8 tensor N×C×H×W."""
         if self.images is not None:
-            return self.images[self._positions(indices)]
+            return self._out(self.images[self._positions(indices)])
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return self._decoded(_Batches(self.dataset, [idx.numpy()], self.decode_on is not None)[0], idx.numpy())
+        return self._out(self._decoded(_Batches(self.dataset, [idx.numpy()], self.decode_on is not None)[0],
+                                       idx.numpy()))
 
     def batches(self, index_batches: Sequence) -> Iterator[torch.Tensor]:
         """The images of each index batch, in order (prefetched by workers when streamed; for a GPU,
         gathered and pinned by a background thread when in memory)."""
         if self.images is not None:
-            gathered = (self.images[self._positions(idx)] for idx in index_batches)
+            gathered = (self._out(self.images[self._positions(idx)]) for idx in index_batches)
             if self.pin:  # the gather and the pinning copy release the GIL: they overlap the step
                 yield from _read_ahead((b.pin_memory() for b in gathered), depth=2)
             else:
@@ -197,7 +212,7 @@ class ImageSource:
             read = iter(DataLoader(reader, batch_size=None, num_workers=self.workers,
                                    pin_memory=self.pin and self.decode_on is None, prefetch_factor=4))
         for item, idx in zip(read, arrays):
-            yield self._decoded(item, idx)
+            yield self._out(self._decoded(item, idx))
 
     def _decoded(self, item, idx: np.ndarray) -> torch.Tensor:
         """A batch as read by :class:`_Batches`: decoded already, or files' bytes to decode here."""
@@ -217,7 +232,8 @@ class ImageSource:
         if self.images is not None:
             for lo in range(start, stop, batch_size):
                 hi = min(lo + batch_size, stop)
-                yield self.images[lo:hi] if self.index is None else self.images[torch.from_numpy(self.index[lo:hi])]
+                yield self._out(self.images[lo:hi] if self.index is None
+                                else self.images[torch.from_numpy(self.index[lo:hi])])
             return
         yield from self.batches([np.arange(lo, min(lo + batch_size, stop)) for lo in range(start, stop, batch_size)])
 

@@ -101,9 +101,10 @@ def protocol_params(protocol: str, ecfg: EvalConfig, seed: int) -> dict[str, Any
     """
     if protocol == "linear":
         if ecfg.probe == "sgd":
-            return {"probe": "sgd", "epochs": ecfg.probe_epochs, "lr": ecfg.probe_lr,
-                    "batch_size": ecfg.probe_batch_size, "momentum": ecfg.probe_momentum,
-                    "weight_decay": ecfg.probe_weight_decay, "schedule": "cosine", "seed": seed}
+            params = {"probe": "sgd", "epochs": ecfg.probe_epochs, "lr": ecfg.probe_lr,
+                      "batch_size": ecfg.probe_batch_size, "momentum": ecfg.probe_momentum,
+                      "weight_decay": ecfg.probe_weight_decay, "schedule": "cosine", "seed": seed}
+            return {**params, "hflip": True} if ecfg.probe_hflip else params  # earlier cache keys unchanged
         return {"probe": "lbfgs", "max_iter": ecfg.probe_max_iter, "weight_decay": ecfg.probe_weight_decay,
                 "seed": seed}
     if protocol == "knn":
@@ -125,6 +126,7 @@ def run_protocol(
     device: torch.device | str = "cpu",
     description: str = "",
     show_progress: bool = False,
+    flipped: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` with ``params`` (from :func:`protocol_params`) on frozen features.
 
@@ -143,6 +145,9 @@ def run_protocol(
         Progress bar label.
     show_progress : bool
         Show a progress bar (epochs, L-BFGS evaluations, kNN queries, low-shot fits).
+    flipped : np.ndarray or None
+        Features of the horizontally flipped training images: needed (and only used) by the SGD
+        probe with ``params["hflip"]`` (see :func:`~deepcluster.evaluate.sgd_probe.sgd_linear_probe`).
 
     Returns
     -------
@@ -154,19 +159,22 @@ def run_protocol(
     threads = protocol_threads(protocol, params, n_rows, dim) if on_cpu else None
     with cpu_threads(threads):
         return _run(protocol, params, train, test, device=device, description=description,
-                    show_progress=show_progress)
+                    show_progress=show_progress, flipped=flipped)
 
 
 def _run(protocol: str, params: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
          test: tuple[np.ndarray, np.ndarray], *, device: torch.device | str, description: str,
-         show_progress: bool) -> dict[str, Any]:
+         show_progress: bool, flipped: np.ndarray | None = None) -> dict[str, Any]:
     (xtr, ytr), (xte, yte) = train, test
     dim = int(xtr.shape[1])
     if protocol == "linear" and params["probe"] == "sgd":
+        if params.get("hflip") and flipped is None:
+            raise ValueError("the SGD probe with hflip needs the flipped training images' features")
         r = sgd_linear_probe(train, test, epochs=params["epochs"], batch_size=params["batch_size"],
                              lr=params["lr"], momentum=params["momentum"], weight_decay=params["weight_decay"],
                              schedule=params["schedule"], seed=params["seed"], device=device,
-                             description=description or "linear probe", show_progress=show_progress)
+                             description=description or "linear probe", show_progress=show_progress,
+                             flipped=flipped if params.get("hflip") else None)
         return r.to_dict()
     if protocol == "linear":
         p = linear_probe(xtr, ytr, xte, yte, weight_decay=params["weight_decay"], max_iter=params["max_iter"],

@@ -13,11 +13,12 @@ from deepcluster.cluster import ari, clustering_accuracy, nmi, preprocess_and_cl
 from deepcluster.core.config import EvalConfig, TrainConfig
 from deepcluster.core.files import write_json
 from deepcluster.core.progress import console
-from deepcluster.data.source import ImageSource
+from deepcluster.data.source import ImageSource, as_source
 from deepcluster.data.splits import eval_splits
 from deepcluster.environment import RunEnv
 from deepcluster.evaluate.knn import knn_accuracy
 from deepcluster.evaluate.lbfgs_probe import linear_probe
+from deepcluster.evaluate.protocols import protocol_params, run_protocol
 from deepcluster.features import FeatureOptions, extract_features
 from deepcluster.runs import RunFolder
 
@@ -39,8 +40,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Linear probe, kNN and clustering metrics of ``checkpoint`` vs the random initialisation.
 
-    The quick, uncached evaluation that studies use (converged L-BFGS probe, one k, k-means of the
-    clustering features). ``deepcluster evaluate`` runs the full suite instead
+    The quick, uncached evaluation that studies use (one k, k-means of the clustering features,
+    and the linear probe ``eval_cfg.probe`` says; without ``eval_cfg``, the run's ``eval`` section
+    with the converged L-BFGS probe). ``deepcluster evaluate`` runs the full suite instead
     (:func:`deepcluster.evaluate.suite.evaluate_suite`: SGD probe, several k, low-shot, cached).
     Needs labels. Scored on the test split, or without one on a seeded held-out part of the training
     images (``eval.holdout``; ``scored`` in the result says which). Writes ``evaluation.json`` into
@@ -49,7 +51,7 @@ def evaluate_run(
     log = log or (lambda msg: console.print(msg))
     run = RunFolder(Path(run_dir)).require()
     cfg = run.load_config()
-    ecfg = eval_cfg or cfg.eval
+    ecfg = eval_cfg or cfg.eval.model_copy(update={"probe": "lbfgs", "probe_hflip": False})
     env = RunEnv.from_config(cfg, show_progress=show_progress)
     splits = eval_splits(cfg, ecfg)
     train, test = splits.train, splits.test
@@ -104,6 +106,10 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Probe every layer of one network (linear + kNN) and score k-means of its clustering features.
 
+    The linear probe is ``ecfg.probe``'s: L-BFGS (converged), or SGD for ``probe_epochs`` whose
+    accuracy after the last epoch is reported (with ``probe_hflip``, on the flipped training images'
+    features for a random half of each batch).
+
     The clustering features get training's preprocessing and clustering
     (:func:`clustering_quality`); k-means is run with as many clusters as there are classes, and
     also with the run's ``k`` when that differs. ``reader`` says how the network reads the images.
@@ -115,14 +121,20 @@ def evaluate_model(
     layers = ecfg.layers or list(model.probe_layers())
     ftr = extract_features(model, xtr_img, reader, layers=layers, description=f"{name}: train features")
     fte = extract_features(model, xte_img, reader, layers=layers, description=f"{name}: test features")
+    ffl = (extract_features(model, as_source(xtr_img).flipped(), reader, layers=layers,
+                            description=f"{name}: flipped train features") if ecfg.probe_hflip else {})
+    params = protocol_params("linear", ecfg, cfg.seed)
     per_layer: dict[str, Any] = {}
     for layer in layers:
-        probe = linear_probe(ftr[layer], ytr, fte[layer], yte, weight_decay=ecfg.probe_weight_decay,
-                             max_iter=ecfg.probe_max_iter, seed=cfg.seed)
+        probe = run_protocol("linear", params, (ftr[layer], ytr), (fte[layer], yte), device=reader.device,
+                             flipped=ffl.get(layer))
+        acc, train_acc = (probe["last_acc"], probe["train_acc"]) if "last_acc" in probe else \
+            (probe["test_acc"], probe["train_acc"])
         knn = knn_accuracy(ftr[layer], ytr, fte[layer], yte, k=ecfg.knn_k)
-        per_layer[layer] = {"dim": probe.dim, "linear": probe.test_acc, "linear_train": probe.train_acc, "knn": knn}
-        log(f"  {name:7s} {layer:8s} linear {probe.test_acc:.4f}  kNN {knn:.4f}  ({probe.dim}-d)")
-    del ftr, fte
+        per_layer[layer] = {"dim": probe["dim"], "linear": acc, "linear_train": train_acc, "knn": knn,
+                            "probe": ecfg.probe}
+        log(f"  {name:7s} {layer:8s} linear {acc:.4f}  kNN {knn:.4f}  ({probe['dim']}-d, {ecfg.probe} probe)")
+    del ftr, fte, ffl
 
     n_classes = int(np.unique(ytr).size)
     clustering: dict[str, Any] = {"k": n_classes}

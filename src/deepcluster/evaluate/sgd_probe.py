@@ -9,7 +9,8 @@ on the test set itself, so it is kept apart and labelled as optimistic.
 Differences from the official script, to make it cheap and stable on a CPU: features are
 standardised with the training mean/std, 30 epochs instead of 90, a cosine learning-rate decay to 0
 instead of ``lr / sqrt(1 + lr·wd·t)``, no weight decay on the bias, and no data augmentation
-(features are extracted once, so an epoch is a few matrix products).
+(features are extracted once, so an epoch is a few matrix products) -- except horizontal flips
+when asked (``flipped``: the features of the flipped training images, extracted once too).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def sgd_linear_probe(
     device: torch.device | str = "cpu",
     description: str = "linear probe",
     show_progress: bool = False,
+    flipped: np.ndarray | None = None,
 ) -> SGDProbeResult:
     """Train a multinomial logistic regression on frozen features with mini-batch SGD.
 
@@ -165,6 +167,11 @@ def sgd_linear_probe(
         Label of the progress bar.
     show_progress : bool
         Show a progress bar over epochs.
+    flipped : np.ndarray or None
+        Features (N, D) of the horizontally flipped training images, row for row: each step then
+        trains on the flipped features of a random half of its samples (each sample flipped with
+        probability 1/2, drawn from ``seed``), as ``RandomHorizontalFlip`` in the probe's training
+        transform does. They are standardised with the unflipped features' mean and std.
 
     Returns
     -------
@@ -179,8 +186,14 @@ def sgd_linear_probe(
     train_x, test_x = np.asarray(train_x), np.asarray(test_x)
     _check_inputs(train_x, np.asarray(train_y), test_x, np.asarray(test_y))
     device = torch.device(device)
+    if flipped is not None and np.shape(flipped) != train_x.shape:
+        raise DataError(f"flipped features {np.shape(flipped)} do not match the training features {train_x.shape}")
     xtr, xte = standardize(train_x, test_x)
     xtr, xte = xtr.to(device), xte.to(device)
+    xfl = None
+    if flipped is not None:
+        mean, scale = standardizer(torch.as_tensor(np.asarray(train_x, dtype=np.float32)))  # no copy of float32
+        xfl = torch.from_numpy(np.array(flipped, dtype=np.float32, copy=True)).sub_(mean).mul_(scale).to(device)
     ytr = torch.from_numpy(np.asarray(train_y, dtype=np.int64)).to(device)
     yte = torch.from_numpy(np.asarray(test_y, dtype=np.int64)).to(device)
     n, dim = xtr.shape
@@ -206,7 +219,11 @@ def sgd_linear_probe(
                     for group in opt.param_groups:
                         group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
                 idx = order[start : start + batch_size]
-                loss = F.cross_entropy(xtr[idx] @ w + b, ytr[idx])
+                xb = xtr[idx]
+                if xfl is not None:
+                    flip = (torch.rand(len(idx), generator=g) < 0.5).to(device)
+                    xb = torch.where(flip[:, None], xfl[idx], xb)
+                loss = F.cross_entropy(xb @ w + b, ytr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -282,7 +282,13 @@ class _Probes:
     show_progress: bool
     log: Log
 
-    def run(self, layer: str, train: np.ndarray, test: np.ndarray) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+    @property
+    def hflip(self) -> bool:
+        """Whether a probe to compute trains on flipped images too (their features are extracted)."""
+        return any(self.params[key].get("hflip") for key in self.missing)
+
+    def run(self, layer: str, train: np.ndarray, test: np.ndarray, flipped: np.ndarray | None = None,
+            ) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
         """The protocols of ``layer`` on its features, each put in the cache as it is computed."""
         out: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         for key in [k for k in self.missing if k[0] == layer]:
@@ -290,7 +296,7 @@ class _Probes:
             t0 = time.perf_counter()
             result = run_protocol(protocol, self.params[key], (train, self.labels[0]), (test, self.labels[1]),
                                   device=self.device, description=f"{self.title} {layer}: {protocol}",
-                                  show_progress=self.show_progress)
+                                  show_progress=self.show_progress, flipped=flipped)
             seconds = time.perf_counter() - t0
             self.cache.put(self.checkpoint, layer, protocol, self.params[key], result, seconds=seconds,
                            extra=self.extra)
@@ -308,6 +314,7 @@ class _Spilled:
     layer: str
     train: Path
     test: Path
+    flipped: Path | None = None
 
     def run(self) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
         """The layer's protocols on its features memory-mapped back; the files are deleted afterwards.
@@ -316,10 +323,12 @@ class _Spilled:
         arrays are writable (copy on write, never written back) as PyTorch wants its inputs.
         """
         try:
-            return self.probes.run(self.layer, np.load(self.train, mmap_mode="c"), np.load(self.test, mmap_mode="c"))
+            return self.probes.run(self.layer, np.load(self.train, mmap_mode="c"), np.load(self.test, mmap_mode="c"),
+                                   None if self.flipped is None else np.load(self.flipped, mmap_mode="c"))
         finally:
-            self.train.unlink(missing_ok=True)
-            self.test.unlink(missing_ok=True)
+            for path in (self.train, self.test, self.flipped):
+                if path is not None:
+                    path.unlink(missing_ok=True)
 
 
 class _Spill:
@@ -576,22 +585,27 @@ def _compute(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, checkpoint: str
                      data.reader.device, data.reader.show_progress, log)
     computed: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     spilled: list[_Spilled] = []
+    sources = {"train": data.train.images, "test": data.test.images}
+    if probes.hflip:  # the SGD probe's flip augmentation: features of the mirrored training images
+        sources["flipped"] = data.train.images.flipped()
     for group in groups:
-        features = {split: _sharded_features(model, getattr(data, split).images, data.reader,
-                                             f"{title}: {split} features", group, ecfg.pool_budget,
-                                             spill, f"{checkpoint}-{split}")
-                    for split in ("train", "test")}
+        features = {split: _sharded_features(model, images, data.reader, f"{title}: {split} features", group,
+                                             ecfg.pool_budget, spill, f"{checkpoint}-{split}")
+                    for split, images in sources.items()}
         if not world.is_main:
             continue
         for layer in group:
             ftr, fte = features["train"].pop(layer), features["test"].pop(layer)
+            ffl = features["flipped"].pop(layer) if "flipped" in features else None
             if spill is None:
-                computed.update(probes.run(layer, ftr, fte))
+                computed.update(probes.run(layer, ftr, fte, ffl))
             else:
-                ftr.flush()
-                fte.flush()
-                spilled.append(_Spilled(probes, layer, Path(ftr.filename), Path(fte.filename)))
-            del ftr, fte
+                for f in (ftr, fte, ffl):
+                    if f is not None:
+                        f.flush()
+                spilled.append(_Spilled(probes, layer, Path(ftr.filename), Path(fte.filename),
+                                        None if ffl is None else Path(ffl.filename)))
+            del ftr, fte, ffl
     return computed, spilled
 
 
