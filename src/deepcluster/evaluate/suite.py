@@ -529,7 +529,8 @@ def _plan(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, name: str,
             if per_image is None or any(layer not in dims for layer in layers):
                 per_image, shapes = _time_forward(model, data, layers)
                 dims.update({layer: pooled_dim(shape, ecfg.pool_budget) for layer, shape in shapes.items()})
-            plan.add("features", per_image * (n_fit + n_scored))
+            flipped = any(params[key].get("hflip") for key in missing)  # probe_hflip: one more pass
+            plan.add("features", per_image * (n_fit * (2 if flipped else 1) + n_scored))
         for layer, protocol in missing:
             plan.add(protocol, protocol_seconds(protocol, params[(layer, protocol)], n_fit, n_scored, dims[layer],
                                                 n_classes, speed))
