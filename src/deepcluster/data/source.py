@@ -15,6 +15,7 @@ rows, paths) and, for a run, the arrays of a cycle that grow with the pool (:fun
 
 from __future__ import annotations
 
+import copy
 import os
 import queue
 import threading
@@ -157,9 +158,7 @@ class ImageSource:
     def flipped(self) -> ImageSource:
         """The same images mirrored left to right (each batch is flipped as it is read; nothing is
         copied ahead): the test-free half of ``RandomHorizontalFlip``, for a probe's augmentation."""
-        sub = self._derived(dataset=self.dataset, images=self.images, index=self.index)
-        if self.images is not None:
-            sub.dataset = self.dataset
+        sub = copy.copy(self)
         sub.hflip = not self.hflip
         return sub
 

@@ -128,8 +128,7 @@ def evaluate_model(
     for layer in layers:
         probe = run_protocol("linear", params, (ftr[layer], ytr), (fte[layer], yte), device=reader.device,
                              flipped=ffl.get(layer))
-        acc, train_acc = (probe["last_acc"], probe["train_acc"]) if "last_acc" in probe else \
-            (probe["test_acc"], probe["train_acc"])
+        acc, train_acc = probe.get("last_acc", probe.get("test_acc")), probe["train_acc"]  # SGD: after the last epoch
         knn = knn_accuracy(ftr[layer], ytr, fte[layer], yte, k=ecfg.knn_k)
         per_layer[layer] = {"dim": probe["dim"], "linear": acc, "linear_train": train_acc, "knn": knn,
                             "probe": ecfg.probe}

@@ -70,27 +70,26 @@ class SGDProbeResult:
         return asdict(self)
 
 
-def standardize(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies of ``train`` and ``test`` as float32 tensors, scaled by the mean/std of ``train``.
+def standardize(train: np.ndarray, test: np.ndarray, *more: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Copies of ``train``, ``test`` (and ``more``) as float32 tensors, scaled by the mean/std of ``train``.
 
     Dimensions that are constant on ``train`` are zeroed (see :func:`standardizer`).
 
     Parameters
     ----------
-    train, test : np.ndarray
-        Features (N, D) and (M, D); never modified.
+    train, test, *more : np.ndarray
+        Features (N, D), (M, D), ...; never modified.
 
     Returns
     -------
-    tuple[torch.Tensor, torch.Tensor]
-        The standardised copies.
+    tuple[torch.Tensor, ...]
+        The standardised copies, in the same order.
     """
-    xtr = torch.from_numpy(np.array(train, dtype=np.float32, copy=True))
-    xte = torch.from_numpy(np.array(test, dtype=np.float32, copy=True))
-    mean, scale = standardizer(xtr)
-    xtr.sub_(mean).mul_(scale)
-    xte.sub_(mean).mul_(scale)
-    return xtr, xte
+    copies = [torch.from_numpy(np.array(x, dtype=np.float32, copy=True)) for x in (train, test, *more)]
+    mean, scale = standardizer(copies[0])
+    for x in copies:
+        x.sub_(mean).mul_(scale)
+    return tuple(copies)
 
 
 def standardizer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,12 +187,8 @@ def sgd_linear_probe(
     device = torch.device(device)
     if flipped is not None and np.shape(flipped) != train_x.shape:
         raise DataError(f"flipped features {np.shape(flipped)} do not match the training features {train_x.shape}")
-    xtr, xte = standardize(train_x, test_x)
-    xtr, xte = xtr.to(device), xte.to(device)
-    xfl = None
-    if flipped is not None:
-        mean, scale = standardizer(torch.as_tensor(np.asarray(train_x, dtype=np.float32)))  # no copy of float32
-        xfl = torch.from_numpy(np.array(flipped, dtype=np.float32, copy=True)).sub_(mean).mul_(scale).to(device)
+    xtr, xte, *xfl = (x.to(device) for x in standardize(train_x, test_x, *(() if flipped is None else (flipped,))))
+    xfl = xfl[0] if xfl else None
     ytr = torch.from_numpy(np.asarray(train_y, dtype=np.int64)).to(device)
     yte = torch.from_numpy(np.asarray(test_y, dtype=np.int64)).to(device)
     n, dim = xtr.shape
