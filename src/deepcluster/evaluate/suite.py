@@ -267,6 +267,11 @@ def evaluate_suite(
             r.remove()
 
 
+def _needs_flipped(params: dict[tuple[str, str], dict[str, Any]], missing: list[tuple[str, str]]) -> bool:
+    """Whether one of the ``missing`` (layer, protocol) numbers is an SGD probe with ``probe_hflip``."""
+    return any(params[key].get("hflip") for key in missing)
+
+
 @dataclass
 class _Probes:
     """What running the protocols of one checkpoint's layers takes besides their features."""
@@ -285,7 +290,7 @@ class _Probes:
     @property
     def hflip(self) -> bool:
         """Whether a probe to compute trains on flipped images too (their features are extracted)."""
-        return any(self.params[key].get("hflip") for key in self.missing)
+        return _needs_flipped(self.params, self.missing)
 
     def run(self, layer: str, train: np.ndarray, test: np.ndarray, flipped: np.ndarray | None = None,
             ) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
@@ -529,8 +534,8 @@ def _plan(run: RunFolder, cfg: TrainConfig, ecfg: EvalConfig, name: str,
             if per_image is None or any(layer not in dims for layer in layers):
                 per_image, shapes = _time_forward(model, data, layers)
                 dims.update({layer: pooled_dim(shape, ecfg.pool_budget) for layer, shape in shapes.items()})
-            flipped = any(params[key].get("hflip") for key in missing)  # probe_hflip: one more pass
-            plan.add("features", per_image * (n_fit * (2 if flipped else 1) + n_scored))
+            flips = _needs_flipped(params, missing)  # probe_hflip: one more pass over the fitted images
+            plan.add("features", per_image * (n_fit * (2 if flips else 1) + n_scored))
         for layer, protocol in missing:
             plan.add(protocol, protocol_seconds(protocol, params[(layer, protocol)], n_fit, n_scored, dims[layer],
                                                 n_classes, speed))
