@@ -59,3 +59,17 @@ def test_n_init_ties_keep_the_first_and_pic_runs_once(monkeypatch):
 def test_n_init_must_be_a_positive_integer(bad, error):
     with pytest.raises(error, match="n_init"):
         preprocess_and_cluster(_features(n=50), TrainConfig(k=3, pca_dim=4), seed=0, n_init=bad)
+
+
+def test_many_matrices_in_workers_give_each_one_alone_and_keep_the_thread_counts():
+    import faiss
+    import torch
+
+    cfg = TrainConfig(k=6, pca_dim=8)
+    xs = [_features(seed=s) for s in range(4)]
+    alone = [preprocess_and_cluster(x, cfg, seed=10 + i) for i, x in enumerate(xs)]
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    many = pipeline_module.preprocess_and_cluster_many(xs, cfg, seeds=[10, 11, 12, 13], workers=2)
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    for a, b in zip(alone, many):
+        _same(a.result, b.result)
