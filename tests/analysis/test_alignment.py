@@ -178,3 +178,23 @@ def test_train_from_the_best_ia_initialisation(cfg, tmp_path):
     assert first["init_ia"] == rec["ia"]
     with pytest.raises(Exception, match="best_ia"):
         apply_setting(cfg, {"init": "best_ia:x"})
+
+
+def test_fused_first_conv_relu_pool_is_conv_relu_pool_in_bf16():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch.nn.functional as F
+
+    from deepcluster.analysis.stacked import _first_conv_relu_pool
+
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(12, 3, 5, 5, generator=g), torch.randn(12, generator=g)
+    op = _first_conv_relu_pool(w.bfloat16(), b.bfloat16(), (2, 2))
+    for n in (5, 3, 5):  # the buffers follow the batch size
+        x = torch.randn(n, 3, 16, 16, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+        ref = F.max_pool2d(F.relu(F.conv2d(x.float(), w.bfloat16().float(), b.bfloat16().float(), padding=2)), 2)
+        got = op(x)
+        assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+        with ThreadPoolExecutor(1) as pool:  # another thread gets buffers of its own, and the same answer
+            assert torch.equal(pool.submit(op, x).result(), got)

@@ -134,6 +134,18 @@ def _cpu_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX tiles (bf16 products in blocks of 32 along K), not only AVX-512 BF16."""
+    fn = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    if fn is not None:
+        try:
+            return bool(fn())
+        except RuntimeError:  # pragma: no cover - a build without the probe
+            pass
+    return "amx_tile" in _cpu_flags()
+
+
 def bf16_supported(device: torch.device | str) -> bool:
     """Whether ``device`` computes bf16 natively (CPU: AMX / AVX-512 BF16; CUDA: compute capability 8+)."""
     device = torch.device(device)
