@@ -134,3 +134,42 @@ def test_torch_kmeans_gives_faiss_assignments_when_no_cluster_empties():
     assert splits == 0 and ref.n_resplit == 0
     np.testing.assert_allclose(centroids, ref.centroids, atol=1e-5)
     np.testing.assert_array_equal(assign_nearest(x, centroids, device="cpu"), ref.assignments)
+
+
+def _faiss_centroids(x, k, *, threshold, seed=3, niter=20):
+    import faiss
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = threshold
+    try:
+        clus = faiss.Clustering(x.shape[1], k)
+        clus.seed, clus.niter = seed, niter
+        clus.max_points_per_centroid, clus.min_points_per_centroid = 10**7, 1
+        clus.train(x, faiss.IndexFlatL2(x.shape[1]))
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+    return faiss.vector_to_array(clus.centroids).reshape(k, -1)
+
+
+def test_small_k_searches_by_direct_distances_larger_k_by_blas_even_in_threads():
+    """Below FAISS_DIRECT_BELOW_K faiss's direct search (faster there), from it its BLAS search,
+    whatever other fits run at the same time in other threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import faiss
+
+    from deepcluster.cluster import faiss_kmeans
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((20000, 32)) + 10).astype(np.float32)  # far from 0: the paths round apart
+    small, large = 5, faiss_kmeans.FAISS_DIRECT_BELOW_K
+    want = {small: _faiss_centroids(x, small, threshold=2**31 - 1), large: _faiss_centroids(x, large, threshold=20)}
+    for k, path in want.items():  # the two paths give different centroids here: the test tells them apart
+        assert not np.array_equal(path, _faiss_centroids(x, k, threshold=20 if k == small else 2**31 - 1))
+    before = faiss.cvar.distance_compute_blas_threshold
+    for k in (small, large):
+        np.testing.assert_array_equal(kmeans(x, k, seed=3).search_centroids, want[k])
+    with ThreadPoolExecutor(2) as pool:
+        for k, got in zip([small, large] * 4, pool.map(lambda k: kmeans(x, k, seed=3), [small, large] * 4)):
+            np.testing.assert_array_equal(got.search_centroids, want[k])
+    assert faiss.cvar.distance_compute_blas_threshold == before

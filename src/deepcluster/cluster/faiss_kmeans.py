@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -126,7 +127,9 @@ def kmeans(
     On the CPU, :func:`~deepcluster.cluster.lloyd.lloyd_kmeans`, the same algorithm with its
     distances as GEMM blocks (bf16 with an exact fp32 re-check where the CPU has bf16), fits the
     large problems, where faiss is slower (k >= 256 and N k d >= 2^32, see :func:`_fit_by_lloyd`:
-    ImageNet-size clusterings); faiss fits the others, as the official DeepCluster.
+    ImageNet-size clusterings); faiss fits the others, as the official DeepCluster, searching by
+    direct distances below k = :data:`FAISS_DIRECT_BELOW_K` (faster there) and by BLAS products
+    from it (:func:`_faiss_search_path`).
 
     This function validates its inputs and chooses the backend; the private functions below it
     compute: draw the fit rows (:func:`_fit_rows`), fit the centroids on them
@@ -320,7 +323,7 @@ def _fit_faiss(x_fit: np.ndarray, k: int, *, niter: int, seed: int, backend: _Ba
     clus.min_points_per_centroid = 1
     clus.verbose = bool(backend.verbose)
     index, _gpu_res = _make_index(d, backend.fit_gpu, backend.gpu)  # _gpu_res: must outlive the index
-    with _faiss_blas():
+    with _faiss_search_path(k):
         clus.train(x_fit, index)
     stats = clus.iteration_stats
     faiss_splits = sum(int(stats.at(i).nsplit) for i in range(stats.size()))
@@ -376,13 +379,39 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None
     return nearest(np.ascontiguousarray(x, dtype=np.float32), centroids, offset=offset, bf16=bf16)
 
 
+#: Below this many centroids faiss's k-means searches by direct distances (its SIMD loop over
+#: ``||x - c||^2``), from it by BLAS products (``||x||^2 + ||c||^2 - 2 x.c``). Measured on one
+#: core, 60,000 rows of 64 and 256 dims: direct 2.5-3.5x faster at k = 5, 1.6-2x at k = 10,
+#: even at k = 20, 1.7-3x slower from k = 50 (docs/performance.md, "Small k").
+FAISS_DIRECT_BELOW_K = 16
+
+
+_PATH = threading.Condition()  # guards faiss's process-wide threshold and the fits using it
+_fitting = {"direct": 0, "blas": 0}  # fits in progress on each path
+_saved_threshold: list[int] = []
+
+
 @contextlib.contextmanager
-def _faiss_blas() -> Iterator[None]:
-    """faiss's searches by BLAS matrix products from 20 query rows (its default is 128,000 in
-    1.15, below which a slower path is taken), restored afterwards."""
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
+def _faiss_search_path(k: int) -> Iterator[None]:
+    """faiss's searches by direct distances for fewer than :data:`FAISS_DIRECT_BELOW_K`
+    centroids, else by BLAS matrix products from 20 query rows (faiss 1.15's default threshold
+    is 128,000 rows, below which the direct path is taken whatever k); restored when the last fit
+    ends. By k only, so that a problem takes the same path, and gives the same result, whatever
+    its rows. The threshold is one process-wide variable: fits in threads (Initial Alignment's
+    workers) share it, and a fit waits while others run on the other path."""
+    path = "direct" if k < FAISS_DIRECT_BELOW_K else "blas"
+    other = "blas" if path == "direct" else "direct"
+    with _PATH:
+        _PATH.wait_for(lambda: _fitting[other] == 0)
+        if not _fitting[path]:
+            _saved_threshold.append(faiss.cvar.distance_compute_blas_threshold)
+            faiss.cvar.distance_compute_blas_threshold = 2**31 - 1 if path == "direct" else 20
+        _fitting[path] += 1
     try:
         yield
     finally:
-        faiss.cvar.distance_compute_blas_threshold = before
+        with _PATH:
+            _fitting[path] -= 1
+            if not _fitting[path]:
+                faiss.cvar.distance_compute_blas_threshold = _saved_threshold.pop()
+                _PATH.notify_all()
