@@ -337,9 +337,10 @@ def can_stack(model: nn.Module) -> bool:
     return True
 
 
-def _largest_activation(model: DeepClusterNet, in_channels: int, size: int) -> int:
-    # elements per image of the largest conv activation: sets the image batch so that one
-    # batch of B networks' activations fits the device's budget (see _batch_size)
+def _activation_sizes(model: DeepClusterNet, in_channels: int, size: int) -> tuple[int, int]:
+    """Elements per image of the largest conv activation (it sets the image batch, so that one
+    batch of B networks' activations fits the device's budget: :func:`_batch_size`) and of the
+    conv body's output (the classifier's input)."""
     largest = in_channels * size * size
     ref = next(model.parameters(), None)
     x = torch.zeros(1, in_channels, size, size, device=ref.device if ref is not None else "cpu")
@@ -349,17 +350,7 @@ def _largest_activation(model: DeepClusterNet, in_channels: int, size: int) -> i
         for layer in model.features:
             x = layer(x)
             largest = max(largest, x.numel())
-    return largest
-
-
-def _trunk_dim(model: DeepClusterNet, in_channels: int, size: int) -> int:
-    """Elements per image of the conv body's output (the classifier's input)."""
-    ref = next(model.parameters(), None)
-    x = torch.zeros(1, in_channels, size, size, device=ref.device if ref is not None else "cpu")
-    with torch.no_grad():
-        if model.sobel is not None:
-            x = model.sobel(x)
-        return int(model.features(x).numel())
+    return largest, x.numel()
 
 
 def _batch_size(per_image: float, device: torch.device) -> int:
@@ -408,16 +399,15 @@ def stacked_embed(
     device = torch.device(device)
     models = [m.eval() for m in models]
     net = StackedNet(models, device, dtype=precision.dtype)
+    largest, trunk_dim = _activation_sizes(models[0], int(images.shape[1]), int(images.shape[-1]))
     if batch_size is None:
-        per_image = _largest_activation(models[0], int(images.shape[1]), int(images.shape[-1])) * len(models) * 4
-        batch_size = _batch_size(per_image, device)
+        batch_size = _batch_size(largest * len(models) * 4, device)
     out = np.empty((len(models), len(images), models[0].feature_dim), dtype=np.float32)
     # The convolutions want small batches (activations in cache); the batched matrix products
     # of the classifier want large ones: trunk outputs are gathered over ``head_rows`` images.
     head_rows = max(batch_size, 2048)
 
     out_t = torch.from_numpy(out)
-    trunk_dim = _trunk_dim(models[0], int(images.shape[1]), int(images.shape[-1]))
 
     def run(lo: int, hi: int, advance) -> None:
         gathered = torch.empty((len(models), min(head_rows, hi - lo), trunk_dim), dtype=precision.dtype, device=device)
