@@ -119,31 +119,31 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.cache
-def _cpu_bf16() -> bool:
-    """AMX or AVX-512 BF16: bf16 matrix products faster than fp32 (not emulated)."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None:
-            try:
-                if fn():
-                    return True
-            except RuntimeError:  # pragma: no cover - a build without the probe
-                pass
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+def _cpu_probe(name: str) -> bool | None:
+    """torch's CPU capability probe ``name`` (``torch.cpu._is_..._supported``), or None where this
+    build has none."""
+    fn = getattr(getattr(torch, "cpu", None), name, None)
+    if fn is None:
+        return None
+    try:
+        return bool(fn())
+    except RuntimeError:  # pragma: no cover - a build without the probe
+        return None
 
 
 @functools.cache
 def cpu_has_amx() -> bool:
     """Whether the CPU has AMX tiles (bf16 products in blocks of 32 along K), not only AVX-512 BF16."""
-    fn = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    if fn is not None:
-        try:
-            return bool(fn())
-        except RuntimeError:  # pragma: no cover - a build without the probe
-            pass
-    return "amx_tile" in _cpu_flags()
+    probed = _cpu_probe("_is_amx_tile_supported")
+    return probed if probed is not None else "amx_tile" in _cpu_flags()
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    """AMX or AVX-512 BF16: bf16 matrix products faster than fp32 (not emulated)."""
+    if any(_cpu_probe(name) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")):
+        return True
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def bf16_supported(device: torch.device | str) -> bool:
