@@ -428,7 +428,7 @@ def stacked_embed(
     # of the classifier want large ones: trunk outputs are gathered over ``head_rows`` images.
     head_rows = max(batch_size, 2048)
 
-    out_t = torch.from_numpy(out)
+    out_t = torch.from_numpy(out) if device.type == "cpu" else None
 
     def run(lo: int, hi: int, advance) -> None:
         gathered = torch.empty((len(models), min(head_rows, hi - lo), trunk_dim), dtype=precision.dtype, device=device)
@@ -438,7 +438,11 @@ def stacked_embed(
                 batch = normalize(images[start : min(start + batch_size, stop)].to(device), mean, std)
                 net.trunk(batch, out=gathered[:, start - chunk : start - chunk + len(batch)])
                 advance(len(batch))
-            out_t[:, chunk:stop].copy_(net.head(gathered[:, : stop - chunk]))
+            feats = net.head(gathered[:, : stop - chunk])
+            if device.type == "cpu":
+                out_t[:, chunk:stop].copy_(feats)  # converted straight into ``out``
+            else:
+                out[:, chunk:stop] = feats.float().cpu().numpy()
 
     # On a CPU these ops are too small for intra-op threads to pay off: one single-threaded
     # worker per thread, each on its own share of the images, is about 20% faster.
