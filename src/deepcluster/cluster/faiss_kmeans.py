@@ -382,13 +382,14 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None
 #: Below this many centroids faiss's k-means searches by direct distances (its SIMD loop over
 #: ``||x - c||^2``), from it by BLAS products (``||x||^2 + ||c||^2 - 2 x.c``). Measured on one
 #: core, 60,000 rows of 64 and 256 dims: direct 2.5-3.5x faster at k = 5, 1.6-2x at k = 10,
-#: even at k = 20, 1.7-3x slower from k = 50 (docs/performance.md, "Small k").
+#: even at k = 20, 1.7-3x slower from k = 50 (docs/performance.md, "k-means at ImageNet size",
+#: last paragraph).
 FAISS_DIRECT_BELOW_K = 16
 
 
 _PATH = threading.Condition()  # guards faiss's process-wide threshold and the fits using it
 _fitting = {"direct": 0, "blas": 0}  # fits in progress on each path
-_saved_threshold: list[int] = []
+_saved_threshold: list[int] = []  # faiss's threshold before the running fits began (one at most)
 
 
 @contextlib.contextmanager

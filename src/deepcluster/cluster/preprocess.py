@@ -192,7 +192,7 @@ class Preprocessor:
         else:
             out = np.empty((len(x), self._matrix.shape[1]), dtype=np.float32)
             # Cache-sized blocks through reused float64 buffers (8,192-row blocks and fresh
-            # temporaries took 1.3x the time). The same operations as on the whole rows, so the
+            # temporaries took 1.1-1.3x the time, 60,000 x 84 -> 64). The same operations as on the whole rows, so the
             # same bits: the exact cast and subtraction, the product, np.linalg.norm's sum of
             # squares.
             rows = max(1, min(_TRANSFORM_ROWS, len(x)))
