@@ -428,7 +428,7 @@ def stacked_embed(
     # of the classifier want large ones: trunk outputs are gathered over ``head_rows`` images.
     head_rows = max(batch_size, 2048)
 
-    out_t = torch.from_numpy(out) if device.type == "cpu" else None
+    out_t = torch.from_numpy(out) if device.type == "cpu" else None  # the CPU's features go straight into ``out``
 
     def run(lo: int, hi: int, advance) -> None:
         gathered = torch.empty((len(models), min(head_rows, hi - lo), trunk_dim), dtype=precision.dtype, device=device)
@@ -439,8 +439,8 @@ def stacked_embed(
                 net.trunk(batch, out=gathered[:, start - chunk : start - chunk + len(batch)])
                 advance(len(batch))
             feats = net.head(gathered[:, : stop - chunk])
-            if device.type == "cpu":
-                out_t[:, chunk:stop].copy_(feats)  # converted straight into ``out``
+            if out_t is not None:
+                out_t[:, chunk:stop].copy_(feats)
             else:
                 out[:, chunk:stop] = feats.float().cpu().numpy()
 
